@@ -1,0 +1,71 @@
+"""PoseNet: one network class, built entirely from an Arch (the arch file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .arch import Arch, load
+from .blocks import make_block, make_layer
+from .heads import PoseHead
+
+
+class Backbone(nn.Module):
+    def __init__(self, arch: Arch):
+        super().__init__()
+        c = 3
+        stem = []
+        for layer in arch.stem:
+            stem.append(make_layer(layer.op, c, layer.out, layer.stride, layer.act or arch.act))
+            c = layer.out
+        blocks = []
+        for layer in arch.blocks:
+            blocks.append(make_block(layer.op, c, layer.out, layer.stride, arch.act))
+            c = layer.out
+        tail = []
+        for layer in arch.tail:
+            tail.append(make_layer(layer.op, c, layer.out, layer.stride, layer.act or arch.act))
+            c = layer.out
+        self.stem = nn.Sequential(*stem)
+        self.blocks = nn.Sequential(*blocks)
+        self.tail = nn.Sequential(*tail)
+        self.out_channels = c
+
+    def forward(self, x):
+        return self.tail(self.blocks(self.stem(x)))
+
+
+class PoseNet(nn.Module):
+    """Image (N, 3, H, W), normalized -> heatmaps (N, J, H/4, W/4)."""
+
+    def __init__(self, arch: Arch):
+        super().__init__()
+        self.arch = arch
+        self.backbone = Backbone(arch)
+        self.head = PoseHead(self.backbone.out_channels, arch.num_joints, arch.head)
+        init_weights(self)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def init_weights(net: nn.Module):
+    """Kaiming for convs, small normal for the transposed convs and the joint classifier (SimpleBaseline)."""
+    for m in net.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, std=0.001)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if isinstance(net, PoseNet):
+        nn.init.normal_(net.head.final.weight, std=0.001)
+
+
+def build(arch: Arch | str | Path) -> PoseNet:
+    """The one verb: arch (object, file path, or shipped name) -> nn.Module."""
+    return PoseNet(arch if isinstance(arch, Arch) else load(arch))
