@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 info: $(STAMP)
-	$(PY) -m model info $(or $(ARCH),efficientpose_a) $(call opt,--phi,$(PHI))
+	$(PY) -m model info $(or $(ARCH),efficientpose_a) $(call opt,--family,$(PHI))
 
 demo: $(STAMP)
 	$(call need,demo)

@@ -155,7 +155,7 @@ class Arch:
             d["meta"] = copy.deepcopy(self.meta)
         return d
 
-    def copy(self) -> "Arch":
+    def copy(self) -> Arch:
         return from_dict(self.to_dict())
 
 
@@ -276,8 +276,8 @@ def _check_shapes(a: Arch, src):
             if layer.op.startswith("dwconv") and layer.out != c:
                 raise field_error(src, where + ".out", f"a depthwise conv keeps its channels: in {c}, out {layer.out}")
             if layer.op == "skip" and (layer.stride != 1 or layer.out != c):
-                raise field_error(src, where + ".op",
-                                  f"skip needs stride 1 and in == out (got in {c}, out {layer.out}, stride {layer.stride})")
+                raise field_error(src, where + ".op", f"skip needs stride 1 and in == out "
+                                  f"(got in {c}, out {layer.out}, stride {layer.stride})")
             c = layer.out
     s = a.backbone_stride
     ups = 2 ** len(a.head.deconv)

@@ -1,0 +1,67 @@
+"""Checkpoints: one file format that train writes and convert, parity, search and the demo read.
+
+A checkpoint is a dict of tensors and plain Python only, so ``torch.load(path, weights_only=True)`` opens it::
+
+    format: "posenas-checkpoint/1"
+    arch:   Arch.to_dict()       (the network is rebuilt from it: no pickled classes)
+    model:  state_dict           (of the bare PoseNet, never a DDP/compiled wrapper)
+    ...     anything else the writer adds: epoch, optimizer, scheduler, rng, metrics, best_ap, args
+
+Written atomically (temp file + rename), so a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from posekit.errors import UserError
+from posekit.io import atomic_path
+
+from .arch import Arch, from_dict
+from .net import PoseNet
+
+FORMAT = "posenas-checkpoint/1"
+
+
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DDP / DataParallel / torch.compile wrappers."""
+    while hasattr(net, "module") or hasattr(net, "_orig_mod"):
+        net = getattr(net, "module", None) or net._orig_mod
+    return net
+
+
+def save_checkpoint(path, net: torch.nn.Module, arch: Arch, **state) -> Path:
+    """Write {format, arch, model, **state} atomically; `state` must hold tensors / plain Python only."""
+    ckpt = {"format": FORMAT, "arch": arch.to_dict(), "model": unwrap(net).state_dict(), **state}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """The raw checkpoint dict (weights_only), with a one-line UserError for a missing or foreign file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such checkpoint")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt / non-torch file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p}: not a loadable checkpoint: {first}") from None
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{p}: not a posenas checkpoint (needs 'arch' and 'model'; format {FORMAT})")
+    return ckpt
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[PoseNet, Arch, dict]:
+    """(PoseNet in eval mode with the weights, its Arch, the whole checkpoint dict)."""
+    ckpt = read_checkpoint(path, map_location)
+    arch = from_dict(ckpt["arch"], src=f"{path}: arch")
+    net = PoseNet(arch)
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: model: weights do not match the arch: {str(e).splitlines()[0]}") from None
+    return net.eval(), arch, ckpt

@@ -1,0 +1,326 @@
+"""Top-down pose datasets: COCO keypoints (pycocotools) and MPII (the HRNet json list), one person per item.
+
+Each item is a dict::
+
+    image    float32 (3, H, W)   RGB, normalized with posekit.keypoints MEAN/STD
+    heatmaps float32 (J, H/4, W/4) Gaussian targets (posekit.heatmap, sigma 2); zeros without ground truth
+    weights  float32 (J, 1)      1 for a labelled joint whose Gaussian falls in the map, else 0
+    meta     dict of numbers / arrays (default_collate-able): index, image_id, center, scale, score, area,
+             rotation, flip, joints (J, 3) image coords + visibility, affine (2, 3) image -> input
+
+Per-sample faults (missing or empty image file, person with no labelled joint, box outside the image) are
+skipped while the index is built, counted in `.skipped`, and summarised in one warning. A malformed annotation
+file or a joint count that does not match is a UserError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from posekit import heatmap
+from posekit.errors import UserError
+from posekit.keypoints import (
+    COCO_FLIP_PAIRS,
+    COCO_UPPER_BODY,
+    DEFAULT_COCO,
+    DEFAULT_MPII,
+    MPII_FLIP_PAIRS,
+    MPII_UPPER_BODY,
+)
+from posekit.transforms import (  # noqa: F401  (re-exported: other stages import them from posekit.data)
+    apply_affine,
+    box_to_center_scale,
+    fit_aspect,
+    get_affine,
+    load_image_crop,
+    read_image,
+    to_image,
+)
+
+
+def read_json(path, what: str = "annotation file"):
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what}")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{p}: malformed {what}: {e}") from None
+
+
+class TopDown(Dataset):
+    """Shared item pipeline; subclasses fill `self.samples` (dicts: path, image_id, center, scale, joints, score,
+    area) and `flip_pairs` / `upper_body`."""
+
+    flip_pairs: tuple = ()
+    upper_body: tuple = ()
+
+    def __init__(self, input_size, train: bool, num_joints: int, sigma: float = heatmap.SIGMA,
+                 scale_factor: float = 0.35, rot_factor: float = 45.0, rot_prob: float = 0.6, flip: bool = True,
+                 half_body_prob: float = 0.3, cache_images: bool = False):
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (self.input_size[0] // heatmap.STRIDE, self.input_size[1] // heatmap.STRIDE)
+        self.train, self.num_joints, self.sigma = train, num_joints, sigma
+        self.scale_factor, self.rot_factor, self.rot_prob = scale_factor, rot_factor, rot_prob
+        self.flip, self.half_body_prob = flip, half_body_prob
+        self.cache = {} if cache_images else None
+        self.samples: list[dict] = []
+        self.skipped: Counter = Counter()
+
+    # ---- index helpers ------------------------------------------------------------------------------------
+    def _image_ok(self, path: Path) -> bool:
+        try:
+            ok = path.stat().st_size > 0
+        except OSError:
+            ok = False
+        if not ok:
+            self.skipped["missing or empty image file"] += 1
+        return ok
+
+    def _clip_box(self, box, width, height):
+        """Clip (x, y, w, h) to the image; None (counted) when nothing of it is inside."""
+        x, y, w, h = (float(v) for v in box)
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2, y2 = min(width - 1.0, x + max(0.0, w - 1)), min(height - 1.0, y + max(0.0, h - 1))
+        if x2 <= x1 or y2 <= y1:
+            self.skipped["box outside the image"] += 1
+            return None
+        return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
+
+    def _finish_index(self, src, limit):
+        if limit:
+            self.samples = self.samples[:limit]
+        if self.skipped:
+            warnings.warn(f"{src}: skipped {sum(self.skipped.values())} samples ("
+                          + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())) + ")", stacklevel=3)
+        if not self.samples:
+            raise UserError(f"{src}: no usable person samples")
+
+    # ---- items --------------------------------------------------------------------------------------------
+    def __len__(self):
+        return len(self.samples)
+
+    def _image(self, path):
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        img = read_image(path)
+        if self.cache is not None:
+            self.cache[path] = img
+        return img
+
+    def __getitem__(self, idx):
+        s = self.samples[idx]
+        try:
+            img = self._image(s["path"])
+        except UserError as e:  # unreadable despite a non-empty file: use the next sample, say so once per file
+            warnings.warn(f"{e}; using another sample", stacklevel=2)
+            return self[(idx + 1) % len(self)]
+        joints = s["joints"].copy()
+        center, scale = s["center"].copy(), s["scale"].copy()
+        rot, flip = 0.0, False
+        if self.train:
+            center, scale, rot, flip = self._augment(joints, center, scale)
+        crop, M = load_image_crop(img, center, scale, self.input_size, rot, flip)
+        pts = apply_affine(joints[:, :2], M)
+        vis = joints[:, 2] > 0
+        if flip:
+            for a, b in self.flip_pairs:
+                pts[[a, b]], vis[[a, b]] = pts[[b, a]], vis[[b, a]]
+        hms, wts = heatmap.encode(pts, vis, self.heatmap_size, self.sigma)
+        meta = {"index": idx, "image_id": s["image_id"], "center": center.astype(np.float32),
+                "scale": scale.astype(np.float32), "score": np.float32(s["score"]),
+                "area": np.float32(s["area"]), "rotation": np.float32(rot), "flip": flip,
+                "joints": joints.astype(np.float32), "affine": M.astype(np.float32)}
+        return {"image": torch.from_numpy(crop), "heatmaps": torch.from_numpy(hms), "weights": torch.from_numpy(wts),
+                "meta": meta}
+
+    def _augment(self, joints, center, scale):
+        """Half-body, random scale / rotation / horizontal flip (SimpleBaseline's recipe); torch RNG so that
+        DataLoader worker seeding and checkpointed RNG state make it reproducible."""
+        r = torch.rand(6).tolist()
+        vis = joints[:, 2] > 0
+        if vis.sum() > 8 and r[0] < self.half_body_prob and self.upper_body:
+            hb = self._half_body(joints, vis, upper_first=r[1] < 0.5)
+            if hb is not None:
+                center, scale = hb
+        sf, rf = self.scale_factor, self.rot_factor
+        scale = scale * float(np.clip(torch.randn(1).item() * sf + 1, 1 - sf, 1 + sf))
+        rot = float(np.clip(torch.randn(1).item() * rf, -2 * rf, 2 * rf)) if r[2] < self.rot_prob else 0.0
+        flip = self.flip and r[3] < 0.5
+        return center, scale, rot, flip
+
+    def _half_body(self, joints, vis, upper_first: bool):
+        upper = [j for j in range(self.num_joints) if vis[j] and j in self.upper_body]
+        lower = [j for j in range(self.num_joints) if vis[j] and j not in self.upper_body]
+        sel = upper if (upper_first and len(upper) > 2) or len(lower) < 2 else lower
+        if len(sel) < 2:
+            return None
+        p = joints[sel, :2]
+        lo, hi = p.min(0), p.max(0)
+        center = ((lo + hi) / 2).astype(np.float32)
+        scale = fit_aspect(hi - lo, self.input_size) * 1.5
+        return center, scale
+
+
+class CocoPose(TopDown):
+    """COCO keypoints, top-down: one item per person box.
+
+    root: a COCO tree (`train2017/`, `val2017/`, `annotations/person_keypoints_{split}.json`), default the bundled
+    data/coco-mini. boxes: "gt" (annotated persons with at least one labelled joint, crowds excluded) or the path of
+    a person detection results json (COCO results format; the standard top-down evaluation). train: augment.
+    """
+
+    flip_pairs = COCO_FLIP_PAIRS
+    upper_body = COCO_UPPER_BODY
+
+    def __init__(self, root=DEFAULT_COCO, split: str = "train2017", input_size=(256, 192), train: bool = True,
+                 boxes="gt", num_joints: int = 17, det_score_thresh: float = 0.0, limit: int | None = None, **kw):
+        super().__init__(input_size, train, num_joints, **kw)
+        self.root, self.split = Path(root), split
+        self.ann_file = self.root / "annotations" / f"person_keypoints_{split}.json"
+        self.coco = load_coco(self.ann_file)
+        cats = self.coco.loadCats(self.coco.getCatIds(catNms=["person"])) or self.coco.loadCats(self.coco.getCatIds())
+        nk = len(cats[0].get("keypoints", [])) if cats else 0
+        if nk != num_joints:
+            raise UserError(f"{self.ann_file}: categories[0].keypoints: the data has {nk} joints, the model "
+                            f"{num_joints} (num_joints mismatch)")
+        self.cat_id = cats[0]["id"]
+        self.boxes = boxes
+        if str(boxes) == "gt":
+            self._index_gt()
+        else:
+            self._index_dets(boxes, det_score_thresh)
+        self._finish_index(self.ann_file, limit)
+
+    def _img(self, image_id):
+        info = self.coco.imgs[image_id]
+        return info, self.root / self.split / info["file_name"]
+
+    def _index_gt(self):
+        for image_id in sorted(self.coco.imgs):
+            info, path = self._img(image_id)
+            anns = [a for a in self.coco.imgToAnns.get(image_id, []) if a.get("category_id") == self.cat_id
+                    and not a.get("iscrowd", 0)]
+            if not anns or not self._image_ok(path):
+                continue
+            for a in anns:
+                kps = np.asarray(a.get("keypoints", []), np.float32).reshape(-1, 3)
+                if len(kps) != self.num_joints or not (kps[:, 2] > 0).any():
+                    self.skipped["persons with no labelled joint"] += 1
+                    continue
+                box = self._clip_box(a["bbox"], info["width"], info["height"])
+                if box is None:
+                    continue
+                self._add(path, image_id, box, kps, 1.0, a.get("area", box[2] * box[3]))
+
+    def _index_dets(self, det_file, thresh):
+        dets = read_json(det_file, "detection results file")
+        if not isinstance(dets, list):
+            raise UserError(f"{det_file}: malformed detection results file: expected a list of "
+                            "{image_id, category_id, bbox, score}")
+        zeros = np.zeros((self.num_joints, 3), np.float32)
+        checked = {}
+        for i, d in enumerate(dets):
+            try:
+                image_id, box, score = d["image_id"], d["bbox"], float(d.get("score", 1.0))
+                cat = d.get("category_id", self.cat_id)
+                assert len(box) == 4
+            except (KeyError, TypeError, AssertionError, ValueError):
+                raise UserError(f"{det_file}: [{i}]: expected image_id, bbox [x, y, w, h] and score") from None
+            if cat != self.cat_id or score < thresh:
+                continue
+            if image_id not in self.coco.imgs:
+                self.skipped["detections on images not in the split"] += 1
+                continue
+            info, path = self._img(image_id)
+            if image_id not in checked:
+                checked[image_id] = self._image_ok(path)
+            if not checked[image_id]:
+                continue
+            box = self._clip_box(box, info["width"], info["height"])
+            if box is not None:
+                self._add(path, image_id, box, zeros, score, box[2] * box[3])
+
+    def _add(self, path, image_id, box, joints, score, area):
+        center, scale = box_to_center_scale(box, self.input_size)
+        self.samples.append({"path": path, "image_id": int(image_id), "center": center, "scale": scale,
+                             "joints": joints, "score": float(score), "area": float(area)})
+
+
+def load_coco(ann_file):
+    """A pycocotools COCO index from a keypoints json, with a one-line UserError for a malformed file."""
+    from pycocotools.coco import COCO
+
+    d = read_json(ann_file)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(d, dict) or not isinstance(d.get(key), list):
+            raise UserError(f"{ann_file}: {key}: missing or not a list (not a COCO keypoints file)")
+    coco = COCO()  # built from the parsed dict: no prints, and our own error messages
+    coco.dataset = d
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+            coco.createIndex()
+        for img in d["images"]:
+            img["id"], img["file_name"], img["width"], img["height"]  # noqa: B018
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{ann_file}: malformed COCO file: missing field {e}") from None
+    return coco
+
+
+class MpiiPose(TopDown):
+    """MPII in the HRNet json list format: [{image, center, scale, joints[16][2], joints_vis[16]}, ...].
+
+    root holds `images/` and `annot/{split}.json`. MPII's center/scale are 1-based MATLAB values with scale =
+    person height / 200; converted as HRNet does (center y += 15 * scale, scale * 1.25, 0-based).
+    """
+
+    flip_pairs = MPII_FLIP_PAIRS
+    upper_body = MPII_UPPER_BODY
+
+    def __init__(self, root=DEFAULT_MPII, split: str = "valid", input_size=(256, 256), train: bool = True,
+                 num_joints: int = 16, limit: int | None = None, **kw):
+        super().__init__(input_size, train, num_joints, **kw)
+        self.root, self.split = Path(root), split
+        self.ann_file = self.root / "annot" / f"{split}.json"
+        entries = read_json(self.ann_file)
+        if not isinstance(entries, list):
+            raise UserError(f"{self.ann_file}: malformed MPII file: expected a list of "
+                            "{image, center, scale, joints, joints_vis}")
+        self.gt = []  # (joints (16, 2) 0-based, visible (16,)) per kept sample, for pckh()
+        for i, e in enumerate(entries):
+            try:
+                joints = np.asarray(e["joints"], np.float32).reshape(-1, 2) - 1
+                vis = np.asarray(e.get("joints_vis", np.ones(len(joints))), np.float32).reshape(-1)
+                c = np.asarray(e["center"], np.float32).reshape(2) - 1
+                s = float(e["scale"])
+                name = e["image"]
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{self.ann_file}: [{i}]: expected image, center [x, y], scale, joints") from None
+            if len(joints) != num_joints:
+                raise UserError(f"{self.ann_file}: [{i}].joints: the data has {len(joints)} joints, the model "
+                                f"{num_joints} (num_joints mismatch)")
+            path = self.root / "images" / name
+            if not self._image_ok(path):
+                continue
+            if not (vis > 0).any() and train:
+                self.skipped["persons with no labelled joint"] += 1
+                continue
+            if c[0] > 0:
+                c[1] += 15 * s
+            scale = fit_aspect((s * 200 * 1.25, s * 200 * 1.25), self.input_size)
+            kps = np.concatenate([joints, vis[:, None]], 1)
+            self.samples.append({"path": path, "image_id": i, "center": c, "scale": scale, "joints": kps,
+                                 "score": 1.0, "area": float(scale[0] * scale[1]), "entry": i})
+            self.gt.append((joints, vis))
+        self._finish_index(self.ann_file, limit)
+        self.gt = self.gt[: len(self.samples)]
+

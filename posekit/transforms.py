@@ -1,0 +1,93 @@
+"""Top-down geometry: person box -> (center, scale) -> affine crop of the network input, and back.
+
+`scale` is the (w, h) in image pixels of the region that fills the network input (already padded by 1.25 and at
+the input's aspect ratio), not HRNet's "/200" unit. Coordinates use pixel centres (pixel i is at i), as cv2 does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from posekit.errors import UserError
+from posekit.keypoints import MEAN, STD
+
+PADDING = 1.25  # the usual context around a person box (SimpleBaseline / HRNet)
+
+
+def box_to_center_scale(box, input_size, padding: float = PADDING):
+    """COCO box (x, y, w, h) -> center (2,), scale (2,) = padded (w, h) at the input's aspect ratio (H, W)."""
+    x, y, w, h = (float(v) for v in box)
+    aspect = input_size[1] / input_size[0]
+    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
+    if w > aspect * h:
+        h = w / aspect
+    else:
+        w = h * aspect
+    return center, np.array([w, h], np.float32) * padding
+
+
+def fit_aspect(scale, input_size):
+    """Grow (w, h) to the input's aspect ratio (H, W) without cropping."""
+    w, h = float(scale[0]), float(scale[1])
+    aspect = input_size[1] / input_size[0]
+    return np.array([max(w, h * aspect), max(h, w / aspect)], np.float32)
+
+
+def get_affine(center, scale, input_size, rot: float = 0.0, flip: bool = False) -> np.ndarray:
+    """2x3 matrix mapping image pixels to input pixels: `center` -> the input centre, `scale` (w, h) -> (W, H),
+    rotated by `rot` degrees (counter-clockwise in the image), then mirrored left-right when `flip`."""
+    H, W = input_size
+    a = np.deg2rad(rot)
+    rotm = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    A = np.diag([W / float(scale[0]), H / float(scale[1])]) @ rotm
+    t = np.array([(W - 1) / 2, (H - 1) / 2]) - A @ np.asarray(center, np.float64)
+    M = np.concatenate([A, t[:, None]], 1)
+    if flip:
+        M = np.array([[-1.0, 0, W - 1], [0, 1, 0]]) @ np.vstack([M, [0, 0, 1]])
+    return M
+
+
+def apply_affine(points, M) -> np.ndarray:
+    """(..., 2) points through a 2x3 matrix."""
+    p = np.asarray(points, np.float64)
+    return p @ M[:, :2].T + M[:, 2]
+
+
+def invert_affine(M) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(M, np.float64))
+
+
+def read_image(path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); an unreadable file is a UserError naming it."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"{path}: cannot read image (missing, unreadable or not an image)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def normalize(rgb_uint8) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W): [0, 1], then ImageNet mean/std (posekit.keypoints)."""
+    x = rgb_uint8.astype(np.float32) / 255.0
+    x = (x - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def load_image_crop(path_or_array, center, scale, input_size, rot: float = 0.0, flip: bool = False):
+    """The network input for one person, exactly as the data pipeline makes it.
+
+    path_or_array: an image file, or an RGB uint8 array (H, W, 3). center/scale: from `box_to_center_scale`.
+    Returns (normalized float32 (3, H, W), affine 2x3 image->input); `to_image` undoes the affine for keypoints.
+    """
+    img = read_image(path_or_array) if isinstance(path_or_array, (str, Path)) else np.asarray(path_or_array)
+    M = get_affine(center, scale, input_size, rot, flip)
+    H, W = input_size
+    crop = cv2.warpAffine(img, M, (int(W), int(H)), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return normalize(crop), M
+
+
+def to_image(coords_input, M) -> np.ndarray:
+    """Input-pixel coordinates (..., 2) of a crop made with affine M -> image coordinates."""
+    return apply_affine(coords_input, invert_affine(M))
