@@ -34,7 +34,8 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(path, net: torch.nn.Module, arch: Arch, **state) -> Path:
     """Write {format, arch, model, **state} atomically; `state` must hold tensors / plain Python only."""
-    ckpt = {"format": FORMAT, "arch": arch.to_dict(), "model": unwrap(net).state_dict(), **state}
+    model = {k: v.contiguous() for k, v in unwrap(net).state_dict().items()}  # plain NCHW even if trained NHWC
+    ckpt = {"format": FORMAT, "arch": arch.to_dict(), "model": model, **state}
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(ckpt, tmp)
     return Path(path)

@@ -117,11 +117,23 @@ def to_coco_results(kps, metas, cat_id: int = 1, nms: bool = False) -> list[dict
     return out
 
 
+_WARNED: set = set()
+
+
 def _coco_dataset(root, split, input_size, boxes, num_joints, limit=None):
+    """The eval dataset; its skip summary is warned once per process (a trainer evaluates every epoch)."""
+    import warnings
+
     from posekit.data import CocoPose
 
-    return CocoPose(root, split, input_size, train=False, boxes=boxes, num_joints=num_joints, limit=limit,
-                    cache_images=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = CocoPose(root, split, input_size, train=False, boxes=boxes, num_joints=num_joints, limit=limit)
+    for w in caught:
+        if str(w.message) not in _WARNED:
+            _WARNED.add(str(w.message))
+            warnings.warn(str(w.message), w.category, stacklevel=3)
+    return ds
 
 
 def evaluate_model(predict_fn, root=DEFAULT_COCO, split: str = "val2017", input_size=(256, 192), boxes="gt",

@@ -86,7 +86,7 @@ def _calib_batches(calib: Iterable | None, nhwc: bool, what: str) -> list[np.nda
     return out
 
 
-def _aeq_recipe(name: str):
+def _aeq_recipe(name: str, int8_io: bool = True):
     from ai_edge_quantizer import recipe
 
     if name == "fp16":  # fp16 weights, float compute: the TFLite "float16 quantization" form (DEQUANTIZE'd weights)
@@ -96,13 +96,17 @@ def _aeq_recipe(name: str):
     fn = getattr(recipe, name, None)
     if fn is None:
         raise UserError(f"unknown ai-edge-quantizer recipe {name!r}")
-    return fn()
+    r = fn()
+    if not int8_io:  # static recipes quantize the graph's input/output tensors too; keep them float instead
+        r += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}}
+              for op in ("INPUT", "OUTPUT")]
+    return r
 
 
-def _aeq_quantize(fp32: bytes, recipe_name: str, batches: list[np.ndarray] | None) -> bytes:
+def _aeq_quantize(fp32: bytes, recipe_name: str, batches: list[np.ndarray] | None, int8_io: bool = False) -> bytes:
     from ai_edge_quantizer import quantizer
 
-    q = quantizer.Quantizer(bytearray(fp32), _aeq_recipe(recipe_name))
+    q = quantizer.Quantizer(bytearray(fp32), _aeq_recipe(recipe_name, int8_io))
     with _quiet():
         result = None
         if q.need_calibration:
@@ -129,38 +133,6 @@ def _pt2e(module: nn.Module, sample: torch.Tensor, batches: list[np.ndarray]) ->
     return _convert(m, sample, quant_config.QuantConfig(pt2e_quantizer=q))
 
 
-def _int8_interface(model: bytes) -> bytes:
-    """Drop the float QUANTIZE after each input and DEQUANTIZE before each output, so the model takes and returns
-    int8 (their scale/zero point then live on the I/O tensors). TFLite's modify_model_interface tool cannot read
-    the offset-buffer files ai-edge-quantizer writes, hence this edit of the flatbuffer object model."""
-    from ai_edge_litert import schema_py_generated as s
-    from ai_edge_litert.tools import flatbuffer_utils as fbu
-
-    m = fbu.read_model_from_bytearray(bytearray(model))
-    code = {i: max(oc.builtinCode, oc.deprecatedBuiltinCode) for i, oc in enumerate(m.operatorCodes)}
-    g = m.subgraphs[0]
-    remap, drop = {}, set()
-    for k, t in enumerate(g.inputs):
-        ops = [i for i, op in enumerate(g.operators) if t in list(op.inputs)]
-        if len(ops) != 1 or code[g.operators[ops[0]].opcodeIndex] != s.BuiltinOperator.QUANTIZE:
-            raise UserError("int8 I/O: an input does not feed a single QUANTIZE op")
-        q = int(g.operators[ops[0]].outputs[0])
-        remap[int(t)], g.inputs[k] = q, q
-        drop.add(ops[0])
-    for k, t in enumerate(g.outputs):
-        ops = [i for i, op in enumerate(g.operators) if t in list(op.outputs)]
-        if len(ops) != 1 or code[g.operators[ops[0]].opcodeIndex] != s.BuiltinOperator.DEQUANTIZE:
-            raise UserError("int8 I/O: an output is not produced by a DEQUANTIZE op")
-        d = int(g.operators[ops[0]].inputs[0])
-        remap[int(t)], g.outputs[k] = d, d
-        drop.add(ops[0])
-    g.operators = [op for i, op in enumerate(g.operators) if i not in drop]
-    for sd in m.signatureDefs or []:
-        for tm in list(sd.inputs) + list(sd.outputs):
-            tm.tensorIndex = remap.get(tm.tensorIndex, tm.tensorIndex)
-    return bytes(fbu.convert_object_to_bytearray(m))
-
-
 def to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, precision: str = "fp32",
               calib: Iterable | None = None, int8_io: bool = False, nhwc: bool = True, *,
               quantizer: str = "aeq", recipe: str = "static_wi8_ai8", output_name: str = "heatmaps") -> Path:
@@ -179,8 +151,8 @@ def to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, p
         if precision == "int8" and quantizer == "pt2e":
             model = _pt2e(module, sample, _calib_batches(calib, nhwc, "int8"))
         else:
-            model = _quantize(_convert(module, sample), precision, calib, nhwc, recipe)
-    return _write(model, path, int8_io)
+            model = _quantize(_convert(module, sample), precision, calib, nhwc, recipe, int8_io)
+    return _write(model, path)
 
 
 def quantize_tflite(fp32: str | Path | bytes, path: str | Path, precision: str, calib: Iterable | None = None,
@@ -188,7 +160,7 @@ def quantize_tflite(fp32: str | Path | bytes, path: str | Path, precision: str, 
     """Quantize an fp32 .tflite written by `to_tflite` (ai-edge-quantizer) without converting again."""
     _check(precision, int8_io, "aeq", recipe)
     model = fp32 if isinstance(fp32, bytes) else Path(fp32).read_bytes()
-    return _write(_quantize(model, precision, calib, nhwc, recipe), path, int8_io)
+    return _write(_quantize(model, precision, calib, nhwc, recipe, int8_io), path)
 
 
 def _check(precision, int8_io, quantizer, recipe):
@@ -198,23 +170,23 @@ def _check(precision, int8_io, quantizer, recipe):
         raise UserError(f"int8_io needs precision int8, got {precision}")
     if quantizer not in ("aeq", "pt2e"):
         raise UserError(f"quantizer {quantizer!r}: expected aeq or pt2e")
+    if int8_io and quantizer == "pt2e":
+        raise UserError("int8_io is supported with quantizer aeq only")
     if recipe not in STATIC_RECIPES:
         raise UserError(f"recipe {recipe!r}: expected one of {', '.join(STATIC_RECIPES)}")
 
 
-def _quantize(model: bytes, precision: str, calib, nhwc: bool, recipe: str) -> bytes:
+def _quantize(model: bytes, precision: str, calib, nhwc: bool, recipe: str, int8_io: bool = False) -> bytes:
     if precision == "fp16":
         return _aeq_quantize(model, "fp16", None)
     if precision == "int8-dynamic":
         return _aeq_quantize(model, "dynamic_wi8_afp32", None)
     if precision == "int8":
-        return _aeq_quantize(model, recipe, _calib_batches(calib, nhwc, "int8"))
+        return _aeq_quantize(model, recipe, _calib_batches(calib, nhwc, "int8"), int8_io)
     return model
 
 
-def _write(model: bytes, path, int8_io: bool) -> Path:
-    if int8_io:
-        model = _int8_interface(model)
+def _write(model: bytes, path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(model)
     return Path(path)

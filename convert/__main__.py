@@ -1,0 +1,87 @@
+"""python -m convert: write every artifact of a model and its manifest.json; `python -m convert head-bench` times
+the MBV1 head's deconv rewrites (see model/deploy.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from posekit.cli import main_guard
+
+from .pipeline import ALL, GROUPS
+
+
+def add_model_args(p: argparse.ArgumentParser, default_targets: str):
+    p.add_argument("--ckpt", help="checkpoint (model/checkpoint.py format); default: runs/demo/train/best.pt if "
+                                  "it exists, else EfficientPose-A with the MBV1 head (random init, so marked)")
+    p.add_argument("--arch", help="arch file or shipped name (instead of --ckpt): random init, for conversion only")
+    p.add_argument("--head", choices=("plain", "mbv1", "mbv2"), help="switch the head type of --arch")
+    p.add_argument("--input", help="override the input size, HxW (e.g. 128x96)")
+    p.add_argument("--calib", type=int, default=32, help="calibration crops for static int8 (default 32)")
+    p.add_argument("--data", help="dataset root for calibration crops (default: bundled data/coco-mini or mpii-mini)")
+    p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
+    p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
+                                                          "zero point in the manifest); default float32 I/O")
+    p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
+                   help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(ALL)} (default {default_targets})")
+
+
+def run(args, log=print):
+    from .pipeline import convert, expand_targets
+    from .source import load_source
+
+    if args.calib < 1:
+        from posekit.errors import UserError
+
+        raise UserError(f"--calib {args.calib}: needs at least 1 crop")
+    targets = expand_targets(args.targets)
+    src = load_source(args.ckpt, args.arch, args.head, args.input)
+    out = args.out or Path("artifacts") / src.name
+    log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
+    convert(src, out, targets, args.calib, args.data, args.int8_io, log)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
+                                epilog="`python -m convert head-bench --help` for the head benchmark")
+    add_model_args(p, "all")
+    return p
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert head-bench",
+                                description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
+                                            "litert-torch's direct lowering and the plain head (one interleaved run).")
+    p.add_argument("--in-shape", default="16x12x96", help="head input HxWxC (default: EfficientPose-A's 16x12x96)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
+    p.add_argument("--rewrites", nargs="+", default=None, help="subset of subpixel phases zeros dense none")
+    return p
+
+
+@main_guard
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["head-bench"]:
+        from model.deploy import REWRITES
+        from posekit.errors import UserError
+
+        from .bench import head_bench
+
+        a = bench_parser().parse_args(argv[1:])
+        try:
+            shape = tuple(int(v) for v in a.in_shape.lower().split("x"))
+            assert len(shape) == 3
+        except (ValueError, AssertionError):
+            raise UserError(f"--in-shape {a.in_shape!r}: expected HxWxC") from None
+        head_bench(shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES)
+        return 0
+    return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

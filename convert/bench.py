@@ -1,0 +1,88 @@
+"""`python -m convert head-bench`: the MBV1 head's deconv rewrites against litert-torch's direct lowering and the
+plain head, as head-only fp32 .tflite models timed on this host in ONE interleaved run (medians of rounds)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.arch import Head
+from model.deploy import REWRITES, deploy_model
+from model.heads import PoseHead
+from posekit import litert
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BN statistics of a trained net's scale (the default init makes heads output ~0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                fan = m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.weight.shape[1] * m.kernel_size[0] ** 2
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return module
+
+
+def head_model(kind: str, cin: int = 96, joints: int = 17, deconv=(64, 32), kernel: int = 4, sic: bool = True):
+    return randomize(PoseHead(cin, joints, Head(kind, list(deconv), kernel, sic))).eval()
+
+
+def time_invoke(it, n: int) -> float:
+    """Median ms of n invokes of an allocated interpreter (inputs left as set)."""
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        it.invoke()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def variants(rewrites=REWRITES):
+    """(label, model) pairs: the plain head deployed, and the MBV1 head under each rewrite."""
+    out = [("plain", deploy_model(head_model("plain")))]
+    mbv1 = head_model("mbv1")
+    out += [(f"mbv1-{how}", deploy_model(mbv1, how)) for how in rewrites]
+    return out
+
+
+def head_bench(shape=(16, 12, 96), rounds: int = 7, iters: int = 30, threads: int = 1, xnnpack: bool = True,
+               rewrites=REWRITES, out=print) -> dict[str, float]:
+    """Convert each variant, then time them round-robin; returns {label: median ms}."""
+    h, w, c = shape
+    x = torch.randn(1, c, h, w)
+    its = {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, m in variants(rewrites):
+            path = litert.to_tflite(m, x, Path(d, f"{label}.tflite"))
+            ops = litert.op_counts(path)
+            out(f"converted {label:14s} ops={sum(ops.values()):4d} {dict(sorted(ops.items()))}")
+            it = litert.interpreter(path, threads=threads, xnnpack=xnnpack)
+            (name, det), = it.get_signature_runner(litert.SIGNATURE).get_input_details().items()
+            it.set_tensor(det["index"], x.permute(0, 2, 3, 1).numpy().astype(np.float32))
+            time_invoke(it, 3)  # warm-up
+            its[label] = it
+        times = {k: [] for k in its}
+        for _ in range(rounds):  # interleaved: every variant sees the same machine load
+            for k, it in its.items():
+                times[k].append(time_invoke(it, iters))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out(f"head-only fp32, in {h}x{w}x{c}, {threads} thread(s), {'XNNPACK' if xnnpack else 'builtin'}, "
+        f"median of {rounds} interleaved rounds x {iters} invokes:")
+    for k, v in med.items():
+        rel = [f"{med['mbv1-none'] / v:5.2f}x faster than direct" if "mbv1-none" in med else "",
+               f"{v / med['plain']:4.2f}x plain" if "plain" in med else ""]
+        out(f"  {k:14s} {v:8.3f} ms   " + "   ".join(rel))
+    return med

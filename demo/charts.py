@@ -1,0 +1,66 @@
+"""Plots of the demo report, each from files this run produced (or shipped LUTs it names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is files
+import matplotlib.pyplot as plt  # noqa: E402
+
+from model import load  # noqa: E402
+from model.arch import Arch  # noqa: E402
+from model.flops import count_flops  # noqa: E402
+from model.latency import LUT  # noqa: E402
+from posekit.io import atomic_path  # noqa: E402
+
+REFERENCE = ("efficientpose_a", "efficientpose_b", "efficientpose_c", "mobilenetv2_simplebaseline")
+
+
+def reference_points(derived: Arch, luts: dict[str, LUT]) -> list[dict]:
+    """LUT latency and FLOPs of the derived arch and the reference archs, each with the derived arch's head and
+    input, so the comparison is of backbones under one head."""
+    rows = []
+    for name in ("derived",) + REFERENCE:
+        a = derived.copy() if name == "derived" else load(name)
+        if name != "derived" and not name.startswith("mobilenet"):
+            a.head = derived.head  # EfficientPose-A/B/C with the same slim head as the derived arch
+        a.input_size = derived.input_size
+        f = count_flops(a)
+        row = {"name": a.name if name != "derived" else f"derived ({a.name})", "params": f["params"],
+               "gflops": f["flops"] / 1e9, "head": a.head.type}
+        for dev, lut in luts.items():
+            miss = lut.missing(_keys(a))
+            row[f"lut_{dev}_ms"] = None if miss else lut.latency(a)
+        rows.append(row)
+    return rows
+
+
+def _keys(a):
+    from model.latency import network_keys
+
+    return network_keys(a)
+
+
+def latency_flops_chart(rows: list[dict], devices: list[str], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(devices), figsize=(5.5 * len(devices), 4.2), squeeze=False)
+    for ax, dev in zip(axes[0], devices):
+        for r in rows:
+            ms = r.get(f"lut_{dev}_ms")
+            if ms is None:
+                continue
+            derived = r["name"].startswith("derived")
+            ax.scatter(r["gflops"], ms, s=90 if derived else 45, marker="*" if derived else "o",
+                       color="crimson" if derived else "steelblue", zorder=3)
+            ax.annotate(r["name"].replace("derived ", "").split(" (")[0] if not derived else "derived",
+                        (r["gflops"], ms), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("GFLOPs (2 x MACs)")
+        ax.set_ylabel(f"LUT latency on {dev} (ms)")
+        ax.set_title(f"latency vs FLOPs, {dev} LUT")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

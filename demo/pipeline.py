@@ -1,0 +1,67 @@
+"""The demo's step table: each step is a stage CLI with the files it reads and writes.
+
+A step runs only when one of its outputs is missing or older than one of its inputs (make's rule), so a second
+`make demo` redoes nothing. Stages hand each other files; the demo never imports a stage.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posekit.errors import UserError
+
+
+@dataclass
+class Step:
+    name: str
+    cmd: list[str]
+    inputs: list[Path]
+    outputs: list[Path]
+    allow_fail: bool = False  # parity failing is a finding to report, not a reason to stop the demo
+    seconds: float = 0.0
+    status: str = "pending"
+    log: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def fresh(self) -> bool:
+        if not all(p.exists() for p in self.outputs):
+            return False
+        newest_in = max((_mtime(p) for p in self.inputs if p.exists()), default=0.0)
+        return min(_mtime(p) for p in self.outputs) >= newest_in
+
+
+def _mtime(p: Path) -> float:
+    if p.is_dir():
+        return max([p.stat().st_mtime] + [x.stat().st_mtime for x in p.rglob("*")])
+    return p.stat().st_mtime
+
+
+def run_steps(steps: list[Step], logdir: Path, force: bool = False) -> None:
+    logdir.mkdir(parents=True, exist_ok=True)
+    for i, step in enumerate(steps, 1):
+        step.log = logdir / f"{i:02d}_{step.name}.log"
+        head = f"[{i}/{len(steps)}] {step.name}"
+        if not force and step.fresh():
+            step.status = "up to date"
+            print(f"{head}: up to date ({', '.join(str(p) for p in step.outputs)})", flush=True)
+            continue
+        print(f"{head}: {' '.join(shlex.quote(c) for c in step.cmd)}", flush=True)
+        t0 = time.monotonic()
+        with open(step.log, "w") as log:
+            # Stream the stage's output to the terminal (its tqdm bars included) and keep a log of it.
+            proc = subprocess.Popen(step.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in proc.stdout:
+                sys.stdout.write("    " + line)
+                log.write(line)
+            rc = proc.wait()
+        step.seconds = time.monotonic() - t0
+        if rc != 0 and not step.allow_fail:
+            step.status = f"failed (exit {rc})"
+            raise UserError(f"demo step '{step.name}' failed with exit code {rc}; its log: {step.log}")
+        step.status = "done" if rc == 0 else f"done, exit {rc} (see report)"
+        print(f"{head}: {step.status} in {step.seconds:.0f} s", flush=True)

@@ -1,0 +1,110 @@
+"""python -m device_bench {lut,predict,bench,fidelity}: per-op latency tables measured on real targets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from posekit.cli import main_guard
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the runtime (default 1)")
+    p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false",
+                   help="TFLite's builtin kernels instead of the XNNPACK delegate")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m device_bench", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("lut", help="measure a LUT (missing keys only: a killed run resumes)",
+                       description="Measure per-part latency into luts/<device>.json. Devices: host (fp32 LiteRT), "
+                                   "host-int8, pixel / note10 / <adb serial>[,<serial>...] (a phone over adb), "
+                                   "coreml (macOS).")
+    p.add_argument("--device", required=True, help="host | host-int8 | pixel | note10 | <adb serial>[,...] | coreml")
+    p.add_argument("--space", default="default", help="search space name or file (default: default)")
+    p.add_argument("--no-shipped-archs", action="store_true",
+                   help="only the space's keys (default: also the shipped archs', own head and mbv1 head)")
+    p.add_argument("--archs", nargs="*", help="more arch files whose keys the LUT must cover")
+    p.add_argument("--quick", action="store_true", help="a few keys only (one network: every layer ir_k3_e3)")
+    p.add_argument("--out", help="LUT file (default luts/<device>.json)")
+    p.add_argument("--fresh", action="store_true", help="discard the existing file's entries")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per key (host, coreml)")
+    p.add_argument("--per-visit", type=int, default=5, help="timed runs per key per round (host, coreml)")
+    p.add_argument("--chunk", type=int, default=12, help="keys timed together; the LUT is saved after each chunk")
+    p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
+    _common(p)
+    a = p.add_argument_group("android")
+    a.add_argument("--adb", help="adb binary (default: adb on PATH)")
+    a.add_argument("--serial", help="adb serial for --device pixel/note10 when several devices are attached")
+    a.add_argument("--benchmark-model", help="TFLite's android benchmark_model binary (pushed to the phone)")
+    a.add_argument("--taskset", help="CPU mask to pin benchmark_model to, e.g. f0 (big cores)")
+    a.add_argument("--int8", action="store_true", help="time the int8 parts")
+    a.add_argument("--passes", type=int, default=3, help="interleaved passes over all ops")
+    a.add_argument("--num-runs", type=int, default=30)
+    a.add_argument("--warmup-runs", type=int, default=5)
+    c = p.add_argument_group("coreml")
+    c.add_argument("--compute-units", default="CPU_ONLY,CPU_AND_GPU,ALL")
+    c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
+
+    p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
+                       description="Fit a latency model on data/published-luts and predict every key of our space.")
+    p.add_argument("--device", required=True, choices=("pixel", "note10"))
+    p.add_argument("--space", default="default")
+    p.add_argument("--no-shipped-archs", action="store_true")
+    p.add_argument("--archs", nargs="*")
+    p.add_argument("--out", help="LUT file (default luts/<device>.json)")
+
+    p = sub.add_parser("bench", help="whole-model latency: median, p90 and a per-op profile where available")
+    p.add_argument("--device", default="host", help="host | <adb serial> | pixel | note10 | coreml")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="a .tflite (or .mlpackage on macOS)")
+    g.add_argument("--model-dir", help="artifacts/<model> with manifest.json: every tflite artifact, XNNPACK and "
+                                       "builtin kernels, one interleaved run")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model (host: over interleaved rounds)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--adb")
+    p.add_argument("--serial")
+    p.add_argument("--benchmark-model")
+    p.add_argument("--taskset")
+    _common(p)
+
+    p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
+    p.add_argument("--device", required=True, choices=("host", "host-int8"))
+    p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
+    p.add_argument("--space", default="default")
+    p.add_argument("--n", type=int, default=20, help="random archs (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--per-visit", type=int, default=3)
+    p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
+    p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
+    _common(p)
+    return ap
+
+
+@main_guard
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "lut":
+        from .lut import run_lut
+
+        run_lut(args)
+    elif args.cmd == "predict":
+        from .lut import run_predict
+
+        run_predict(args)
+    elif args.cmd == "bench":
+        from .bench import run_bench
+
+        run_bench(args)
+    elif args.cmd == "fidelity":
+        from .fidelity import run_fidelity
+
+        run_fidelity(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

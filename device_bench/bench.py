@@ -1,0 +1,176 @@
+"""Whole-model benchmark: median and p90 latency of a .tflite (or every tflite artifact of a manifest), on the host
+(ai_edge_litert, XNNPACK and builtin kernels interleaved in one run), on a phone (benchmark_model with op
+profiling) or on macOS (Core ML, per compute unit).
+
+Per-op profile on the host: the ai_edge_litert Python Interpreter exposes no op profiler, so the host report
+lists the op census (op type x compute dtype) and, when the manifest names an arch and a host LUT covers it, the
+per-part latencies from that LUT (each part measured alone).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.arch import from_dict
+from model.latency import load_lut, network_keys
+from posekit.errors import UserError
+
+from .timing import round_robin, summary
+
+
+def _tflite_artifacts(model_dir: Path) -> tuple[dict, list[dict]]:
+    mf = model_dir / "manifest.json"
+    if not mf.is_file():
+        raise UserError(f"{model_dir}: no manifest.json (write artifacts with `make convert`)")
+    try:
+        manifest = json.loads(mf.read_text())
+        arts = [a for a in manifest["artifacts"] if a.get("format") == "tflite"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{mf}: malformed manifest ({e})") from None
+    if not arts:
+        raise UserError(f"{mf}: lists no tflite artifact")
+    for a in arts:
+        if not (model_dir / a["file"]).is_file():
+            raise UserError(f"{mf}: artifact {a['file']} is missing on disk")
+    return manifest, arts
+
+
+def _print_table(rows: list[tuple[str, dict]]) -> None:
+    w = max(len(n) for n, _ in rows)
+    print(f"{'model':<{w}}  {'median ms':>10} {'p90 ms':>9} {'min ms':>9} {'n':>5}")
+    for name, s in rows:
+        print(f"{name:<{w}}  {s['median_ms']:10.3f} {s['p90_ms']:9.3f} {s['min_ms']:9.3f} {s['n']:5d}")
+
+
+def _census(path: Path) -> None:
+    from posekit.litert import op_dtypes
+
+    ops = sorted(op_dtypes(path).items(), key=lambda kv: -kv[1])
+    print("op census (per-op timing is not exposed by the ai_edge_litert Python API): "
+          + ", ".join(f"{k} x{v}" for k, v in ops))
+
+
+def _lut_profile(arch_dict: dict, device: str, top: int = 8) -> None:
+    """Per-part latencies from the host LUT, when it covers the manifest's arch."""
+    try:
+        arch = from_dict(arch_dict)
+        lut = load_lut(device)
+        keys = network_keys(arch)
+        if lut.missing(keys):
+            return
+    except UserError:
+        return
+    ms = [(k, lut.ms(k)) for k in keys]
+    total = sum(v for _, v in ms)
+    print(f"per-part profile from {lut.path} (parts timed alone; sum {total:.2f} ms):")
+    for k, v in sorted(ms, key=lambda kv: -kv[1])[:top]:
+        print(f"  {v:8.3f} ms {100 * v / total:5.1f}%  {k}")
+
+
+def bench_host(args) -> list[tuple[str, dict]]:
+    from .host import runner
+
+    if args.model:
+        path = Path(args.model)
+        if not path.is_file() or path.suffix != ".tflite":
+            raise UserError(f"{path}: not a .tflite file")
+        targets = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": (path, args.xnnpack)}
+        manifest = None
+    else:
+        d = Path(args.model_dir)
+        manifest, arts = _tflite_artifacts(d)
+        targets = {}
+        for a in arts:
+            for xnn in (True, False):
+                targets[f"{a['file']} {a['precision']} [{'xnnpack' if xnn else 'builtin'}]"] = (d / a["file"], xnn)
+    runners = {}
+    for name, (p, xnn) in targets.items():
+        try:
+            runners[name] = runner(p, args.threads, xnn)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"{p}: the interpreter cannot load it ({str(e).splitlines()[0]})") from None
+    per_visit = 5
+    rounds = max(1, -(-args.runs // per_visit))
+    samples = round_robin(runners, rounds=rounds, per_visit=per_visit, warmup=args.warmup, desc="bench")
+    rows = [(n, summary(s)) for n, s in samples.items()]
+    print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs:")
+    _print_table(rows)
+    _census(next(iter(targets.values()))[0])
+    if manifest and manifest.get("arch"):
+        _lut_profile(manifest["arch"], "host")
+    return rows
+
+
+def bench_android(args) -> dict:
+    from . import android
+
+    adb = android.find_adb(args.adb)
+    if not args.model or not args.model.endswith(".tflite"):
+        raise UserError("bench on a phone takes --model file.tflite")
+    if not args.benchmark_model:
+        raise UserError("bench on a phone needs --benchmark-model /path/to/android_aarch64_benchmark_model")
+    serial = android.resolve_serials(adb, [args.serial if args.device in ("pixel", "note10") else args.device])[0]
+    dev = android.Adb(serial, adb)
+    android.setup_device(dev, args.benchmark_model)
+    remote = f"{android.REMOTE_DIR}/{Path(args.model).name}"
+    dev.push(args.model, remote)
+    r = android.parse_benchmark_output(dev.shell(android.benchmark_cmd(
+        remote, args.threads, args.runs, args.warmup, args.xnnpack, args.taskset, profile=True)))
+    med = r.get("median_us", r["avg_us"]) / 1e3
+    print(f"{serial}: avg {r['avg_us'] / 1e3:.3f} ms, median {med:.3f} ms, std {r['std_us'] / 1e3:.3f} ms, "
+          f"n {r['count']} (benchmark_model prints no p90; min {r['min_us'] / 1e3:.3f}, max {r['max_us'] / 1e3:.3f})")
+    for op in sorted(r["ops"], key=lambda o: -o["avg_ms"])[:15]:
+        print(f"  {op['avg_ms']:8.3f} ms {op['pct']:5.1f}%  {op['type']:<20} {op['name']}")
+    return r
+
+
+def run_bench(args):
+    if args.device == "host":
+        return bench_host(args)
+    if args.device == "coreml":
+        return bench_coreml(args)
+    return bench_android(args)
+
+
+def _coreml_feed(ml) -> dict:
+    """A random input for each of the model's inputs (multi-array or image), read from its spec."""
+    import numpy as np
+
+    feed = {}
+    for inp in ml.get_spec().description.input:
+        t = inp.type
+        if t.WhichOneof("Type") == "imageType":
+            from PIL import Image
+
+            feed[inp.name] = Image.fromarray(np.random.default_rng(0).integers(
+                0, 255, (t.imageType.height, t.imageType.width, 3), dtype=np.uint8))
+        else:
+            feed[inp.name] = np.random.default_rng(0).standard_normal(list(t.multiArrayType.shape)).astype("float32")
+    return feed
+
+
+def bench_coreml(args) -> list[tuple[str, dict]]:
+    from .apple import COMPUTE_UNITS, require_macos
+
+    require_macos()
+    import coremltools as ct
+
+    if args.model:
+        paths = [Path(args.model)]
+    else:
+        d = Path(args.model_dir)
+        manifest = json.loads((d / "manifest.json").read_text())
+        paths = [d / a["file"] for a in manifest["artifacts"] if a["format"].startswith("coreml")]
+    runners = {}
+    for p in paths:
+        for unit in COMPUTE_UNITS:
+            ml = ct.models.MLModel(str(p), compute_units=getattr(ct.ComputeUnit, unit))
+            feed = _coreml_feed(ml)
+            runners[f"{p.name} [{unit}]"] = lambda ml=ml, feed=feed: ml.predict(feed)
+    per_visit = 5
+    samples = round_robin(runners, rounds=max(1, -(-args.runs // per_visit)), per_visit=per_visit,
+                          warmup=args.warmup, desc="bench")
+    rows = [(n, summary(s)) for n, s in samples.items()]
+    _print_table(rows)
+    return rows

@@ -1,0 +1,140 @@
+"""`python -m device_bench lut` and `predict`: pick the parts, pick the backend, fill and write the LUT."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+from model import arch as archlib
+from model.latency import LUT
+from model.space import load_space
+from posekit.errors import UserError
+
+from . import lutfile
+from .parts import Part, arch_parts, lut_parts, shipped_archs
+
+HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}
+PHONES = ("pixel", "note10")
+
+
+def select_parts(space_name: str, with_shipped: bool = True, arch_files: list[str] = (), quick: bool = False):
+    """(space, parts, arch names): the space's keys plus the shipped archs' (own head and mbv1 head) and any
+    given arch files; --quick keeps one network's keys (every layer ir_k3_e3: ~10 distinct keys)."""
+    space = load_space(space_name)
+    if quick:
+        a = space.arch_for(["ir_k3_e3"] * len(space.layers()), name=f"{space.name}-quick")
+        return space, arch_parts(a), [a.name]
+    archs = (shipped_archs() if with_shipped else []) + [archlib.load(p) for p in arch_files]
+    return space, lut_parts(space, archs), [a.name for a in archs]
+
+
+def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
+    miss = lut.missing(parts)
+    print(f"{lut.path}: {len(parts)} keys, {len(measured)} measured by this run, {len(miss)} missing"
+          + (f"; e.g. {miss[0]}" if miss else ""))
+
+
+def run_host(args, space, parts, arch_names) -> LUT:
+    from . import host
+
+    precision = HOST_DEVICES[args.device]
+    kernels = "xnnpack" if args.xnnpack else "builtin"
+    header = lutfile.make_header(
+        args.device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
+        runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
+        provenance="measured", archs=arch_names,
+        converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
+        quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
+                  f"calibration batches" if precision == "int8" else None,
+        timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
+                "order": "round-robin over a chunk of keys, shuffled each round"})
+    lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
+    done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
+                        per_visit=args.per_visit, chunk=args.chunk, cache=Path(args.cache) if args.cache else host.CACHE)
+    _report(lut, parts, done)
+    return lut
+
+
+def run_android(args, space, parts, arch_names) -> list[LUT]:
+    from . import android, host
+
+    adb = android.find_adb(args.adb)
+    if not args.benchmark_model:
+        raise UserError("the Android backend needs TFLite's benchmark_model binary for the phone: pass "
+                        "--benchmark-model /path/to/android_aarch64_benchmark_model")
+    names = args.device.split(",")
+    wanted = [args.serial if n in PHONES else n for n in names]
+    serials = android.resolve_serials(adb, wanted)
+    precision = "int8" if args.int8 else "fp32"
+    cache = Path(args.cache) if args.cache else host.CACHE
+    models = {k: host.convert_part(p, precision, cache) for k, p in parts.items() if not p.is_identity}
+    jobs = []
+    for name, serial in zip(names, serials):
+        dev = android.Adb(serial, adb)
+        android.setup_device(dev, args.benchmark_model)
+        model_name = dev.shell("getprop ro.product.model").strip()
+        header = lutfile.make_header(
+            name, space, backend="android-adb", runtime="TFLite benchmark_model",
+            runtime_version=Path(args.benchmark_model).name, threads=args.threads, precision=precision,
+            kernels="xnnpack" if args.xnnpack else "builtin", provenance="measured",
+            host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset,
+            timing={"passes": args.passes, "num_runs": args.num_runs, "warmup_runs": args.warmup_runs,
+                    "statistic": "median over passes of benchmark_model's average"})
+        jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,
+                                             fresh=args.fresh), dev))
+    android.measure_many(jobs, parts, models, threads=args.threads, runs=args.num_runs, warmup=args.warmup_runs,
+                         passes=args.passes, xnnpack=args.xnnpack, taskset=args.taskset, chunk=args.chunk)
+    for lut, _ in jobs:
+        _report(lut, parts, [])
+    return [lut for lut, _ in jobs]
+
+
+def run_coreml(args, space, parts, arch_names) -> list[LUT]:
+    from . import apple
+
+    apple.require_macos()
+    import coremltools as ct
+
+    luts = {}
+    for unit in args.compute_units.split(","):
+        if unit not in apple.COMPUTE_UNITS:
+            raise UserError(f"--compute-units: unknown unit {unit!r} (one of {', '.join(apple.COMPUTE_UNITS)})")
+        name = apple.device_name(unit)
+        header = lutfile.make_header(name, space, backend="coreml", runtime="Core ML (coremltools MLModel.predict)",
+                                     runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,
+                                     kernels=unit, provenance="measured", archs=arch_names)
+        luts[unit] = lutfile.open_for_update(lutfile.lut_path(name), header, fresh=args.fresh)
+    apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
+    for lut in luts.values():
+        _report(lut, parts, [])
+    return list(luts.values())
+
+
+def run_lut(args):
+    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [], args.quick)
+    if args.device in HOST_DEVICES:
+        return run_host(args, space, parts, arch_names)
+    if args.device == "coreml":
+        return run_coreml(args, space, parts, arch_names)
+    return run_android(args, space, parts, arch_names)
+
+
+def run_predict(args) -> LUT:
+    from . import predict
+
+    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
+    try:
+        from model.deploy import deploy_model
+    except ImportError:
+        deploy_model = None
+    fields, entries = predict.predict_lut(args.device, parts, deploy_model)
+    src = predict.SOURCES[args.device]
+    header = lutfile.make_header(args.device, space, backend="predicted", runtime="TFLite (published measurements)",
+                                 runtime_version=None, threads=None, precision="fp32", kernels="unknown",
+                                 host=src["phone"], archs=arch_names, **fields)
+    lut = LUT(header, entries, lutfile.lut_path(args.device, args.out))
+    lut.save()
+    e = fields["error"]
+    print(f"{lut.path}: {len(entries)} keys predicted from {e['n_entries']} published entries; leave-one-out MAPE "
+          f"{e['loo_mape_pct']:.1f}% (median {e['loo_median_ape_pct']:.1f}%, max {e['loo_max_ape_pct']:.1f}%)")
+    return lut

@@ -1,0 +1,82 @@
+"""Writing LUT files: the header that says what was measured (or predicted) and how, resume, and the checks that
+keep a re-run from mixing two setups in one file. Reading and key checks live in `model.latency` (the contract)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+
+from model.latency import LUT, LUT_DIR
+from model.space import SearchSpace
+from posekit.errors import UserError
+
+# Header fields that must agree before a run may add entries to an existing file.
+SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels",
+                "search_space_sha256")
+
+
+def host_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+
+
+def make_header(device: str, space: SearchSpace, *, backend: str, runtime: str, runtime_version: str | None,
+                threads: int | None, precision: str, kernels: str, provenance: str, host: str | None = None,
+                error=None, archs: list[str] = (), **extra) -> dict:
+    h = {"device": device, "backend": backend, "runtime": runtime, "runtime_version": runtime_version,
+         "threads": threads, "precision": precision, "kernels": kernels,
+         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+         "host": host if host is not None else host_description(), "search_space": space.name,
+         "search_space_sha256": space.sha256, "provenance": provenance, "error": error, "calibration": None,
+         "archs": list(archs)}
+    h.update(extra)
+    return h
+
+
+def lut_path(device: str, out: str | Path | None = None) -> Path:
+    return Path(out) if out else LUT_DIR / f"{device}.json"
+
+
+def open_for_update(path: Path, header: dict, fresh: bool = False) -> LUT:
+    """The LUT to add entries to: the file's entries if it was measured with the same setup, else a new table.
+
+    A different setup (threads, precision, kernels, runtime version, search space) is an error naming the field,
+    unless `fresh` (then the old file is replaced when the first entries are saved). A predicted profile is replaced
+    by measurements without asking: measuring is what it stands in for.
+    """
+    if fresh or not path.exists():
+        return LUT(header, {}, path)
+    try:
+        d = json.loads(path.read_text())
+        old, entries = d["header"], d["entries"]
+        assert isinstance(old, dict) and isinstance(entries, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{path}: corrupt LUT file; pass --fresh to measure it again from scratch") from None
+    if str(old.get("provenance", "")).startswith("predicted"):
+        return LUT(header, {}, path)
+    for f in SETUP_FIELDS:
+        if old.get(f) != header.get(f):
+            raise UserError(f"{path}: measured with {f}={old.get(f)!r}, this run has {f}={header.get(f)!r}; "
+                            f"pass --fresh to replace it or --out to write another file")
+    keep = {k: v for k, v in header.items() if k not in ("date",)}
+    merged = {**old, **keep, "calibration": old.get("calibration"), "date": header["date"]}
+    merged["archs"] = sorted(set(old.get("archs") or []) | set(header.get("archs") or []))
+    return LUT(merged, dict(entries), path)
+
+
+def entry(samples_ms, n_override: int | None = None) -> dict:
+    import numpy as np
+
+    a = np.asarray(samples_ms, dtype=float)
+    return {"median_ms": round(float(np.median(a)), 5), "mean_ms": round(float(a.mean()), 5),
+            "std_ms": round(float(a.std()), 5), "n": int(n_override if n_override is not None else a.size)}

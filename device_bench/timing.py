@@ -1,0 +1,38 @@
+"""Interleaved timing: every op gets a turn each round, so the machine's noise (other jobs, frequency changes)
+spreads over all ops instead of landing on whichever ran during a busy minute. The median is kept."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+
+def round_robin(runners: dict[str, Callable[[], None]], rounds: int = 15, per_visit: int = 5, warmup: int = 3,
+                seed: int = 0, desc: str = "timing", leave: bool = False) -> dict[str, list[float]]:
+    """{name: [ms per call]}: `warmup` untimed calls each, then `rounds` passes over all runners in a shuffled
+    order, `per_visit` timed calls per visit."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
+    rng = random.Random(seed)
+    for _ in tqdm(range(rounds), desc=desc, leave=leave, unit="round"):
+        rng.shuffle(order)
+        for k in order:
+            fn = runners[k]
+            for _ in range(per_visit):
+                t0 = time.perf_counter_ns()
+                fn()
+                samples[k].append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+def summary(samples_ms) -> dict:
+    a = np.asarray(samples_ms, dtype=float)
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()),
+            "std_ms": float(a.std()), "min_ms": float(a.min()), "n": int(a.size)}

@@ -1,0 +1,90 @@
+"""python -m parity: every artifact of a manifest against the PyTorch checkpoint it came from.
+
+Exit 0 when every artifact passes its precision's thresholds, 1 when any fails (each named with the rule it broke),
+2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from posekit.cli import main_guard
+from posekit.errors import UserError
+from posekit.keypoints import DEFAULT_COCO
+
+
+def default_model_dir() -> Path:
+    found = sorted(Path("artifacts").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError("artifacts/*/manifest.json: none found (run `make convert`, or pass --model-dir)")
+    return found[-1].parent  # the most recently converted model
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, help="artifacts/<model> with manifest.json (default: the newest one)")
+    p.add_argument("--data", type=Path, default=DEFAULT_COCO,
+                   help="COCO tree: val2017 crops (AP) + train2017 crops (default: bundled data/coco-mini)")
+    p.add_argument("--thresholds", type=Path, help="per-precision rules (default: parity/thresholds.yaml)")
+    p.add_argument("--images", type=int, help="at most N person crops per split (default: all)")
+    p.add_argument("--out", type=Path, help="report folder (default: <model-dir>/parity)")
+    p.add_argument("--ckpt", help="reference checkpoint (default: the manifest's source.checkpoint)")
+    p.add_argument("--only", help="only artifacts whose file contains this text")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--no-locate", action="store_true", help="skip the first-diverging-layer search on failures")
+    return p.parse_args(argv)
+
+
+@main_guard
+def main(argv=None) -> int:
+    args = parse(argv)
+    from parity import metrics, report
+    from parity.run import run_parity
+    from posekit.keypoints import keypoint_info
+
+    if args.images is not None and args.images < 1:
+        raise UserError(f"--images: must be >= 1, got {args.images}")
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))  # small convs on a busy machine: extra threads only add waiting
+    model_dir = args.model_dir or default_model_dir()
+    out = args.out or model_dir / "parity"
+    thresholds = metrics.load_thresholds(args.thresholds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = run_parity(model_dir, args.data, thresholds, args.images, out, args.ckpt, args.threads, args.only,
+                            not args.no_locate)
+    for w in caught:
+        if "AP" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    info = keypoint_info(len(result["_ref"]["heatmaps"][0]))
+    jpath, hpath = report.write(result, out, None, info["skeleton"])
+    print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
+          f"({result['num_crops']} crops)")
+    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'PCK':>6s} "
+          f"{'AP':>6s} {'dAP':>7s}  status")
+    for r in result["rows"]:
+        print(f"{r['file']:44s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
+              f"{r['argmax_same']:7.3f} {r['pck']:6.3f} {r['ap']:6.3f} {r['dap']:+7.3f}  {r['status'].upper()}")
+    failed = [r for r in result["rows"] if r["fails"]]
+    for r in failed:
+        print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
+        loc = r.get("first_divergence") or {}
+        if "op" in loc:
+            print(f"  first diverging op: {loc['op']} {loc['tensor']!r} ~ PyTorch {loc['torch_module']}: relative "
+                  f"error {loc['rel_error']:.3g} (max before it {loc['before']:.3g})", file=sys.stderr)
+        elif loc:
+            print(f"  {loc.get('note')}", file=sys.stderr)
+    print(f"report: {jpath} and {hpath}")
+    if not result["rows"]:
+        raise UserError(f"{model_dir / 'manifest.json'}: no artifact to check" + (f" matching {args.only!r}"
+                                                                                  if args.only else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

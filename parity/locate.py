@@ -1,0 +1,148 @@
+"""When an artifact fails: find the first layer whose error jumps.
+
+The runtime's intermediate tensors (TFLite with `experimental_preserve_all_tensors`, ONNX Runtime with every node
+output added as a graph output, the Core ML executor's own environment) are each matched to the PyTorch tensor of
+the same shape (NCHW or NHWC) that it is closest to (BN is folded and activations fused in the artifacts, so names
+do not line up; values do). Walking the runtime's ops in execution order, the first whose relative error jumps above
+both a floor and 4x the largest error before it is named, with the PyTorch module it matches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FLOORS = {"fp32": 1e-3, "fp16": 2e-2}  # relative L2 error an op may reach without being "diverged"
+DEFAULT_FLOOR = 0.15
+
+
+def torch_tensors(net, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """(module name, module type, output) of every submodule's output, on one input. Outputs are copied when made:
+    in-place ReLUs overwrite their input, so BN's output and ReLU's are distinct entries."""
+    out, hooks = [], []
+
+    def hook(name):
+        def fn(mod, args, y):
+            if isinstance(y, torch.Tensor):
+                out.append((name, type(mod).__name__, y.detach().numpy().copy()))
+        return fn
+
+    for name, m in net.named_modules():
+        if name:
+            hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            net(torch.from_numpy(np.ascontiguousarray(x[:1], np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def short(name: str) -> str:
+    """A runtime tensor name made readable: TFLite joins the fused modules' paths with ';'."""
+    first = name.split(";")[0]
+    return "/".join(first.split("/")[-2:]) if len(first) > 60 else first
+
+
+def _rel(a, t):
+    return float(np.linalg.norm(a - t) / (np.linalg.norm(t) + 1e-12))
+
+
+def _match(a: np.ndarray, refs, nhwc: bool):
+    """(rel error, module name, module type) of the closest same-shaped PyTorch tensor, or None."""
+    a = np.asarray(a, np.float32)
+    cands = [a]
+    if a.ndim == 4 and nhwc:
+        cands.append(a.transpose(0, 3, 1, 2))
+    best = None
+    for c in cands:
+        for name, typ, t in refs:
+            if t.shape == c.shape:
+                e = _rel(c, t)
+                if best is None or e < best[0]:
+                    best = (e, name, typ)
+    return best
+
+
+def tflite_intermediates(runner, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(runner.path), experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], runner.prepare(x[:1]))
+    it.invoke()
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    for op in it._get_ops_details():  # execution order
+        for t in op["outputs"]:
+            d = details.get(int(t))
+            if d is None:
+                continue
+            v = it.get_tensor(int(t))
+            q = d.get("quantization_parameters", {})
+            if v.dtype in (np.int8, np.uint8, np.int16) and len(q.get("scales", [])) == 1:
+                v = (v.astype(np.float32) - q["zero_points"][0]) * q["scales"][0]
+            if v.dtype.kind == "f":
+                yield op["op_name"], d["name"], v
+
+
+def onnx_intermediates(runner, x):
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load(str(runner.path))
+    have = {o.name for o in m.graph.output}
+    order = []
+    for node in m.graph.node:
+        for o in node.output:
+            order.append((node.op_type, o))
+            if o and o not in have:
+                m.graph.output.append(onnx.ValueInfoProto(name=o))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    vals = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: runner.prepare(x[:1])})))
+    for typ, name in order:
+        v = vals.get(name)
+        if v is not None and np.asarray(v).dtype.kind == "f":
+            yield typ, name, np.asarray(v, np.float32)
+
+
+def coreml_intermediates(runner, x):
+    prog = runner.model
+    env = prog.run({prog.inputs[0]["name"]: runner.prepare(x[:1])}, keep_all=True)
+    for typ, name in prog.op_order():
+        v = env.get(name)
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            yield typ, name, v.astype(np.float32)
+
+
+def first_divergence(runner, net, x: np.ndarray, precision: str) -> dict:
+    """{'op', 'tensor', 'torch_module', 'rel_error', 'before', 'trace': [...]} or {'note': why not}."""
+    fmt = runner.entry["format"]
+    if fmt == "tflite":
+        gen = tflite_intermediates(runner, x)
+    elif fmt == "onnx":
+        gen = onnx_intermediates(runner, x)
+    elif fmt.startswith("coreml") and hasattr(runner.model, "op_order"):
+        gen = coreml_intermediates(runner, x)
+    else:
+        return {"note": f"{runner.engine} does not expose intermediate tensors"}
+    refs = torch_tensors(net, x)
+    nhwc = runner.inp.get("layout") == "NHWC"
+    floor = FLOORS.get(precision, DEFAULT_FLOOR)
+    trace, worst = [], 0.0
+    found = None
+    for typ, name, v in gen:
+        m = _match(v, refs, nhwc)
+        if m is None:
+            continue
+        e, mod, mtyp = m
+        trace.append({"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e})
+        if found is None and e > floor and e > 4 * worst:
+            found = {"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e,
+                     "before": worst, "index": len(trace) - 1}
+        worst = max(worst, e)
+    if not trace:
+        return {"note": "no intermediate tensor matched a PyTorch tensor by shape"}
+    return {**(found or {"note": f"no single op's error jumps (max relative error {worst:.3g})"}),
+            "trace": trace[:400]}

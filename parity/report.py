@@ -1,0 +1,135 @@
+"""report.json + report.html (table, error histograms, keypoint overlays PyTorch vs each runtime)."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+
+from posekit.io import atomic_path, atomic_write_json, atomic_write_text
+
+COLUMNS = [("file", "artifact"), ("engine", "ran on"), ("max_abs", "max|d|"), ("mean_abs", "mean|d|"),
+           ("max_abs_rel", "max|d|/range"), ("cosine", "cosine"), ("sqnr_db", "SQNR dB"),
+           ("argmax_same", "argmax same"), ("argmax_within1", "argmax ±1"), ("pck", "PCK@0.05"), ("ap", "AP"),
+           ("dap", "ΔAP"), ("status", "status")]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if np.isinf(v) else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _finite(o):
+    """JSON has no Infinity: an exact match's SQNR is written as the string "inf"."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return "inf" if isinstance(o, float) and np.isinf(o) else o
+
+
+def _savefig(fig, path: Path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+
+
+def histograms(ref: np.ndarray, outputs: dict, out_dir: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    for name, hm in outputs.items():
+        d = np.abs(hm - ref).ravel()
+        fig, ax = plt.subplots(figsize=(5, 3))
+        bins = np.logspace(np.log10(max(d[d > 0].min(), 1e-12)) if (d > 0).any() else -12, np.log10(d.max() + 1e-12),
+                           50)
+        ax.hist(d[d > 0] if (d > 0).any() else d, bins=bins)
+        ax.set_xscale("log")
+        ax.set_xlabel("|heatmap difference| vs PyTorch")
+        ax.set_ylabel("values")
+        ax.set_title(name, fontsize=9)
+        fig.tight_layout()
+        files[name] = f"hist_{_slug(name)}.png"
+        _savefig(fig, out_dir / files[name])
+        plt.close(fig)
+    return files
+
+
+def overlays(inputs: np.ndarray, ref: np.ndarray, outputs: dict, out_dir: Path, norm: dict | None,
+             skeleton, n: int = 4, stride: int = 4) -> dict:
+    """One PNG per runtime: the first n crops with PyTorch's keypoints (green) and the runtime's (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from parity.runners import to_pixels
+    from posekit.heatmap import decode
+
+    n = min(n, len(inputs))
+    imgs = to_pixels(inputs[:n], norm).transpose(0, 2, 3, 1).astype(np.uint8)
+    rk = (decode(ref[:n])[0] + 0.5) * stride - 0.5
+    files = {}
+    for name, hm in outputs.items():
+        ok = (decode(hm[:n])[0] + 0.5) * stride - 0.5
+        fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 3))
+        for i, ax in enumerate(np.atleast_1d(axes)):
+            ax.imshow(imgs[i])
+            for kp, c in ((rk[i], "lime"), (ok[i], "red")):
+                for a, b in skeleton:
+                    ax.plot(kp[[a, b], 0], kp[[a, b], 1], color=c, lw=1, alpha=0.7)
+                ax.scatter(kp[:, 0], kp[:, 1], s=8, c=c)
+            ax.axis("off")
+        fig.suptitle(f"{name}: PyTorch (green) vs runtime (red)", fontsize=9)
+        fig.tight_layout()
+        files[name] = f"kp_{_slug(name)}.png"
+        _savefig(fig, out_dir / files[name])
+        plt.close(fig)
+    return files
+
+
+def write(result: dict, out_dir: Path, norm: dict | None, skeleton) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = result["_ref"]
+    hist = histograms(ref["heatmaps"], result["_outputs"], out_dir)
+    kp = overlays(ref["inputs"], ref["heatmaps"], result["_outputs"], out_dir, norm, skeleton)
+    for row in result["rows"]:
+        row["figures"] = {"histogram": hist.get(row["file"]), "overlay": kp.get(row["file"])}
+    public = _finite({k: v for k, v in result.items() if not k.startswith("_")})
+    jpath = atomic_write_json(out_dir / "report.json", public)
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = []
+    for r in result["rows"]:
+        color = "#c8f7c5" if r["status"] == "pass" else "#f7c5c5"
+        cells = "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for k, _ in COLUMNS)
+        body.append(f"<tr style='background:{color}'>{cells}</tr>")
+        if r["fails"]:
+            why = "; ".join(r["fails"])
+            loc = r.get("first_divergence") or {}
+            if "op" in loc:
+                why += (f" — first diverging op: {loc['op']} {loc['tensor']!r} (PyTorch {loc['torch_module']}), "
+                        f"relative error {loc['rel_error']:.3g} after {loc['before']:.3g}")
+            elif loc:
+                why += f" — {loc.get('note', '')}"
+            body.append(f"<tr><td colspan={len(COLUMNS)}>{html.escape(why)}</td></tr>")
+    figs = "".join(f"<h3>{html.escape(r['file'])}</h3><img src='{r['figures']['histogram']}'>"
+                   f"<img src='{r['figures']['overlay']}'>" for r in result["rows"])
+    warn = "".join(f"<p style='color:#b00'><b>warning:</b> {html.escape(w)}</p>" for w in result["warnings"])
+    page = (f"<!doctype html><meta charset='utf-8'><title>parity {html.escape(str(result['model']))}</title>"
+            f"<style>td,th{{padding:2px 6px;font:12px sans-serif}}table{{border-collapse:collapse}}</style>"
+            f"<h1>Parity: {html.escape(str(result['model']))}</h1>{warn}"
+            f"<p>Reference: {html.escape(result['reference']['engine'])}, checkpoint "
+            f"{html.escape(result['checkpoint'])}, AP {result['reference']['ap']:.4f} on "
+            f"{result['num_persons_val']} val persons; {result['num_crops']} crops from {html.escape(result['data'])}."
+            f"</p><table border=1><tr>{head}</tr>{''.join(body)}</table>{figs}")
+    hpath = atomic_write_text(out_dir / "report.html", page)
+    return jpath, hpath

@@ -1,0 +1,161 @@
+"""The parity run: the source checkpoint and every artifact of a manifest on the same real crops.
+
+Crops: the val split's person crops (ground-truth boxes, as posekit.evaluate makes them: each also flipped, for the
+flip test) plus train-split crops. Each runtime's heatmaps are cached per artifact sha256 and data selection
+(parity/cache/*.npz), so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from parity import metrics
+from parity.runners import TorchRunner, make_runner
+from posekit.errors import UserError
+from posekit.io import atomic_path, sha256_file
+
+REPO = Path(__file__).resolve().parent.parent
+LOW_AP = 0.3
+
+
+def read_manifest(model_dir: Path) -> dict:
+    path = model_dir / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no manifest (run `make convert` first, or pass --model-dir artifacts/<model>)")
+    try:
+        man = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    for key in ("artifacts", "input_size", "num_joints"):
+        if key not in man:
+            raise UserError(f"{path}: {key}: missing")
+    for i, a in enumerate(man["artifacts"]):
+        for key in ("file", "format", "precision", "inputs", "outputs"):
+            if key not in a:
+                raise UserError(f"{path}: artifacts[{i}].{key}: missing")
+    return man
+
+
+def _resolve(p: str, model_dir: Path) -> Path:
+    for base in (Path.cwd(), REPO, model_dir):
+        if (base / p).exists():
+            return base / p
+    return Path(p)
+
+
+def load_reference(man: dict, model_dir: Path, ckpt: str | None):
+    """(net, checkpoint path) of the network the artifacts were made from; checks the manifest's sha256."""
+    from model.checkpoint import load_checkpoint
+
+    src = man.get("source") or {}
+    path = ckpt or src.get("checkpoint")
+    if not path:
+        raise UserError(f"{model_dir / 'manifest.json'}: source.checkpoint is null: parity needs the weights the "
+                        f"artifacts were made from (pass --ckpt)")
+    path = _resolve(path, model_dir)
+    want = src.get("checkpoint_sha256")
+    if ckpt is None and want and path.is_file() and sha256_file(path) != want:
+        raise UserError(f"{path}: sha256 differs from the manifest's source.checkpoint_sha256 (the checkpoint changed "
+                        f"after conversion: re-run `make convert`)")
+    net, arch, _ = load_checkpoint(path)
+    if list(arch.input_size) != list(man["input_size"]):
+        raise UserError(f"{path}: input_size {list(arch.input_size)} differs from the manifest's {man['input_size']}")
+    return net, path
+
+
+class Data:
+    """The crops every runtime sees: val crops (flip-tested through posekit.evaluate) and train crops."""
+
+    def __init__(self, root: Path, input_size, num_joints: int, images: int | None):
+        from posekit.data import CocoPose
+
+        self.root, self.input_size, self.num_joints, self.limit = Path(root), tuple(input_size), num_joints, images
+        if not (self.root / "annotations" / "person_keypoints_val2017.json").is_file():
+            raise UserError(f"{self.root}: not a COCO tree (needs annotations/person_keypoints_val2017.json)")
+        self.train = np.zeros((0, 3, *self.input_size), np.float32)
+        if (self.root / "annotations" / "person_keypoints_train2017.json").is_file():
+            ds = CocoPose(self.root, "train2017", self.input_size, train=False, num_joints=num_joints,
+                          limit=images, cache_images=False)
+            self.train = np.stack([ds[i]["image"].numpy() for i in range(len(ds))]) if len(ds) else self.train
+        self.key = hashlib.sha256(json.dumps([str(self.root.resolve()), list(self.input_size), images,
+                                              len(self.train)]).encode()).hexdigest()[:16]
+
+    def run(self, fn) -> dict:
+        """Heatmaps of `fn` on every crop and its OKS AP: {'heatmaps', 'inputs', 'ap', 'num_persons'}."""
+        from posekit.evaluate import evaluate_model
+
+        xs, ys = [], []
+
+        def rec(x):
+            y = fn(x)
+            xs.append(x)
+            ys.append(y)
+            return y
+
+        stats = evaluate_model(rec, self.root, "val2017", self.input_size, boxes="gt", flip=True,
+                               num_joints=self.num_joints, limit=self.limit, batch_size=8)
+        hm = np.concatenate(ys + ([fn(self.train)] if len(self.train) else []))
+        return {"heatmaps": hm, "inputs": np.concatenate(xs + [self.train]), "ap": float(stats["AP"]),
+                "num_persons": int(stats["num_persons"])}
+
+
+def _cached(cache: Path, key: str, compute) -> dict:
+    f = cache / f"{key}.npz"
+    if f.is_file():
+        z = np.load(f)
+        return {"heatmaps": z["heatmaps"], "ap": float(z["ap"]), "num_persons": int(z["num_persons"])}
+    out = compute()
+    with atomic_path(f) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, heatmaps=out["heatmaps"], ap=out["ap"], num_persons=out["num_persons"])
+    return out
+
+
+def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int | None, out_dir: Path,
+               ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True) -> dict:
+    man = read_manifest(model_dir)
+    net, ckpt_path = load_reference(man, model_dir, ckpt)
+    data = Data(data_root, man["input_size"], int(man["num_joints"]), images)
+    cache = out_dir / "cache"
+    ref = data.run(TorchRunner(net))  # the reference is cheap and keeps the crops for the overlays
+    if ref["ap"] < LOW_AP:
+        warnings.warn(f"reference AP {ref['ap']:.3f} < {LOW_AP}: parity on an untrained-looking network says little "
+                      f"(flat heatmaps); convert a trained checkpoint", stacklevel=1)
+    entries = [a for a in man["artifacts"] if not only or only in a["file"]]
+    rows, outputs = [], {}
+    for a in tqdm(entries, desc="parity", unit="artifact"):
+        rules = thresholds.get(a["precision"])
+        if rules is None:
+            raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
+                            f"thresholds file")
+        runner = make_runner(a, model_dir, man, threads)
+        sha = a.get("sha256") or sha256_file(runner.path)
+        res = _cached(cache, f"{sha[:16]}-{data.key}", lambda r=runner: data.run(r))
+        row = {"file": a["file"], "format": a["format"], "precision": a["precision"], "quantizer": a.get("quantizer"),
+               "engine": runner.engine, "size_bytes": a.get("size_bytes"),
+               **metrics.heatmap_stats(ref["heatmaps"], res["heatmaps"]),
+               **metrics.keypoint_stats(ref["heatmaps"], res["heatmaps"], int(man.get("heatmap_stride", 4))),
+               "ap": res["ap"], "dap": ref["ap"] - res["ap"]}
+        row["fails"] = metrics.check(row, rules)
+        row["status"] = "fail" if row["fails"] else "pass"
+        if row["fails"] and locate:
+            try:
+                from parity.locate import first_divergence
+
+                row["first_divergence"] = first_divergence(runner, net, ref["inputs"][:1], a["precision"])
+            except Exception as e:  # locating is a diagnosis aid: never hide the failure itself
+                row["first_divergence"] = {"note": f"could not locate: {type(e).__name__}: {e}"}
+        rows.append(row)
+        outputs[a["file"]] = res["heatmaps"]
+    return {"model": man.get("model"), "model_dir": str(model_dir), "checkpoint": str(ckpt_path),
+            "data": str(data_root), "num_crops": int(len(ref["heatmaps"])), "num_persons_val": ref["num_persons"],
+            "reference": {"engine": TorchRunner.engine, "ap": ref["ap"]},
+            "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network, parity says little"]
+            if ref["ap"] < LOW_AP else [],
+            "rows": rows, "_ref": ref, "_outputs": outputs}

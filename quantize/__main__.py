@@ -1,0 +1,25 @@
+"""python -m quantize: the quantized variants alone (same options as python -m convert; reuses an fp32 .tflite
+already in the output folder when it matches the model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from convert.__main__ import add_model_args, run
+from posekit.cli import main_guard
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quantize", description=__doc__)
+    add_model_args(p, "quantized")
+    return p
+
+
+@main_guard
+def main(argv=None):
+    return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

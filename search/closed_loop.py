@@ -1,0 +1,138 @@
+"""Closing the loop on a real runtime: search on the host-int8 LUT with a target of `ratio` x EfficientPose-A's
+measured int8 latency, convert the derived arch to int8 TFLite and time it with the same interpreter.
+
+    python -m search closed-loop [--lut host-int8] [--ref efficientpose_a] [--ratio 0.7] [search options]
+
+The reference is EfficientPose-A's blocks with the search space's stem and head (the part the search cannot change
+is then the same in both), converted by `posekit.litert.to_tflite(deploy_model(net), ..., precision="int8")` and
+timed by `posekit.litert.interpreter` (XNNPACK, --runtime-threads, interleaved A/B repeats, median). Latency
+does not depend on the weight values, so both networks keep their initial weights (calibrated on real crops).
+Writes <out>/closed_loop.json and the two .tflite files (`make bench MODEL=<file>` re-times them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.arch import Arch, load
+from posekit.errors import UserError
+from posekit.io import atomic_write_json
+
+
+def ref_arch(name: str, space) -> Arch:
+    a = load(name)
+    if a.stem != space.stem or len(a.blocks) != len(space.layers()):
+        raise UserError(f"--ref {name}: its stem/blocks do not match search space {space.name}")
+    a.head = space.head
+    a.name = f"{a.name}-{space.head.type}"
+    return a
+
+
+def calib_batches(input_size, n: int = 8) -> list[torch.Tensor]:
+    """Real crops from the bundled val images (what convert calibrates on too)."""
+    from posekit.data import CocoPose
+
+    ds = CocoPose(split="val2017", input_size=input_size, train=False)
+    return [ds[i]["image"][None] for i in range(min(n, len(ds)))]
+
+
+def to_int8(arch: Arch, path: Path, calib) -> Path:
+    from model.deploy import deploy_model
+    from model.net import build
+    from posekit.litert import to_tflite
+
+    torch.manual_seed(0)
+    net = build(arch).eval()
+    with torch.no_grad():  # a few forward passes in train mode give BN realistic running statistics
+        net.train()
+        for b in calib:
+            net(b)
+        net.eval()
+    return to_tflite(deploy_model(net), calib[0], path, precision="int8", calib=calib)
+
+
+def time_tflite(paths: list[Path], threads: int, repeats: int, warmup: int = 5) -> list[float]:
+    """Median ms per model, round-robin over the models so the machine's noise spreads evenly."""
+    from posekit.litert import interpreter, io_details, run
+
+    its, xs = [], []
+    for p in paths:
+        it = interpreter(p, threads=threads)
+        shape = io_details(it)["inputs"][0]["shape"]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for _ in range(warmup):
+            run(it, x)
+        its.append(it)
+        xs.append(x)
+    times = [[] for _ in paths]
+    for _ in range(repeats):
+        for i, (it, x) in enumerate(zip(its, xs)):
+            t = time.perf_counter()
+            run(it, x)
+            times[i].append((time.perf_counter() - t) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def main(argv) -> int:
+    from . import __main__ as cli
+    from .loop import config_dict
+
+    p = argparse.ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--lut", default="host-int8", help="LUT measured on this host in int8 (luts/host-int8.json)")
+    p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
+    p.add_argument("--ratio", type=float, default=0.7, help="target = ratio x the reference's measured latency")
+    p.add_argument("--ref-ms", type=float, help="use this reference latency instead of measuring it")
+    p.add_argument("--tolerance", type=float, default=0.15, help="pass when |measured - target| <= tol x target")
+    p.add_argument("--runtime-threads", type=int, help="interpreter threads (default: the LUT header's, else 1)")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--out", default="runs/search/closed-loop")
+    cli.add_search_args(p, device_required=False)
+    a = p.parse_args(argv)
+    a.device, a.resume, a.target_ms = a.lut, False, None
+    cli.setup_threads(a)
+    cfg = cli.build_config(a, out=a.out)
+    out = Path(a.out)
+
+    from model.latency import load_lut
+    from model.space import load_space
+
+    space = load_space(a.space)
+    lut = load_lut(a.lut, space)
+    threads = a.runtime_threads or int(lut.header.get("threads") or 1)
+    ref = ref_arch(a.ref, space)
+    calib = calib_batches(space.input_size)
+    print(f"converting {ref.name} to int8 ...", flush=True)
+    ref_tfl = to_int8(ref, out / f"{ref.name}_int8.tflite", calib)
+    ref_ms = a.ref_ms or time_tflite([ref_tfl], threads, a.repeats)[0]
+    cfg.target_ms = a.ratio * ref_ms
+    print(f"{ref.name} int8 measured {ref_ms:.2f} ms ({threads} thread(s)); target {a.ratio} x = "
+          f"{cfg.target_ms:.2f} ms", flush=True)
+    s, arch, _ = cli.run_search(cfg)
+    print(f"converting {arch.name} to int8 ...", flush=True)
+    tfl = to_int8(arch, out / "derived_int8.tflite", calib)
+    ref_again, measured = time_tflite([ref_tfl, tfl], threads, a.repeats)
+    err = (measured - cfg.target_ms) / cfg.target_ms
+    res = {
+        "lut": str(lut.path), "lut_header": {k: lut.header.get(k) for k in ("device", "runtime", "precision",
+                                                                              "threads", "calibration")},
+        "reference": ref.name, "reference_ms": ref_ms, "reference_ms_remeasured": ref_again,
+        "ratio": a.ratio, "target_ms": cfg.target_ms, "derived_blocks": [b.op for b in arch.blocks],
+        "derived_lut_ms": arch.meta.get("lut_latency_ms"), "derived_calibrated_ms": arch.meta.get(
+            "calibrated_latency_ms"), "reference_lut_ms": lut.latency(ref),
+        "derived_measured_ms": measured, "error_vs_target": err,
+        "error_vs_remeasured_target": (measured - a.ratio * ref_again) / (a.ratio * ref_again),
+        "tolerance": a.tolerance, "pass": abs(err) <= a.tolerance, "runtime_threads": threads,
+        "tflite": {"reference": str(ref_tfl), "derived": str(tfl)}, "search_config": config_dict(cfg),
+    }
+    atomic_write_json(out / "closed_loop.json", res)
+    print(f"target {cfg.target_ms:.2f} ms; derived arch: LUT {res['derived_lut_ms']:.2f} ms, measured int8 "
+          f"{measured:.2f} ms -> {100 * err:+.1f}% ({'PASS' if res['pass'] else 'FAIL'} at +-{100 * a.tolerance:.0f}%)"
+          f"; {ref.name} re-measured {ref_again:.2f} ms (LUT {res['reference_lut_ms']:.2f} ms)")
+    print(f"re-time with: make bench MODEL={tfl}   and   make bench MODEL={ref_tfl}")
+    return 0 if res["pass"] else 1

@@ -1,0 +1,109 @@
+"""The cost side of the search loss (Eq. 4-7): per-layer candidate costs from a device LUT, or FLOPs.
+
+Costs are taken at the space's nominal input size (its deployment size), whatever input the supernet trains at.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.blocks import make_block
+from model.latency import LUT, block_key, fixed_keys, load_lut
+from model.space import SearchSpace
+
+FLOPS = "flops"
+
+
+@dataclass
+class CostModel:
+    """Costs of a space on one device: `tables[l][i]` for candidate i of layer l, plus the fixed stem/head."""
+
+    device: str
+    unit: str  # "ms" (LUT) or "MFLOPs"
+    tables: list[torch.Tensor]
+    fixed: float
+    calibration: dict | None = None
+    source: dict = field(default_factory=dict)
+
+    def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 4-5: sum over layers of sum_i p_i * cost_i, plus the fixed parts (differentiable in p)."""
+        return sum((p * t).sum() for p, t in zip(probs, self.tables)) + self.fixed
+
+    def of(self, space: SearchSpace, choices: list[str]) -> float:
+        """Cost of one discrete arch (the LUT sum of its keys)."""
+        return self.fixed + sum(float(t[x.candidates.index(op)]) for t, x, op in zip(self.tables, space.layers(),
+                                                                                     choices))
+
+    def calibrated(self, cost: float) -> float:
+        """LUT sum -> predicted whole-network latency, with the LUT's fitted calibration when it has one."""
+        c = self.calibration
+        return c["scale"] * cost + c["offset_ms"] if c else cost
+
+    def uncalibrated(self, ms: float) -> float:
+        c = self.calibration
+        return (ms - c["offset_ms"]) / c["scale"] if c else ms
+
+
+def log_tau(cost: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 7's latency term log_tau(cost): scale-free in the cost's unit, so one lambda fits ms and FLOPs."""
+    return torch.log(cost) / math.log(tau)
+
+
+def device_name(device: str) -> str:
+    return Path(device).stem if device.endswith(".json") else device
+
+
+def load_cost(device: str, space: SearchSpace) -> CostModel:
+    """`flops` -> per-candidate FLOPs (computed); anything else -> `model.latency.load_lut(device, space)`."""
+    if device == FLOPS:
+        return flops_cost(space)
+    lut = load_lut(device, space)
+    return lut_cost(lut, space, device_name(device))
+
+
+def lut_cost(lut: LUT, space: SearchSpace, name: str | None = None) -> CostModel:
+    tables = [torch.tensor([lut.ms(block_key(op, (*x.in_hw, x.cin), x.cout, x.stride)) for op in x.candidates],
+                           dtype=torch.float32) for x in space.layers()]
+    any_arch = space.arch_for([x.candidates[0] for x in space.layers()])
+    fixed = sum(lut.ms(k) for k in fixed_keys(any_arch))
+    h = lut.header
+    src = {k: h.get(k) for k in ("device", "backend", "runtime", "precision", "threads", "provenance")}
+    src["lut"] = str(lut.path) if lut.path else None
+    return CostModel(name or lut.device, "ms", tables, fixed, h.get("calibration"), src)
+
+
+def _flops(make, shape) -> int:
+    """FLOPs of `make()` on an input of `shape`, counted on the meta device (shapes only, no arithmetic)."""
+    with torch.device("meta"):
+        module = make().eval()
+        x = torch.zeros(shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        module(x)
+    return fc.get_total_flops()
+
+
+def flops_cost(space: SearchSpace) -> CostModel:
+    """DEVICE=flops: FLOPs of each candidate block at the nominal input (torch.utils.flop_counter), in MFLOPs."""
+    from model.net import build
+
+    cache: dict[str, float] = {}
+    tables = []
+    for x in space.layers():
+        row = []
+        for op in x.candidates:
+            key = block_key(op, (*x.in_hw, x.cin), x.cout, x.stride)
+            if key not in cache:
+                cache[key] = _flops(lambda: make_block(op, x.cin, x.cout, x.stride, space.act),  # noqa: B023
+                                    (1, x.cin, *x.in_hw)) / 1e6
+            row.append(cache[key])
+        tables.append(torch.tensor(row, dtype=torch.float32))
+    # Fixed parts: the whole network's FLOPs minus its blocks' (any arch: stem and head do not change).
+    choices = [x.candidates[0] for x in space.layers()]
+    total = _flops(lambda: build(space.arch_for(choices)), (1, 3, *space.input_size)) / 1e6
+    fixed = total - sum(float(t[0]) for t in tables)
+    return CostModel(FLOPS, "MFLOPs", tables, fixed, None, {"device": FLOPS, "provenance": "torch.utils.flop_counter"})

@@ -1,0 +1,204 @@
+"""Small real artifacts for the parity tests, made with the libraries directly (coremltools, posekit.litert,
+torch.onnx): a tiny arch at 64x48, its checkpoint, and a manifest in the convert stage's format. Plus the two ways to
+break an artifact on purpose: flip one weight tensor's sign in a .tflite, change one scale in Core ML weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.arch import from_dict
+from model.net import build
+
+INPUT = (64, 48)
+
+
+def tiny_arch(head: str = "mbv1", act: str = "relu"):
+    return from_dict({
+        "name": f"tiny-{head}", "num_joints": 17, "input_size": list(INPUT), "act": act,
+        "stem": [{"op": "conv_k3", "out": 8, "stride": 2}],
+        "blocks": [{"op": "ir_k3_e3", "out": 16, "stride": 2}, {"op": "ir_k5_e3", "out": 16, "stride": 1},
+                   {"op": "ir_k3_e6", "out": 24, "stride": 2}, {"op": "ir_k3_e3", "out": 32, "stride": 2}],
+        "tail": [], "head": {"type": head, "deconv": [16, 16], "kernel": 4, "sic": True}})
+
+
+def tiny_net(head: str = "mbv1", act: str = "relu", seed: int = 0):
+    """A tiny PoseNet with non-trivial BN statistics and head weights (the init's near-zero deconvs and final conv
+    would make every comparison trivially small)."""
+    torch.manual_seed(seed)
+    net = build(tiny_arch(head, act)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            elif isinstance(m, torch.nn.ConvTranspose2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+        torch.nn.init.normal_(net.head.final.weight, std=0.1)
+    return net
+
+
+def coreml_convert(net, path: Path, precision: str = "fp32", target: str = "iOS16", neuralnetwork: bool = False,
+                   image_input: dict | None = None):
+    import coremltools as ct
+
+    x = torch.zeros(1, 3, *INPUT)
+    ts = torch.jit.trace(net.eval(), x)
+    inp = ct.ImageType(name="image", shape=x.shape, **image_input) if image_input else \
+        ct.TensorType(name="image", shape=x.shape)
+    kw = {"convert_to": "neuralnetwork"} if neuralnetwork else {
+        "convert_to": "mlprogram", "minimum_deployment_target": getattr(ct.target, target),
+        "compute_precision": ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32}
+    m = ct.convert(ts, inputs=[inp], outputs=[ct.TensorType(name="heatmaps")], **kw)
+    m.save(str(path))
+    return m
+
+
+def compress(mlmodel, how: str, path: Path):
+    """int8-weights (linear, per channel) or palettized-<n>bit (uniform LUT: no scikit-learn needed)."""
+    import coremltools.optimize.coreml as cto
+
+    if how == "int8-weights":
+        m = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0)))
+    else:
+        nbits = int(how.split("-")[1].rstrip("bit"))
+        m = cto.palettize_weights(mlmodel, cto.OptimizationConfig(
+            global_config=cto.OpPalettizerConfig(nbits=nbits, mode="uniform", weight_threshold=0)))
+    m.save(str(path))
+    return m
+
+
+def _entry(root: Path, file: str, fmt: str, precision: str, layout: str = "NCHW", quantizer=None) -> dict:
+    from posekit.io import sha256_file
+
+    p = root / file
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    shape = [1, 3, *INPUT] if layout == "NCHW" else [1, *INPUT, 3]
+    oshape = [1, 17, INPUT[0] // 4, INPUT[1] // 4] if layout == "NCHW" else [1, INPUT[0] // 4, INPUT[1] // 4, 17]
+    return {"file": file, "format": fmt, "precision": precision, "quantizer": quantizer, "size_bytes": size,
+            "sha256": sha256_file(p),
+            "inputs": [{"name": "image", "shape": shape, "dtype": "float32", "layout": layout, "kind": "tensor",
+                        "quantization": None, "normalization_folded": False}],
+            "outputs": [{"name": "heatmaps", "shape": oshape, "dtype": "float32", "layout": layout,
+                         "quantization": None}]}
+
+
+def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
+    from posekit.io import atomic_write_json, sha256_file
+    from posekit.keypoints import MEAN, STD, keypoint_info
+
+    info = keypoint_info(17)
+    atomic_write_json(root / "manifest.json", {
+        "schema_version": 1, "model": arch.name, "created": "test", "tool_versions": {},
+        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch_file": None,
+                   "arch_sha256": None},
+        "arch": arch.to_dict(), "num_joints": 17, "keypoint_names": info["names"], "skeleton": info["skeleton"],
+        "flip_pairs": info["flip_pairs"], "heatmap_stride": 4, "input_size": list(INPUT),
+        "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD)},
+        "artifacts": entries})
+
+
+def make_artifacts(root: Path, head: str = "mbv1") -> list[dict]:
+    """checkpoint + tflite fp32 (NHWC) + onnx fp32 + Core ML mlprogram fp32 and int8-weights; returns the entries."""
+    from model.checkpoint import save_checkpoint
+    from posekit.litert import to_tflite
+
+    root.mkdir(parents=True, exist_ok=True)
+    net = tiny_net(head)
+    arch = tiny_arch(head)
+    ckpt = save_checkpoint(root / "model.pt", net, arch)
+    x = torch.zeros(1, 3, *INPUT)
+    (root / "tflite").mkdir(exist_ok=True)
+    to_tflite(net, x, root / "tflite/model_fp32.tflite", "fp32")
+    (root / "onnx").mkdir(exist_ok=True)
+    torch.onnx.export(net, (x,), str(root / "onnx/model.onnx"), input_names=["image"], output_names=["heatmaps"],
+                      dynamo=False, opset_version=17)
+    (root / "coreml").mkdir(exist_ok=True)
+    m = coreml_convert(net, root / "coreml/model_fp32.mlpackage", "fp32")
+    compress(m, "int8-weights", root / "coreml/model_int8w.mlpackage")
+    entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC", "litert-torch"),
+               _entry(root, "onnx/model.onnx", "onnx", "fp32"),
+               _entry(root, "coreml/model_fp32.mlpackage", "coreml-mlprogram", "fp32"),
+               _entry(root, "coreml/model_int8w.mlpackage", "coreml-mlprogram", "int8-weights",
+                      quantizer="coremltools linear_quantize_weights")]
+    write_manifest(root, arch, entries, ckpt)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------- deliberately broken copies
+def flip_tflite_weight_sign(src: Path, dst: Path, op: str = "CONV_2D") -> str:
+    """Copy a float .tflite, negating the weight tensor of its first `op`; returns that tensor's name."""
+    from ai_edge_litert import schema_py_generated as s
+
+    buf = bytearray(src.read_bytes())
+    m = s.Model.GetRootAs(buf, 0)
+    g = m.Subgraphs(0)
+    codes = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    for i in range(g.OperatorsLength()):
+        o = g.Operators(i)
+        oc = m.OperatorCodes(o.OpcodeIndex())
+        if codes.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())) != op:
+            continue
+        t = g.Tensors(int(o.InputsAsNumpy()[1]))
+        b = m.Buffers(t.Buffer())
+        if b.DataLength():  # weights inside the flatbuffer: DataAsNumpy is a view into `buf`
+            w = b.DataAsNumpy().view(np.float32)
+            w *= -1
+        else:  # weights appended after the flatbuffer (offset/size)
+            start, n = int(b.Offset()), int(b.Size())
+            w = np.frombuffer(buf, np.float32, n // 4, start).copy()
+            buf[start:start + n] = (-w).tobytes()
+        dst.write_bytes(bytes(buf))
+        return t.Name().decode()
+    raise AssertionError(f"no {op} in {src}")
+
+
+def change_coreml_scale(src: Path, dst: Path, factor: float = -4.0) -> str:
+    """Copy an int8-weights .mlpackage, multiplying one per-channel scale of its first dequantize op by `factor`
+    inside weights/weight.bin; returns that op's output name."""
+    from coremltools import proto
+
+    from parity.coreml_exec import blob_span
+
+    shutil.copytree(src, dst)
+    spec = proto.Model_pb2.Model()
+    data = dst / "Data/com.apple.CoreML"
+    spec.ParseFromString((data / "model.mlmodel").read_bytes())
+    fn = spec.mlProgram.functions["main"]
+    for op in fn.block_specializations[fn.opset].operations:
+        if op.type == "constexpr_affine_dequantize":
+            v = op.attributes["scale"]
+        elif op.type == "constexpr_blockwise_shift_scale":
+            v = op.inputs["scale"].arguments[0].value
+        else:
+            continue
+        dtype = np.float16 if v.type.tensorType.dataType == proto.MIL_pb2.DataType.FLOAT16 else np.float32
+        wfile = data / "weights/weight.bin"
+        off, size = blob_span(wfile, v.blobFileValue.offset)
+        raw = bytearray(wfile.read_bytes())
+        sc = np.frombuffer(raw, dtype, size // np.dtype(dtype).itemsize, off).copy()
+        sc[0] *= factor
+        raw[off:off + size] = sc.astype(dtype).tobytes()
+        wfile.write_bytes(bytes(raw))
+        return op.outputs[0].name
+    raise AssertionError(f"no dequantize op in {src}")
+
+
+def add_broken(root: Path) -> dict:
+    """Broken copies of the tflite fp32 and Core ML int8-weights artifacts, added to the manifest."""
+    man = json.loads((root / "manifest.json").read_text())
+    by = {a["file"]: a for a in man["artifacts"]}
+    t = flip_tflite_weight_sign(root / "tflite/model_fp32.tflite", root / "tflite/broken_fp32.tflite")
+    c = change_coreml_scale(root / "coreml/model_int8w.mlpackage", root / "coreml/broken_int8w.mlpackage")
+    for src, dst in (("tflite/model_fp32.tflite", "tflite/broken_fp32.tflite"),
+                     ("coreml/model_int8w.mlpackage", "coreml/broken_int8w.mlpackage")):
+        man["artifacts"].append({**by[src], "file": dst, "sha256": None})
+    (root / "manifest.json").write_text(json.dumps(man, indent=1))
+    return {"tflite_tensor": t, "coreml_op": c}

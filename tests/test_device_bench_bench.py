@@ -1,0 +1,79 @@
+"""Whole-model bench on real .tflite files, and the fidelity statistics (relations that hold on any machine)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from device_bench import fidelity, host
+from device_bench.__main__ import main
+from device_bench.lut import select_parts
+from model.space import load_space
+
+KEY = "ir_k3_e3|in=16x12x64|out=64|s=1"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A real artifacts folder: one block as fp32 and int8 tflite, with a manifest in the contract's form."""
+    d = tmp_path_factory.mktemp("artifacts") / "block"
+    part = select_parts("default", with_shipped=False)[1][KEY]
+    arts = []
+    for precision in ("fp32", "int8"):
+        src = host.convert_part(part, precision, cache=d.parent / "cache")
+        dst = d / "tflite" / f"model_{precision}.tflite"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        arts.append({"file": f"tflite/model_{precision}.tflite", "format": "tflite", "precision": precision,
+                     "size_bytes": dst.stat().st_size})
+    (d / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": "block", "artifacts": arts}))
+    return d
+
+
+def test_bench_one_model_prints_median_p90_and_census(artifacts, capsys):
+    assert main(["bench", "--model", str(artifacts / "tflite" / "model_fp32.tflite"), "--runs", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "median ms" in out and "p90 ms" in out and "model_fp32.tflite [xnnpack]" in out
+    assert "CONV_2D:float32 x2" in out and "DEPTHWISE_CONV_2D:float32 x1" in out
+
+
+def test_bench_model_dir_interleaves_fp32_int8_xnnpack_and_builtin(artifacts, capsys):
+    assert main(["bench", "--model-dir", str(artifacts), "--runs", "10", "--warmup", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("model_fp32.tflite fp32 [xnnpack]", "model_fp32.tflite fp32 [builtin]",
+                 "model_int8.tflite int8 [xnnpack]", "model_int8.tflite int8 [builtin]"):
+        assert name in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("tflite/")]
+    assert all(float(r[-4]) <= float(r[-3]) for r in rows)  # median <= p90
+
+
+def test_bench_bad_inputs(tmp_path, capsys):
+    assert main(["bench", "--model-dir", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [{"file": "x.tflite", "format": "tflite",
+                                                                       "precision": "fp32"}]}))
+    assert main(["bench", "--model-dir", str(tmp_path)]) == 2
+    assert "x.tflite is missing" in capsys.readouterr().err
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    assert main(["bench", "--model", str(tmp_path / "bad.tflite")]) == 2
+    assert "cannot load" in capsys.readouterr().err
+
+
+def test_fidelity_statistics():
+    meas = np.array([10.0, 12.0, 15.0, 20.0, 30.0])
+    s = fidelity.stats(meas * 1.1, meas)
+    assert s["mape_pct"] == pytest.approx(10.0) and s["spearman"] == pytest.approx(1.0)
+    assert fidelity.stats(meas[::-1].copy(), meas)["spearman"] == pytest.approx(-1.0)
+    pred = (meas - 2.0) / 1.5  # the LUT sums parts: off by a scale and an offset
+    cal = fidelity.linear_calibration(pred, meas)
+    assert cal["scale"] == pytest.approx(1.5) and cal["offset_ms"] == pytest.approx(2.0)
+    assert cal["mape_pct"] == pytest.approx(0, abs=1e-9) and cal["loo_mape_pct"] == pytest.approx(0, abs=1e-6)
+
+
+def test_fidelity_samples_are_reproducible_archs_of_the_space(tmp_path):
+    space = load_space("default")
+    a, b = fidelity.sample_archs(space, 5, seed=3), fidelity.sample_archs(space, 5, seed=3)
+    assert [x.blocks for x in a] == [x.blocks for x in b]
+    assert len({tuple(y.op for y in x.blocks) for x in a}) == 5
+    png = fidelity.scatter(tmp_path / "f.png", [1, 2, 3], [1.1, 2.2, 2.9], "t", {"scale": 1.0, "offset_ms": 0.1})
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,104 @@
+"""Host backend on real parts: deploy -> litert-torch -> ai_edge_litert, resume after a kill, setup checks."""
+
+import json
+
+import pytest
+
+from device_bench import host, lutfile
+from device_bench.__main__ import main
+from device_bench.lut import select_parts
+from model.latency import LUT, load_lut, network_keys
+from model.space import load_space
+from posekit.errors import UserError
+
+# Three cheap keys of the default space (small feature maps) and one identity.
+KEYS = ("ir_k3_e3|in=16x12x64|out=64|s=1", "ir_k5_e3|in=16x12x96|out=96|s=1", "ir_k3_e3|in=32x24x32|out=64|s=2",
+        "skip|in=16x12x96|out=96|s=1")
+
+
+@pytest.fixture(scope="module")
+def space_parts():
+    space, parts, _ = select_parts("default", with_shipped=False)
+    return space, {k: parts[k] for k in KEYS}
+
+
+def header(space, threads=1):
+    return lutfile.make_header("host", space, backend="host-litert", runtime="ai_edge_litert Interpreter",
+                               runtime_version="test", threads=threads, precision="fp32", kernels="xnnpack",
+                               provenance="measured")
+
+
+def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, monkeypatch, capsys):
+    """`lut --device host --quick` (10 keys), killed after its first chunk of 4, then run again twice."""
+    out, cache = tmp_path / "host.json", tmp_path / "cache"
+    argv = ["lut", "--device", "host", "--quick", "--out", str(out), "--cache", str(cache), "--rounds", "2",
+            "--per-visit", "2", "--chunk", "4"]
+    real_rr, chunks = host.round_robin, []
+
+    def killed_in_second_chunk(runners, **kw):
+        chunks.append(list(runners))
+        if len(chunks) == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C in the middle of the run
+        return real_rr(runners, **kw)
+
+    monkeypatch.setattr(host, "round_robin", killed_in_second_chunk)
+    assert main(argv) == 130
+    saved = json.loads(out.read_text())["entries"]
+    assert set(saved) == set(chunks[0]) and len(saved) == 4  # the finished chunk, saved atomically
+    assert not list(tmp_path.glob(".host.json*"))  # no half-written temp left behind
+    n_converted = len(list(cache.rglob("*.tflite")))
+    assert n_converted == 8  # chunk 2 was converted before the kill: kept in the cache
+
+    monkeypatch.setattr(host, "round_robin", real_rr)
+    assert main(argv) == 0
+    assert "10 keys, 6 measured by this run, 0 missing" in capsys.readouterr().out
+    lut = load_lut(out)
+    quick = load_space("default").arch_for(["ir_k3_e3"] * 26)
+    assert not lut.missing(network_keys(quick)) and lut.latency(quick) > 0
+    assert all(e["median_ms"] > 0 and e["n"] == 4 and e["std_ms"] >= 0 for e in lut.entries.values())
+    h = lut.header
+    assert (h["device"], h["precision"], h["kernels"], h["threads"], h["provenance"]) == \
+        ("host", "fp32", "xnnpack", 1, "measured")
+    assert main(argv) == 0  # third run: nothing left
+    assert "10 keys, 0 measured by this run, 0 missing" in capsys.readouterr().out
+
+
+def test_converted_part_is_the_deployed_block(tmp_path, space_parts):
+    from posekit.litert import op_counts
+
+    _, parts = space_parts
+    path = host.convert_part(parts[KEYS[0]], "fp32", cache=tmp_path)
+    ops = op_counts(path)
+    # BN folded into the convs: expand, depthwise, project and the residual add, nothing else
+    assert ops == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
+
+
+def test_other_setup_is_refused_unless_fresh(tmp_path, space_parts):
+    space, _ = space_parts
+    path = tmp_path / "host.json"
+    LUT(header(space, threads=1), {KEYS[0]: {"median_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "n": 3}}, path).save()
+    with pytest.raises(UserError, match="threads=1.*threads=4.*--fresh"):
+        lutfile.open_for_update(path, header(space, threads=4))
+    assert lutfile.open_for_update(path, header(space, threads=4), fresh=True).entries == {}
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="corrupt"):
+        lutfile.open_for_update(path, header(space))
+
+
+def test_bad_luts_give_one_clear_error(tmp_path, capsys):
+    space = load_space("default")
+    arch = space.arch_for(["ir_k3_e3"] * len(space.layers()))
+    with pytest.raises(UserError, match=r"key\(s\) missing.*make lut DEVICE=host"):
+        LUT(header(space), {}, tmp_path / "x.json").latency(arch)
+    other = tmp_path / "other.json"
+    LUT(header(space) | {"search_space_sha256": "0000000000000000"}, {}, other).save()
+    with pytest.raises(UserError, match="search space"):
+        load_lut(other, space)
+    # fidelity with a LUT of another device, or one missing keys: one line, exit 2
+    host_lut = tmp_path / "host.json"
+    LUT(header(space), {}, host_lut).save()
+    assert main(["fidelity", "--device", "host-int8", "--lut", str(host_lut), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "for device 'host', not 'host-int8'" in err and err.count("\n") == 1
+    assert main(["fidelity", "--device", "host", "--lut", str(host_lut), "--n", "2"]) == 2
+    assert "missing" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Phone profiles predicted from the published per-op tables, and the shipped LUT files."""
+
+import numpy as np
+import pytest
+
+from device_bench import predict
+from device_bench.lut import select_parts
+from device_bench.parts import ir_prims, module_prims, shipped_archs
+from model import arch as archlib
+from model.latency import load_lut, network_keys
+from model.space import load_space
+
+
+@pytest.mark.parametrize("device,n_rows", [("pixel", 71), ("note10", 465)])
+def test_published_tables_parse_and_fit_within_15pct_leave_one_out(device, n_rows):
+    rows = predict.parse_published(device)
+    assert len(rows) == n_rows and all(r.ms > 0 and r.prims for r in rows)
+    f = predict.fit(rows)
+    assert (f.coef >= 0).all()
+    assert 100 * f.loo_ape.mean() <= 15
+
+
+def test_pixel_expand_is_a_ratio_and_note10_expand_is_absolute():
+    px = {r.key.split(":", 1)[1]: r for r in predict.parse_published("pixel")}
+    r = px["expanded_conv-input:112x112x16-output:56x56x24-expand:3-kernel:3-stride:2-idskip:0"]
+    assert [p.kind for p in r.prims] == ["pw", "dw", "pw"] and r.prims[0].macs == 112 * 112 * 16 * 48
+    nt = {r.key.split(":", 1)[1]: r for r in predict.parse_published("note10")}
+    r = nt["expanded_conv-input:112x112x24-output:56x56x32-expand:72-kernel:5-stride:2-idskip:0-se:0-hs:0"]
+    assert r.prims[0].macs == 112 * 112 * 24 * 72 and r.prims[1].kernel == 5 and r.hs == r.se == 0
+    r = nt["expanded_conv-input:112x112x24-output:112x112x24-expand:24-kernel:3-stride:1-idskip:1-se:0-hs:0"]
+    assert [p.kind for p in r.prims] == ["dw", "pw", "add"]  # mid == in: no expand conv
+
+
+def test_block_primitives_from_the_module_match_the_analytic_block():
+    _, parts, _ = select_parts("default", with_shipped=False)
+    p = parts["ir_k5_e6|in=64x48x24|out=24|s=1"]
+    got = module_prims(p.module(), p.sample())
+    assert got == ir_prims(64, 48, 24, 24, 144, 5, 1, residual=True)
+
+
+def test_transposed_convs_are_priced_from_their_macs():
+    arch = archlib.load("efficientpose_a")  # plain head: full ConvTranspose2d 96->64, 64->32
+    net_parts = [p for p in select_parts("default")[1].values() if p.key == network_keys(arch)[-1]]
+    prims = module_prims(net_parts[0].module(), net_parts[0].sample())
+    assert [p.kind for p in prims][:2] == ["tconv", "tconv"]
+    assert prims[0].macs == 16 * 12 * 96 * 64 * 4 * 4
+
+
+@pytest.mark.parametrize("device", ["pixel", "note10"])
+def test_shipped_phone_profiles(device):
+    space = load_space("default")
+    lut = load_lut(device, space)  # covers every key of the space (else this raises)
+    h = lut.header
+    assert h["provenance"].startswith("predicted from data/published-luts/")
+    assert h["error"]["loo_mape_pct"] <= 15 and h["search_space_sha256"] == space.sha256
+    for a in shipped_archs():
+        assert not lut.missing(network_keys(a)), a.name
+    skips = [k for k in space.lut_keys() if k.startswith("skip")]
+    assert skips and all(lut.ms(k) == 0 for k in skips)
+    # relations any sane profile keeps: wider/bigger-kernel blocks cost more, the SimpleBaseline head is heavy
+    assert lut.ms("ir_k7_e6|in=64x48x24|out=24|s=1") > lut.ms("ir_k3_e3|in=64x48x24|out=24|s=1")
+    lat = {a.name: lut.latency(a) for a in shipped_archs()}
+    assert lat["efficientpose-a"] < lat["efficientpose-b"] < lat["efficientpose-c"]
+    assert lat["efficientpose-a-mbv1"] < lat["efficientpose-a"]  # separable head is cheaper than the plain one
+    assert np.isfinite(list(lat.values())).all()

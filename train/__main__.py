@@ -1,0 +1,131 @@
+"""python -m train --arch <arch file | shipped name> [--data COCO_DIR] [--epochs N] [--input HxW] [--resume] ...
+
+Two presets. `quick` (the default on the bundled data/coco-mini): 128x96 input, 30 epochs, no flip test: a few
+minutes on 2 CPU cores, to see the whole pipeline run (AP on 4 val images after 30 images of training is near 0).
+`full` (the default when --data is another COCO tree; or --preset full): the arch's input size, 210 epochs, Adam
+1e-3 with x0.1 steps at epochs 170 and 200, batch 32, flip test (SimpleBaseline / EfficientPose recipe).
+Explicit flags override the preset. Multi-GPU / multi-node: `torchrun --nproc_per_node N -m train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+from posekit.cli import main_guard
+from posekit.errors import UserError
+from posekit.keypoints import DEFAULT_COCO
+
+PRESETS = {
+    "quick": {"input": [128, 96], "epochs": 30, "batch_size": 16, "lr": 2e-3, "schedule": "cosine",
+              "warmup_epochs": 1, "workers": 0, "flip_test": False},
+    "full": {"input": None, "epochs": 210, "batch_size": 32, "lr": 1e-3, "schedule": "step",
+             "warmup_epochs": 0, "workers": 4, "flip_test": True},
+}
+
+
+def parse_size(s: str) -> list[int]:
+    try:
+        h, w = (int(v) for v in s.lower().split("x"))
+        assert h > 0 and w > 0
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"--input: expected HxW, e.g. 256x192, got {s!r}") from None
+    return [h, w]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="efficientpose_a", help="arch file (yaml/json) or shipped name")
+    p.add_argument("--data", default=None,
+                   help=f"COCO tree (train2017/, val2017/, annotations/); default {DEFAULT_COCO}")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="quick (bundled-data default) or full (paper recipe)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--input", type=parse_size, help="HxW network input (default: preset; full: the arch's)")
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", choices=["cosine", "step"])
+    p.add_argument("--steps", type=float, nargs="+", default=[170 / 210, 200 / 210],
+                   help="step schedule: x0.1 at these fractions of --epochs (default 170/210, 200/210)")
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--train-split", default="train2017")
+    p.add_argument("--val-split", default="val2017", help="split scored each eval (train2017 for an overfit check)")
+    p.add_argument("--boxes", default="gt", help="eval person boxes: gt or a detection results json")
+    p.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="scale/rotation/flip/half-body augmentation (default on)")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the last always)")
+    p.add_argument("--limit", type=int, help="use only the first N training persons (smoke tests)")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep decoded images in memory (default: on for trees of <= 2000 images)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
+    return p
+
+
+def config(a: argparse.Namespace) -> dict:
+    from model import load
+
+    data = Path(a.data) if a.data else DEFAULT_COCO
+    if not (data / "annotations").is_dir():
+        raise UserError(f"{data}: not a COCO tree (needs annotations/person_keypoints_<split>.json, <split>/)")
+    preset = a.preset or ("quick" if data.resolve() == DEFAULT_COCO.resolve() else "full")
+    cfg = dict(PRESETS[preset])
+    for k in cfg:
+        v = getattr(a, k)
+        if v is not None:
+            cfg[k] = v
+    arch = load(a.arch)
+    name = arch.name
+    out = a.out
+    if out is None:
+        out = Path("runs/train") / name
+        i = 2
+        while (out / "last.pt").exists() and not a.resume:
+            out, i = Path("runs/train") / f"{name}{i}", i + 1
+    from train.loop import check_out
+
+    check_out(out, a.resume)
+    if a.cache is None:
+        from posekit.data import load_coco
+
+        a.cache = len(load_coco(data / "annotations" / f"person_keypoints_{a.train_split}.json").imgs) <= 2000
+    cfg.update(preset=preset, arch=str(a.arch), data=str(data), out=str(out), optimizer=a.optimizer,
+               weight_decay=a.weight_decay, steps=a.steps, train_split=a.train_split, val_split=a.val_split,
+               boxes=str(a.boxes), augment=a.augment, eval_every=max(1, a.eval_every), limit=a.limit, cache=a.cache,
+               sync_bn=a.sync_bn, seed=a.seed, device=a.device, resume=a.resume, progress=not a.no_progress)
+    if cfg["epochs"] < 1:
+        raise UserError(f"--epochs: must be >= 1, got {cfg['epochs']}")
+    return cfg
+
+
+@main_guard
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt
+    cfg = config(a)
+    from train.loop import Trainer
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        size = "x".join(map(str, cfg["input"])) if cfg["input"] else "the arch's input size"
+        print(f"train: preset {cfg['preset']} ({size}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
+              f"lr {cfg['lr']}) on {cfg['data']} -> {cfg['out']}"
+              + ("  [quick: a few minutes on 2 CPU cores; --preset full or --data DIR for the paper recipe]"
+                 if cfg["preset"] == "quick" else ""))
+    out = Trainer(cfg).fit()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {out}/best.pt, last.pt, metrics.jsonl, curves.png, arch.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""curves.png: train loss, validation AP and learning rate per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posekit.io import atomic_path
+
+
+def plot_curves(records: list[dict], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(ep, [r["train_loss"] for r in records], marker=".")
+    axes[0].set(title="train loss (weighted heatmap MSE)", xlabel="epoch", yscale="log")
+    ev = [r for r in records if r.get("AP") is not None]
+    axes[1].plot([r["epoch"] for r in ev], [r["AP"] for r in ev], marker=".", label="AP")
+    axes[1].plot([r["epoch"] for r in ev], [r["AR"] for r in ev], marker=".", label="AR")
+    axes[1].set(title="val OKS AP / AR", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].plot(ep, [r["lr"] for r in records], marker=".")
+    axes[2].set(title="learning rate", xlabel="epoch")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return Path(path)
