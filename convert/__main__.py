@@ -36,7 +36,7 @@ def run(args, log=print):
 
         raise UserError(f"--calib {args.calib}: needs at least 1 crop")
     targets = expand_targets(args.targets)
-    src = load_source(args.ckpt, args.arch, args.head, args.input)
+    src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
     out = args.out or Path("artifacts") / src.name
     log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
     convert(src, out, targets, args.calib, args.data, args.int8_io, log)

@@ -10,30 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from model.arch import Head
 from model.deploy import REWRITES, deploy_model
 from model.heads import PoseHead
 from posekit import litert
 
-
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics of a trained net's scale (the default init makes heads output ~0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                fan = m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.weight.shape[1] * m.kernel_size[0] ** 2
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return module
+from .source import randomize
 
 
 def head_model(kind: str, cin: int = 96, joints: int = 17, deconv=(64, 32), kernel: int = 4, sic: bool = True):

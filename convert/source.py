@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from model import arch as arch_mod
 from model.arch import Arch
@@ -34,6 +35,41 @@ class Source:
         return self.arch.name
 
 
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BN statistics of a trained net's scale (the default init makes heads output ~0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                fan = m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.weight.shape[1] * m.kernel_size[0] ** 2
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return module
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
+    """Set every BatchNorm's running statistics to their average over `batches` (real crops), so a randomly
+    initialized net has the activation ranges of a trained one and int8 parity means something."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    net.train()
+    for b in batches:
+        net(b)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return net.eval()
+
+
 def _size(s: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in s.lower().split("x"))
@@ -43,7 +79,7 @@ def _size(s: str) -> tuple[int, int]:
 
 
 def load_source(ckpt: str | None = None, arch: str | None = None, head: str | None = None,
-                input_size: str | None = None) -> Source:
+                input_size: str | None = None, data: str | None = None) -> Source:
     """Resolve the model to convert. `head` switches the head type (plain/mbv1/mbv2) of an arch file (not of a
     checkpoint: its weights fix the head); `input_size` 'HxW' overrides the arch's input size."""
     if ckpt is None and arch is None and DEMO_CKPT.is_file():
@@ -66,9 +102,9 @@ def load_source(ckpt: str | None = None, arch: str | None = None, head: str | No
             a.head.type = head
             a.name = f"{a.name}-{head}"
         a = a.copy()  # re-validate
-        torch.manual_seed(0)
-        src = Source(build(a).eval(), a, None, None, str(path), True,
-                     f"random init of {path.name} (head {a.head.type}): conversion only, heatmaps meaningless")
+        src = Source(build(a), a, None, None, str(path), True,
+                     f"random weights for {path.name} (head {a.head.type}; kaiming, BatchNorm statistics from real "
+                     "crops): for conversion and parity, the heatmaps mean nothing")
     if input_size:
         h, w = _size(input_size)
         d = src.arch.to_dict()
@@ -77,6 +113,8 @@ def load_source(ckpt: str | None = None, arch: str | None = None, head: str | No
         net = build(new).eval()
         net.load_state_dict(src.net.state_dict())  # weights do not depend on the input size
         src.arch, src.net, src.input_override = new, net, True
+    if src.random_init:
+        recalibrate_bn(randomize(src.net), calibration_batches(src.arch, data, 8))
     return src
 
 

@@ -10,6 +10,9 @@ from posekit.cli import main_guard
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the runtime (default 1)")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="host timing: wall-clock latency (default) or the thread's CPU time (--threads 1 only; "
+                        "steadier on a shared machine)")
     p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false",
                    help="TFLite's builtin kernels instead of the XNNPACK delegate")
 

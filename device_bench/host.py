@@ -93,7 +93,8 @@ def runner(path: Path, threads: int, xnnpack: bool) -> Callable[[], None]:
 
 
 def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnpack: bool = True,
-            rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache: Path = CACHE) -> list[str]:
+            rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache: Path = CACHE,
+            clock: str = "wall") -> list[str]:
     """Measure every part the LUT lacks; saves after each chunk. Returns the keys measured by this run."""
     todo = [k for k in parts if k not in lut.entries]
     done = []
@@ -109,7 +110,7 @@ def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnp
             bar.set_postfix_str(f"convert {k[:40]}")
             runners[k] = runner(convert_part(parts[k], precision, cache), threads, xnnpack)
         bar.set_postfix_str("timing")
-        samples = round_robin(runners, rounds=rounds, per_visit=per_visit, seed=i)
+        samples = round_robin(runners, rounds=rounds, per_visit=per_visit, seed=i, clock=clock)
         for k in keys:
             lut.entries[k] = entry(samples[k])
         lut.save()

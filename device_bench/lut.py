@@ -36,21 +36,26 @@ def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
 
 def run_host(args, space, parts, arch_names) -> LUT:
     from . import host
+    from .timing import check_clock
 
     precision = HOST_DEVICES[args.device]
     kernels = "xnnpack" if args.xnnpack else "builtin"
+    check_clock(args.clock, args.threads)
     header = lutfile.make_header(
         args.device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
         runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
-        provenance="measured", archs=arch_names,
+        provenance="measured", archs=arch_names, clock=args.clock,
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
                   f"calibration batches" if precision == "int8" else None,
         timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
+                "clock": "wall-clock latency" if args.clock == "wall" else "thread CPU time (= latency on an idle "
+                                                                           "core, 1 thread)",
                 "order": "round-robin over a chunk of keys, shuffled each round"})
     lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
     done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
-                        per_visit=args.per_visit, chunk=args.chunk, cache=Path(args.cache) if args.cache else host.CACHE)
+                        per_visit=args.per_visit, chunk=args.chunk,
+                        cache=Path(args.cache) if args.cache else host.CACHE, clock=args.clock)
     _report(lut, parts, done)
     return lut
 
@@ -82,10 +87,11 @@ def run_android(args, space, parts, arch_names) -> list[LUT]:
                     "statistic": "median over passes of benchmark_model's average"})
         jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,
                                              fresh=args.fresh), dev))
-    android.measure_many(jobs, parts, models, threads=args.threads, runs=args.num_runs, warmup=args.warmup_runs,
-                         passes=args.passes, xnnpack=args.xnnpack, taskset=args.taskset, chunk=args.chunk)
-    for lut, _ in jobs:
-        _report(lut, parts, [])
+    done = android.measure_many(jobs, parts, models, threads=args.threads, runs=args.num_runs,
+                                warmup=args.warmup_runs, passes=args.passes, xnnpack=args.xnnpack,
+                                taskset=args.taskset, chunk=args.chunk)
+    for lut, dev in jobs:
+        _report(lut, parts, done[dev.serial])
     return [lut for lut, _ in jobs]
 
 
@@ -104,9 +110,9 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
                                      runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,
                                      kernels=unit, provenance="measured", archs=arch_names)
         luts[unit] = lutfile.open_for_update(lutfile.lut_path(name), header, fresh=args.fresh)
-    apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
-    for lut in luts.values():
-        _report(lut, parts, [])
+    done = apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
+    for unit, lut in luts.items():
+        _report(lut, parts, done[unit])
     return list(luts.values())
 
 

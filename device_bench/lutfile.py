@@ -15,7 +15,8 @@ from posekit.errors import UserError
 
 # Header fields that must agree before a run may add entries to an existing file.
 SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels",
-                "search_space_sha256")
+                "search_space_sha256", "clock")
+DEFAULTS = {"clock": "wall"}
 
 
 def host_description() -> str:
@@ -65,8 +66,9 @@ def open_for_update(path: Path, header: dict, fresh: bool = False) -> LUT:
     if str(old.get("provenance", "")).startswith("predicted"):
         return LUT(header, {}, path)
     for f in SETUP_FIELDS:
-        if old.get(f) != header.get(f):
-            raise UserError(f"{path}: measured with {f}={old.get(f)!r}, this run has {f}={header.get(f)!r}; "
+        was, now = old.get(f, DEFAULTS.get(f)), header.get(f, DEFAULTS.get(f))
+        if was != now:
+            raise UserError(f"{path}: measured with {f}={was!r}, this run has {f}={now!r}; "
                             f"pass --fresh to replace it or --out to write another file")
     keep = {k: v for k, v in header.items() if k not in ("date",)}
     merged = {**old, **keep, "calibration": old.get("calibration"), "date": header["date"]}

@@ -85,15 +85,14 @@ def _check_exact(m: nn.ConvTranspose2d):
                              f"exactly {s}x the input, no sub-pixel rewrite")
 
 
-def pixel_shuffle_nhwc(y: torch.Tensor, s: int) -> torch.Tensor:
-    """nn.PixelShuffle(s), written on the channels-last view TFLite runs in: the outer permutes cancel against the
-    layout transposes litert-torch inserts, leaving RESHAPE + one rank-5 TRANSPOSE + RESHAPE (torch's own
-    pixel_shuffle lowers to rank-4 RESHAPE/TRANSPOSE chains in NCHW, with layout transposes around them)."""
-    n, c, h, w = y.shape
-    c //= s * s
-    z = y.permute(0, 2, 3, 1).reshape(n * h, w, c, s, s)  # channel = c * s*s + rh * s + rw
-    z = z.permute(0, 3, 1, 4, 2).reshape(n, h * s, w * s, c)  # (n*h, rh, w, rw, c)
-    return z.permute(0, 3, 1, 2)
+def pixel_shuffle_nhwc(y: torch.Tensor, s: int, c: int) -> torch.Tensor:
+    """nn.PixelShuffle(s) for c output channels, written on the channels-last view TFLite runs in: the outer
+    permutes cancel against the layout transposes litert-torch inserts, leaving RESHAPE + one rank-5 TRANSPOSE +
+    RESHAPE (torch's pixel_shuffle lowers to rank-4 RESHAPE/TRANSPOSE chains in NCHW with layout transposes
+    around them). Only flatten/unflatten, no shape arithmetic, so TorchScript tracing (Core ML) keeps it static."""
+    z = y.permute(0, 2, 3, 1).flatten(0, 1).unflatten(2, (c, s, s))  # (n*h, w, c, rh, rw)
+    z = z.permute(0, 3, 1, 4, 2).flatten(2, 3).flatten(0, 1)  # (n*h*rh, w*rw, c)
+    return z.unflatten(0, (y.shape[0], -1)).permute(0, 3, 1, 2)
 
 
 class SubPixelDeconv(nn.Module):
@@ -123,12 +122,12 @@ class SubPixelDeconv(nn.Module):
         self.conv.weight.data.copy_(weight.view(c * sh * sw, 1, kh, kw))
         if m.bias is not None:
             self.conv.bias.data.copy_(m.bias.detach().repeat_interleave(sh * sw))
-        self.s = sh
+        self.s, self.c = sh, c
 
     def forward(self, x):
         if self.explicit_pad:
             x = F.pad(x, self.pad)
-        return pixel_shuffle_nhwc(self.conv(x), self.s)
+        return pixel_shuffle_nhwc(self.conv(x), self.s, self.c)
 
 
 class PhaseDeconv(SubPixelDeconv):
@@ -152,7 +151,7 @@ class PhaseDeconv(SubPixelDeconv):
         if self.explicit_pad:
             x = F.pad(x, self.pad)
         y = torch.stack([conv(x) for conv in self.phases], 2)  # (N, C, s*s, H, W): pixel-shuffle channel order
-        return pixel_shuffle_nhwc(y.flatten(1, 2), self.s)
+        return pixel_shuffle_nhwc(y.flatten(1, 2), self.s, self.c)
 
 
 class ZeroInsertDeconv(nn.Module):

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'PCK':>6s} "
           f"{'AP':>6s} {'dAP':>7s}  status")
     for r in result["rows"]:
+        if r["engine"] is None:
+            print(f"{r['file']:44s} {'(did not run)':22s} {'':>52s}  FAIL")
+            continue
         print(f"{r['file']:44s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
               f"{r['argmax_same']:7.3f} {r['pck']:6.3f} {r['ap']:6.3f} {r['dap']:+7.3f}  {r['status'].upper()}")
     failed = [r for r in result["rows"] if r["fails"]]

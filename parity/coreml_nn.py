@@ -8,8 +8,15 @@ from collections import Counter
 
 import numpy as np
 
-from parity.coreml_exec import UnsupportedOp, op_batch_norm, op_conv, op_conv_transpose, op_depth_to_space, \
-    op_pixel_shuffle, unpack_bits
+from parity.coreml_exec import (
+    UnsupportedOp,
+    op_batch_norm,
+    op_conv,
+    op_conv_transpose,
+    op_depth_to_space,
+    op_pixel_shuffle,
+    unpack_bits,
+)
 from posekit.errors import UserError
 
 

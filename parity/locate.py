@@ -9,6 +9,8 @@ both a floor and 4x the largest error before it is named, with the PyTorch modul
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -39,36 +41,53 @@ def torch_tensors(net, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
+def module_path(name: str) -> str | None:
+    """The PyTorch module path in a litert-torch tensor name, e.g. '.../model.net.Backbone_backbone/
+    torch.nn.modules.container.Sequential_stem/model.blocks.ConvBNAct_0/...ReLU_2' -> 'backbone.stem.0.2'
+    (each component is '<class>_<attribute>'; the first is the root, 'module' the converter's wrapper)."""
+    parts = name.split(";")[0].split("/")
+    if len(parts) < 2 or not all("_" in p.rsplit(".", 1)[-1] for p in parts[1:]):
+        return None
+    attrs = [p.rsplit(".", 1)[-1].split("_", 1)[1] for p in parts[1:]]
+    return ".".join(attrs[1:] if attrs[0] == "module" else attrs) or None
+
+
 def short(name: str) -> str:
     """A runtime tensor name made readable: TFLite joins the fused modules' paths with ';'."""
     first = name.split(";")[0]
-    return "/".join(first.split("/")[-2:]) if len(first) > 60 else first
+    return module_path(first) or ("/".join(first.split("/")[-2:]) if len(first) > 60 else first)
 
 
 def _rel(a, t):
     return float(np.linalg.norm(a - t) / (np.linalg.norm(t) + 1e-12))
 
 
-def _match(a: np.ndarray, refs, nhwc: bool):
-    """(rel error, module name, module type) of the closest same-shaped PyTorch tensor, or None."""
+def _match(a: np.ndarray, refs, nhwc: bool, start: int = 0, hint: str | None = None):
+    """(rel error, index, module name, module type) of the PyTorch tensor `a` stands for: the module its name
+    names when that has its shape, else the closest same-shaped tensor at or after `start` (ops run in order)."""
     a = np.asarray(a, np.float32)
-    cands = [a]
-    if a.ndim == 4 and nhwc:
-        cands.append(a.transpose(0, 3, 1, 2))
+    cands = [a] + ([a.transpose(0, 3, 1, 2)] if a.ndim == 4 and nhwc else [])
     best = None
     for c in cands:
-        for name, typ, t in refs:
-            if t.shape == c.shape:
-                e = _rel(c, t)
-                if best is None or e < best[0]:
-                    best = (e, name, typ)
+        for i, (name, typ, t) in enumerate(refs):
+            if t.shape != c.shape or (i < start and name != hint):
+                continue
+            e = _rel(c, t)
+            if name == hint:
+                return e, i, name, typ
+            if best is None or e < best[0]:
+                best = (e, i, name, typ)
     return best
 
 
 def tflite_intermediates(runner, x):
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_path=str(runner.path), experimental_preserve_all_tensors=True)
+    # builtin kernels, no XNNPACK delegate: a delegate runs the graph as one op and keeps no intermediates
+    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": that is what this is
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_path=str(runner.path), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     it.set_tensor(it.get_input_details()[0]["index"], runner.prepare(x[:1]))
     it.invoke()
@@ -130,19 +149,27 @@ def first_divergence(runner, net, x: np.ndarray, precision: str) -> dict:
     refs = torch_tensors(net, x)
     nhwc = runner.inp.get("layout") == "NHWC"
     floor = FLOORS.get(precision, DEFAULT_FLOOR)
-    trace, worst = [], 0.0
-    found = None
+    trace, worst, pos = [], 0.0, 0
+    found = step = None
     for typ, name, v in gen:
-        m = _match(v, refs, nhwc)
+        m = _match(v, refs, nhwc, pos, module_path(name))
         if m is None:
             continue
-        e, mod, mtyp = m
-        trace.append({"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e})
+        e, i, mod, mtyp = m
+        if e < 0.5:  # a confident match: later ops map to later modules
+            pos = max(pos, i)
+        entry = {"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e,
+                 "before": worst, "index": len(trace)}
+        trace.append(entry)
         if found is None and e > floor and e > 4 * worst:
-            found = {"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e,
-                     "before": worst, "index": len(trace) - 1}
+            found = entry
+        if e > worst and (step is None or e - worst > step["rel_error"] - step["before"]):
+            step = entry
         worst = max(worst, e)
     if not trace:
         return {"note": "no intermediate tensor matched a PyTorch tensor by shape"}
-    return {**(found or {"note": f"no single op's error jumps (max relative error {worst:.3g})"}),
-            "trace": trace[:400]}
+    if found is None:
+        found = {"note": f"no single op's error jumps (max relative error {worst:.3g}); largest step: {step['op']} "
+                         f"{step['tensor']!r} ~ PyTorch {step['torch_module']}, {step['before']:.3g} -> "
+                         f"{step['rel_error']:.3g}" if step else f"max relative error {worst:.3g}"}
+    return {**found, "trace": [{k: t[k] for k in ("op", "tensor", "torch_module", "rel_error")} for t in trace[:400]]}

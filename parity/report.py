@@ -122,7 +122,7 @@ def write(result: dict, out_dir: Path, norm: dict | None, skeleton) -> tuple[Pat
                 why += f" — {loc.get('note', '')}"
             body.append(f"<tr><td colspan={len(COLUMNS)}>{html.escape(why)}</td></tr>")
     figs = "".join(f"<h3>{html.escape(r['file'])}</h3><img src='{r['figures']['histogram']}'>"
-                   f"<img src='{r['figures']['overlay']}'>" for r in result["rows"])
+                   f"<img src='{r['figures']['overlay']}'>" for r in result["rows"] if r["figures"]["histogram"])
     warn = "".join(f"<p style='color:#b00'><b>warning:</b> {html.escape(w)}</p>" for w in result["warnings"])
     page = (f"<!doctype html><meta charset='utf-8'><title>parity {html.escape(str(result['model']))}</title>"
             f"<style>td,th{{padding:2px 6px;font:12px sans-serif}}table{{border-collapse:collapse}}</style>"

@@ -55,6 +55,17 @@ def load_reference(man: dict, model_dir: Path, ckpt: str | None):
 
     src = man.get("source") or {}
     path = ckpt or src.get("checkpoint")
+    if not path and src.get("random_init"):
+        # No checkpoint: convert built the arch with torch.manual_seed(0) (convert/source.py). Rebuild it the same
+        # way; should that convention ever change, the fp32 rows fail and say so.
+        import torch
+
+        from model.arch import from_dict
+        from model.net import build
+
+        torch.manual_seed(0)
+        net = build(from_dict(man["arch"], src=f"{model_dir / 'manifest.json'}: arch")).eval()
+        return net, "random init (torch.manual_seed(0), as convert makes it)"
     if not path:
         raise UserError(f"{model_dir / 'manifest.json'}: source.checkpoint is null: parity needs the weights the "
                         f"artifacts were made from (pass --ckpt)")
@@ -134,9 +145,14 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
         if rules is None:
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
-        runner = make_runner(a, model_dir, man, threads)
-        sha = a.get("sha256") or sha256_file(runner.path)
-        res = _cached(cache, f"{sha[:16]}-{data.key}", lambda r=runner: data.run(r))
+        try:
+            runner = make_runner(a, model_dir, man, threads)
+            sha = a.get("sha256") or sha256_file(runner.path)
+            res = _cached(cache, f"{sha[:16]}-{data.key}", lambda r=runner: data.run(r))
+        except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
+            rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
+                         "status": "fail", "fails": [f"could not run: {e}"]})
+            continue
         row = {"file": a["file"], "format": a["format"], "precision": a["precision"], "quantizer": a.get("quantizer"),
                "engine": runner.engine, "size_bytes": a.get("size_bytes"),
                **metrics.heatmap_stats(ref["heatmaps"], res["heatmaps"]),

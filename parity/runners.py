@@ -58,9 +58,11 @@ class Runner:
             x = x.transpose(0, 2, 3, 1)
         dtype = self.inp.get("dtype", "float32")
         if dtype in ("int8", "uint8"):
-            if not self.inp.get("quantization"):
-                raise UserError(f"{self.path}: manifest input dtype {dtype} without quantization scale/zero_point")
-            return _quantize(x, self.inp["quantization"], dtype)
+            if self.inp.get("quantization"):
+                return _quantize(x, self.inp["quantization"], dtype)
+            if self.inp.get("normalization_folded") or self.inp.get("kind") == "image":  # raw pixels
+                return np.clip(np.round(x), 0, 255).astype(np.uint8)
+            raise UserError(f"{self.path}: manifest input dtype {dtype} without quantization scale/zero_point")
         return np.ascontiguousarray(x, dtype)
 
     def finish(self, y: np.ndarray) -> np.ndarray:

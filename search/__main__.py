@@ -39,7 +39,7 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--warmup-epochs", type=int, help="epochs of weight steps only before alpha is searched")
     p.add_argument("--input", help="HxW the supernet trains at (demo 128x96; the LUT is always at the space's size)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lam", type=float, default=0.02, help="lambda of the cost term (Eq. 7); 0 = accuracy only")
+    p.add_argument("--lam", type=float, default=0.005, help="lambda of the cost term (Eq. 7); 0 = accuracy only")
     p.add_argument("--tau", type=float, default=math.e, help="base of the log in lambda * log_tau(cost) (Eq. 7)")
     p.add_argument("--temperature", type=float, default=1.0, help="p = softmax(alpha / temperature)")
     p.add_argument("--target-ms", type=float, help="target latency on the device (calibrated when the LUT has a "
@@ -47,7 +47,7 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--lam-rate", type=float, default=0.2, help="step of the lambda update towards --target-ms")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=float, default=1e-3)
-    p.add_argument("--alpha-lr", type=float, default=0.02)
+    p.add_argument("--alpha-lr", type=float, default=0.1, help="Adam lr of alpha (few steps in the demo)")
     p.add_argument("--drop-path", type=float, default=0.5, help="probability of dropping a candidate in a w step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N persons of the data (quick runs)")

@@ -41,14 +41,14 @@ class Config:
     warmup_epochs: int = 2
     input_size: tuple[int, int] = (128, 96)
     batch_size: int = 8
-    lam: float = 0.02
+    lam: float = 0.005
     tau: float = math.e
     temperature: float = 1.0
     target_ms: float | None = None
     lam_rate: float = 0.2
     w_optim: str = "adam"
     w_lr: float = 1e-3
-    alpha_lr: float = 0.02
+    alpha_lr: float = 0.1
     drop_path: float = 0.5
     seed: int = 0
     limit: int | None = None
@@ -78,6 +78,8 @@ class Search:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
             else torch.device("cpu")
+        if cfg.resume and not (self.out / STATE).is_file():
+            raise UserError(f"{self.out / STATE}: nothing to resume (run without --resume first)")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -174,7 +176,7 @@ class Search:
         if self.cfg.target_ms is not None:
             ms = self.cost.calibrated(self.derived_cost())
             self.lam += self.cfg.lam_rate * math.log(ms / self.cfg.target_ms)
-        return mse.item(), float(cost)
+        return mse.item(), cost.item()
 
     def _allreduce(self, params):
         """Data parallel (torchrun): average the gradients over the ranks, as DistributedDataParallel does."""

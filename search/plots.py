@@ -17,32 +17,34 @@ def plot_history(history: list[dict], layers: list[list[str]], path: str | Path,
     cands = sorted({c for row in layers for c in row}, key=lambda c: (c == "skip", c))
     colors = {c: plt.cm.tab10(i) for i, c in enumerate(cands)}
     epochs = [h["epoch"] for h in history]
-    n = len(layers)
-    cols = 7
-    rows = math.ceil(n / cols) + 1
-    fig = plt.figure(figsize=(2.2 * cols, 1.7 * rows), constrained_layout=True)
-    gs = fig.add_gridspec(rows, cols)
+    n, cols = len(layers), 7
+    rows = math.ceil(n / cols)
+    # Fixed spacing (no layout solver: it is most of the time with 30 panels).
+    fig, axes = plt.subplots(rows + 1, cols, figsize=(2.0 * cols, 1.5 * (rows + 1)), squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=0.08, hspace=0.6, wspace=0.3)
     for li, row in enumerate(layers):
-        ax = fig.add_subplot(gs[li // cols, li % cols])
+        ax = axes[li // cols][li % cols]
         for ci, c in enumerate(row):
-            ax.plot(epochs, [h["probs"][li][ci] for h in history], color=colors[c], lw=1.2, label=c)
-        ax.set_title(f"layer {li}", fontsize=8)
+            ax.plot(epochs, [h["probs"][li][ci] for h in history], color=colors[c], lw=1.2)
+        ax.set_title(f"layer {li}", fontsize=7, pad=2)
         ax.set_ylim(0, 1)
-        ax.tick_params(labelsize=6)
-    # Last row: p at the final epoch, layers x candidates.
-    ax = fig.add_subplot(gs[rows - 1, :])
+        ax.tick_params(labelsize=5)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    # Last row: p at the final epoch, candidates x layers.
+    ax = fig.add_subplot(rows + 1, 1, rows + 1)
     final = [[history[-1]["probs"][li][row.index(c)] if c in row else float("nan") for li, row in enumerate(layers)]
              for c in cands]
-    im = ax.imshow(final, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_yticks(range(len(cands)), cands, fontsize=7)
-    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=6)
-    ax.set_xlabel("layer (p at the last epoch)", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.02)
-    handles = [plt.Line2D([], [], color=colors[c], label=c) for c in cands]
-    fig.legend(handles=handles, loc="outside upper center", ncol=len(cands), fontsize=8)
+    im = ax.imshow(final, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(cands)), cands, fontsize=6)
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=5)
+    ax.set_xlabel(f"layer (p after epoch {epochs[-1]})", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+    fig.legend(handles=[plt.Line2D([], [], color=colors[c], label=c) for c in cands], loc="upper center",
+               ncol=len(cands), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.99))
     if title:
-        fig.suptitle(title, fontsize=10, y=1.04)
+        fig.text(0.01, 0.99, title, fontsize=8, va="top")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return Path(path)

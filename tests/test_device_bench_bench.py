@@ -77,3 +77,21 @@ def test_fidelity_samples_are_reproducible_archs_of_the_space(tmp_path):
     assert len({tuple(y.op for y in x.blocks) for x in a}) == 5
     png = fidelity.scatter(tmp_path / "f.png", [1, 2, 3], [1.1, 2.2, 2.9], "t", {"scale": 1.0, "offset_ms": 0.1})
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_round_robin_interleaves_and_cpu_clock_leaves_out_waiting():
+    import time
+
+    from device_bench.timing import check_clock, round_robin
+    from posekit.errors import UserError
+
+    order = []
+    runners = {k: (lambda k=k: (order.append(k), time.sleep(0.004))) for k in "abc"}
+    wall = round_robin(runners, rounds=3, per_visit=2, warmup=1, clock="wall")
+    assert {k: len(v) for k, v in wall.items()} == {"a": 6, "b": 6, "c": 6}
+    assert len(order) == 3 + 18 and set(order[3:9]) == set("abc")  # every op visited in each round
+    assert min(min(v) for v in wall.values()) >= 4.0  # a sleep is latency ...
+    cpu = round_robin(runners, rounds=2, per_visit=2, warmup=0, clock="cpu")
+    assert max(max(v) for v in cpu.values()) < 4.0  # ... but no CPU time
+    with pytest.raises(UserError, match="--threads 1"):
+        check_clock("cpu", 4)

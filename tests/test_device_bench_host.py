@@ -10,16 +10,9 @@ from device_bench.lut import select_parts
 from model.latency import LUT, load_lut, network_keys
 from model.space import load_space
 from posekit.errors import UserError
+from posekit.litert import op_counts
 
-# Three cheap keys of the default space (small feature maps) and one identity.
-KEYS = ("ir_k3_e3|in=16x12x64|out=64|s=1", "ir_k5_e3|in=16x12x96|out=96|s=1", "ir_k3_e3|in=32x24x32|out=64|s=2",
-        "skip|in=16x12x96|out=96|s=1")
-
-
-@pytest.fixture(scope="module")
-def space_parts():
-    space, parts, _ = select_parts("default", with_shipped=False)
-    return space, {k: parts[k] for k in KEYS}
+KEY = "ir_k3_e3|in=16x12x64|out=64|s=1"
 
 
 def header(space, threads=1):
@@ -28,6 +21,7 @@ def header(space, threads=1):
                                provenance="measured")
 
 
+@pytest.mark.slow  # ten real conversions: ~50 s on a quiet 2-core machine, more when it is shared
 def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, monkeypatch, capsys):
     """`lut --device host --quick` (10 keys), killed after its first chunk of 4, then run again twice."""
     out, cache = tmp_path / "host.json", tmp_path / "cache"
@@ -61,22 +55,16 @@ def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, 
         ("host", "fp32", "xnnpack", 1, "measured")
     assert main(argv) == 0  # third run: nothing left
     assert "10 keys, 0 measured by this run, 0 missing" in capsys.readouterr().out
+    # what was timed is the deployed block: BN folded into the convs, nothing but the block's own ops
+    part = select_parts("default", quick=True)[1]["ir_k3_e3|in=64x48x24|out=24|s=1"]
+    assert op_counts(host.convert_part(part, "fp32", cache)) == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
+    assert len(list(cache.rglob("*.tflite"))) == 10  # served from the cache, not converted again
 
 
-def test_converted_part_is_the_deployed_block(tmp_path, space_parts):
-    from posekit.litert import op_counts
-
-    _, parts = space_parts
-    path = host.convert_part(parts[KEYS[0]], "fp32", cache=tmp_path)
-    ops = op_counts(path)
-    # BN folded into the convs: expand, depthwise, project and the residual add, nothing else
-    assert ops == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
-
-
-def test_other_setup_is_refused_unless_fresh(tmp_path, space_parts):
-    space, _ = space_parts
+def test_other_setup_is_refused_unless_fresh(tmp_path):
+    space = load_space("default")
     path = tmp_path / "host.json"
-    LUT(header(space, threads=1), {KEYS[0]: {"median_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "n": 3}}, path).save()
+    LUT(header(space, threads=1), {KEY: {"median_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "n": 3}}, path).save()
     with pytest.raises(UserError, match="threads=1.*threads=4.*--fresh"):
         lutfile.open_for_update(path, header(space, threads=4))
     assert lutfile.open_for_update(path, header(space, threads=4), fresh=True).entries == {}

@@ -1,0 +1,70 @@
+"""`python -m parity` end to end on a small real artifact set (TFLite, ONNX, Core ML fp32 and int8-weights) run on
+the bundled COCO crops, with two deliberately broken copies that must fail, be named, and be located."""
+
+import json
+
+import pytest
+import torch
+
+from parity.__main__ import main
+from tests.parity_helpers import add_broken, make_artifacts
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity") / "tiny"
+    make_artifacts(root)
+    broken = add_broken(root)
+    return root, broken
+
+
+def _main(argv, capsys):
+    n = torch.get_num_threads()
+    try:
+        rc = main(argv)
+    finally:
+        torch.set_num_threads(n)
+    return rc, capsys.readouterr()
+
+
+def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
+    root, broken = artifacts
+    rc, out = _main(["--model-dir", str(root), "--images", "3"], capsys)
+    assert rc == 1
+    assert "FAIL tflite/broken_fp32.tflite" in out.err and "FAIL coreml/broken_int8w.mlpackage" in out.err
+    assert "FAIL tflite/model_fp32.tflite" not in out.err and "FAIL coreml/model_int8w" not in out.err
+    rep = json.loads((root / "parity/report.json").read_text())
+    rows = {r["file"]: r for r in rep["rows"]}
+    assert {f for f, r in rows.items() if r["status"] == "pass"} == {
+        "tflite/model_fp32.tflite", "onnx/model.onnx", "coreml/model_fp32.mlpackage", "coreml/model_int8w.mlpackage"}
+    assert rows["coreml/model_fp32.mlpackage"]["max_abs_rel"] <= 1e-4
+    assert "reference executor" in rows["coreml/model_fp32.mlpackage"]["engine"]
+    assert rows["tflite/broken_fp32.tflite"]["fails"][0].startswith("max_abs_rel")
+    # The first diverging layer: the flipped tensor is the stem conv's; the changed scale is the SIC conv's.
+    loc = rows["tflite/broken_fp32.tflite"]["first_divergence"]
+    assert loc["op"] == "CONV_2D" and loc["torch_module"].startswith("backbone.stem.0")
+    loc = rows["coreml/broken_int8w.mlpackage"]["first_divergence"]
+    assert broken["coreml_op"].startswith("head_sic") and loc["torch_module"].startswith("head.sic.0")
+    assert rep["warnings"] and "AP" in rep["warnings"][0]  # an untrained net: the report says parity means little
+    html = (root / "parity/report.html").read_text()
+    for r in rep["rows"]:
+        assert r["file"] in html
+        assert (root / "parity" / r["figures"]["histogram"]).is_file()
+        assert (root / "parity" / r["figures"]["overlay"]).is_file()
+
+
+def test_clean_artifacts_pass(artifacts, capsys):
+    root, _ = artifacts
+    rc, out = _main(["--model-dir", str(root), "--images", "3", "--only", "model"], capsys)
+    assert rc == 0, out.err
+    assert out.out.count("PASS") == 4
+
+
+def test_bad_input_is_one_line(artifacts, capsys, tmp_path):
+    root, _ = artifacts
+    rc, out = _main(["--model-dir", str(tmp_path)], capsys)
+    assert rc == 2 and out.err.strip().startswith("error:") and "manifest" in out.err
+    bad = tmp_path / "t.yaml"
+    bad.write_text("fp32: {max_abs_rel: '< 1'}\n")
+    rc, out = _main(["--model-dir", str(root), "--thresholds", str(bad)], capsys)
+    assert rc == 2 and "fp32.max_abs_rel" in out.err

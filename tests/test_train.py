@@ -1,0 +1,127 @@
+"""train stage and model/checkpoint.py: real (tiny) runs on the bundled COCO subset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build, load
+from model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from posekit.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--input", "64x48", "--limit", "2", "--batch-size", "2", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def train(*args, check=True, **kw):
+    r = subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=600, **kw)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def epochs(out):
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    r = train("--arch", "efficientpose_a", *TINY, "--epochs", "2", "--out", str(out))
+    return out, r
+
+
+def test_checkpoint_round_trip(tmp_path):
+    arch = load("efficientpose_a")
+    net = build(arch).eval()
+    p = save_checkpoint(tmp_path / "a.pt", net, arch, epoch=3, rng=torch.get_rng_state(), note=[1, "x"])
+    raw = torch.load(p, map_location="cpu", weights_only=True)
+    assert raw["epoch"] == 3 and raw["arch"] == arch.to_dict()
+    net2, arch2, ck = load_checkpoint(p)
+    assert not net2.training and arch2.to_dict() == arch.to_dict() and ck["note"] == [1, "x"]
+    x = torch.randn(1, 3, *arch.input_size)
+    with torch.no_grad():
+        assert torch.equal(net(x), net2(x))
+    assert [q.name for q in tmp_path.iterdir()] == ["a.pt"]  # no temp file left behind
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="bad.pt: not a loadable checkpoint"):
+        read_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_tiny_run_writes_the_run_folder(tiny_run):
+    out, r = tiny_run
+    assert {"best.pt", "last.pt", "metrics.jsonl", "curves.png", "arch.yaml"} <= {p.name for p in out.iterdir()}
+    assert epochs(out) == [1, 2]
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"train_loss", "lr", "AP", "AR"} <= set(rec)
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 2 and {"optimizer", "scheduler", "rng", "metrics"} <= set(ck)
+    net, arch, _ = load_checkpoint(out / "best.pt")
+    assert arch.input_size == (64, 48) and load(out / "arch.yaml").to_dict() == arch.to_dict()
+    assert "preset quick" in r.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = train("--input", "64x4x8", check=False)
+    assert r.returncode == 2 and "--input" in r.stderr
+    arch = load("efficientpose_a").to_dict()
+    arch["num_joints"] = 16
+    (tmp_path / "mpii.json").write_text(json.dumps(arch))
+    r = train("--arch", str(tmp_path / "mpii.json"), *TINY, "--out", str(tmp_path / "o"), check=False)
+    assert r.returncode == 2 and "num_joints mismatch" in r.stderr and "Traceback" not in r.stderr
+    r = train("--data", str(tmp_path), check=False)
+    assert r.returncode == 2 and "not a COCO tree" in r.stderr
+
+
+def test_existing_run_needs_resume(tiny_run):
+    out, _ = tiny_run
+    r = train(*TINY, "--out", str(out), check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_sigkill_then_resume_finishes_all_epochs(tmp_path):
+    """Acceptance: kill -9 after epoch k, then --resume: the same 4 epochs, at most one epoch of work lost."""
+    out, total = tmp_path / "run", 4
+    p = subprocess.Popen([sys.executable, "-m", "train", *TINY, "--epochs", str(total), "--out", str(out)],
+                         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not ((out / "metrics.jsonl").exists() and epochs(out)) and p.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+    done = read_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= done < total, "the kill must land mid-run"
+    assert not [q for q in out.iterdir() if q.name.startswith(".")]  # no half-written file visible
+    r = train("--resume", "--out", str(out), "--no-progress")
+    assert f"after epoch {done}/{total}" in r.stdout
+    assert epochs(out) == list(range(1, total + 1))
+    assert read_checkpoint(out / "last.pt")["epoch"] == total
+
+
+def test_ddp_two_gloo_processes_match_single_process_format(tiny_run, tmp_path):
+    """Acceptance: torchrun with 2 CPU processes (gloo) trains; its checkpoint has the single-process format."""
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train", *TINY,
+                        "--epochs", "2", "--device", "cpu", "--out", str(out)],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert epochs(out) == [1, 2]
+    single = torch.load(tiny_run[0] / "last.pt", map_location="cpu", weights_only=True)
+    multi = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert set(single) == set(multi) and set(single["model"]) == set(multi["model"])
+    assert all(single["model"][k].shape == v.shape for k, v in multi["model"].items())
+    load_checkpoint(out / "best.pt")
