@@ -23,6 +23,10 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
                                                           "zero point in the manifest); default float32 I/O")
+    p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e"),
+                   help="int8 quantizers to build and score by SQNR on held-out crops (default: all three); the best "
+                        "fully-integer one with int8 activations ships")
+    p.add_argument("--jobs", type=int, default=2, help="processes: 2 runs Core ML + ONNX beside TFLite (default 2)")
     p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
                    help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(ALL)} (default {default_targets})")
 
@@ -39,7 +43,7 @@ def run(args, log=print):
     src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
     out = args.out or Path("artifacts") / src.name
     log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
-    convert(src, out, targets, args.calib, args.data, args.int8_io, log)
+    convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log)
     return 0
 
 

@@ -85,8 +85,15 @@ def _optimize(mlmodel, kind: str):
                                                                                 dtype="int8"))
         return cto.linear_quantize_weights(mlmodel, cfg), "coremltools linear_quantize_weights (int8, symmetric)"
     nbits = {"palettized-8bit": 8, "palettized-6bit": 6}[kind]
-    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
-    return cto.palettize_weights(mlmodel, cfg), f"coremltools palettize_weights (kmeans, {nbits}-bit)"
+    # k-means palettization needs scikit-learn, which is not a dependency here: fall back to uniform lookup tables
+    try:
+        import sklearn  # noqa: F401
+
+        mode = "kmeans"
+    except ImportError:
+        mode = "uniform"
+    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode=mode, nbits=nbits))
+    return cto.palettize_weights(mlmodel, cfg), f"coremltools palettize_weights ({mode}, {nbits}-bit)"
 
 
 def _io(arch, image: bool, fp16_io: bool = False) -> tuple[list, list]:

@@ -3,9 +3,12 @@ recorded in a resumable state file as it lands), then the manifest last."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -44,64 +47,110 @@ def _key(src: Source, target: str, opts: dict) -> str:
     for k, v in src.net.state_dict().items():
         weights.update(k.encode())
         weights.update(v.detach().contiguous().numpy().tobytes())
+    opts = {k: v for k, v in opts.items() if not k.startswith("_")}
     blob = json.dumps([weights.hexdigest(), src.arch.to_dict(), target, opts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _save_source(src: Source, out: Path) -> None:
+    """Parity needs the exact weights: a random init (or a resized arch) is saved beside the artifacts, once (a
+    torch.save is not byte-reproducible, and the manifest pins its sha256)."""
+    from model.checkpoint import read_checkpoint
+
+    path = out / "source.pt"
+    if path.is_file():
+        old = read_checkpoint(path)
+        sd = src.net.state_dict()
+        if old["arch"] == src.arch.to_dict() and old["model"].keys() == sd.keys() and all(
+                torch.equal(old["model"][k], v) for k, v in sd.items()):
+            src.checkpoint, src.checkpoint_sha256 = str(path), sha256_file(path)
+            return
+    save_checkpoint(path, src.net, src.arch, note=src.note)
+    src.checkpoint, src.checkpoint_sha256 = str(path), sha256_file(path)
+
+
 def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: str | None = None,
-            int8_io: bool = False, log=print) -> Path:
+            int8_io: bool = False, candidates=None, jobs: int = 2, log=print) -> Path:
+    """Write `targets` into `out` and then the manifest. With jobs > 1, Core ML and ONNX run in a second process
+    while TFLite converts in this one (each converter is single-threaded Python/MLIR work)."""
+    from .tflite import CANDIDATES
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     arch_file = dump(src.arch, out / "arch.yaml", header=f"arch of the converted model (from {src.arch_origin})")
     if src.random_init or src.checkpoint is None or src.input_override:
-        # Parity needs the exact weights: a random init (or a resized arch) is saved beside the artifacts.
-        ck = save_checkpoint(out / "source.pt", src.net, src.arch, note=src.note)
-        src.checkpoint, src.checkpoint_sha256 = str(ck), sha256_file(ck)
+        _save_source(src, out)
     head = manifest.header(src, arch_file)
     state_path = out / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     net = deploy_model(src.net)
     h, w = src.arch.input_size
     sample = torch.randn(1, 3, h, w)
-    opts = {"calib": calib, "data": data, "int8_io": int8_io}
-    lazy = {}
-
-    def batches(kind):
-        if kind not in lazy:
-            lazy[kind] = (calibration_batches if kind == "calib" else eval_batches)(src.arch, data, calib if kind ==
-                                                                                   "calib" else 8)
-        return lazy[kind]
-
-    entries, extra = [], {}
-    bar = tqdm(targets, desc="convert", unit="artifact", disable=None)
-    for target in bar:
-        bar.set_postfix_str(target)
+    opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or CANDIDATES)}
+    entries, extra, todo = [], {}, []
+    for target in targets:
         key = _key(src, target, opts if target.startswith("tflite-int8") else {})
         prev = state.get(target)
         if prev and prev["key"] == key and all((out / e["file"]).exists() and sha256_file(out / e["file"]) ==
                                                e["sha256"] for e in prev["entries"]):
-            entries += prev["entries"]  # resumed: this artifact was finished by an earlier (killed) run
+            entries += prev["entries"]  # resumed: finished by an earlier (killed) run
             extra.update(prev.get("extra", {}))
-            continue
-        t = time.perf_counter()
-        new, new_extra = _one(target, net, src, out, sample, batches, int8_io, data, log)
-        log(f"  {target}: {', '.join(e['file'] for e in new)} ({time.perf_counter() - t:.1f} s)")
-        entries += new
+        else:
+            todo.append((target, key))
+    # quantized .tflite files start from the fp32 one: reuse it only if it was made from this very model
+    fp32 = state.get("tflite-fp32")
+    opts["_fp32_fresh"] = bool(fp32 and fp32["key"] == _key(src, "tflite-fp32", {}) and
+                               (out / fp32["entries"][0]["file"]).is_file())
+    if len(todo) < len(targets):
+        log(f"  resumed {len(targets) - len(todo)} finished artifact(s) from {state_path}")
+
+    def done(target, key, new, new_extra, secs):
+        log(f"  {target}: {', '.join(e['file'] for e in new)} ({secs:.1f} s)")
+        entries.extend(new)
         extra.update(new_extra)
         state[target] = {"key": key, "entries": new, "extra": new_extra}
         atomic_write_json(state_path, state)
+        bar.update()
+
+    remote = [(t, k) for t, k in todo if not t.startswith("tflite")] if jobs > 1 else []
+    local = [x for x in todo if x not in remote]
+    bar = tqdm(total=len(todo), desc="convert", unit="artifact", disable=None)
+    with contextlib.ExitStack() as stack:
+        futs = {}
+        if remote:
+            ex = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            futs = {ex.submit(_timed, t, net, src.arch, out, sample, None, opts): (t, k) for t, k in remote}
+        lazy = {}
+
+        def batches(kind):
+            if kind not in lazy:
+                fn, n = (calibration_batches, calib) if kind == "calib" else (eval_batches, 8)
+                lazy[kind] = fn(src.arch, data, n)
+            return lazy[kind]
+
+        for target, key in local:
+            done(target, key, *_timed(target, net, src.arch, out, sample, batches, opts, log))
+        for fut in as_completed(futs):
+            done(*futs[fut], *fut.result())
+    bar.close()
     old = manifest.read(out)
     keep = old["artifacts"] if old and old.get("model") == head["model"] and old.get("source", {}).get(
         "checkpoint_sha256") == head["source"]["checkpoint_sha256"] else []
-    if old and keep:
-        extra = {**{k: v for k, v in old.items() if k == "int8_selection"}, **extra}
+    if keep and "int8_selection" in old:
+        extra = {"int8_selection": old["int8_selection"], **extra}
     path = manifest.write(out, head, entries, keep, **extra)
-    log(f"wrote {path} ({len(entries)} artifacts this run) in {time.perf_counter() - t0:.1f} s")
+    log(f"wrote {path} ({len(todo)} new, {len(entries)} in this run's targets) in {time.perf_counter() - t0:.1f} s")
     return path
 
 
-def _one(target, net, src, out, sample, batches, int8_io, data, log):
+def _timed(target, net, arch, out, sample, batches, opts, log=print):
+    t = time.perf_counter()
+    new, extra = _one(target, net, arch, out, sample, batches, opts, log)
+    return new, extra, time.perf_counter() - t
+
+
+def _one(target, net, arch, out, sample, batches, opts, log):
     from posekit import litert
 
     from . import coreml, onnx, tflite
@@ -109,17 +158,19 @@ def _one(target, net, src, out, sample, batches, int8_io, data, log):
     fmt, _, kind = target.partition("-")
     if fmt == "tflite":
         fp32 = out / "tflite" / "model_fp32.tflite"
-        if kind == "fp32" or not fp32.exists():
+        if kind == "fp32" or not opts["_fp32_fresh"]:
             _guard(lambda: litert.to_tflite(net, sample, fp32), "tflite", net, sample)
+            opts["_fp32_fresh"] = True
         entries, extra = [], {}
         if kind == "fp32":
             ins, outs = tflite.io_entries(fp32)
             entries.append(manifest.artifact(out, fp32, "tflite", "fp32", None, ins, outs))
         elif kind == "int8":
-            path = out / "tflite" / ("model_int8_io.tflite" if int8_io else "model_int8.tflite")
-            sel = tflite.export_int8(net, sample, path, fp32, batches("calib"), batches("eval"), int8_io, log)
-            split = "train2017" if src.arch.num_joints == 17 else "valid"
-            sel["calibration"] = f"{len(batches('calib'))} person crops, {data or 'bundled data'} {split}"
+            path = out / "tflite" / ("model_int8_io.tflite" if opts["int8_io"] else "model_int8.tflite")
+            sel = tflite.export_int8(net, sample, path, fp32, batches("calib"), batches("eval"), opts["int8_io"],
+                                     opts["candidates"], log)
+            split = "train2017" if arch.num_joints == 17 else "valid"
+            sel["calibration"] = f"{len(batches('calib'))} person crops, {opts['data'] or 'bundled data'} {split}"
             ins, outs = tflite.io_entries(path)
             entries.append(manifest.artifact(out, path, "tflite", "int8", sel["chosen"], ins, outs))
             extra["int8_selection"] = sel
@@ -132,43 +183,20 @@ def _one(target, net, src, out, sample, batches, int8_io, data, log):
             entries.append(manifest.artifact(out, path, "tflite", kind, q, ins, outs))
         return entries, extra
     if fmt == "coreml":
-        res = _guard(lambda: list(coreml.export_coreml(net, src.arch, out, [kind], log)), "coreml", net, sample)
+        res = _guard(lambda: list(coreml.export_coreml(net, arch, out, [kind], log)), "coreml", net, sample)
         return [manifest.artifact(out, p, f, prec, q, ins, outs) for p, f, prec, q, ins, outs in res], {}
-    path, ins, outs, info = _guard(lambda: onnx.export_onnx(net, src.arch, out / "onnx" / "model.onnx"), "onnx",
+    path, ins, outs, info = _guard(lambda: onnx.export_onnx(net, arch, out / "onnx" / "model.onnx"), "onnx",
                                    net, sample)
     return [manifest.artifact(out, path, "onnx", "fp32", None, ins, outs, **info)], {}
 
 
 def _guard(fn, what, net, sample):
     """Run one exporter; a failure becomes one line naming the op and the module path it came from."""
+    from . import locate
+
     try:
         return fn()
-    except UserError as e:
-        raise UserError(f"{what}: {e}{locate(net, sample, str(e))}") from None
     except Exception as e:
-        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        raise UserError(f"{what}: cannot convert: {msg}{locate(net, sample, msg)}") from None
-
-
-def locate(net, sample, msg: str) -> str:
-    """' (op aten.X in module a.b.c)' for the first op of `net` that the error message points at: by the source
-    line it quotes (litert-torch MLIR locations are file:line of the torch code) or by the aten op's name."""
-    import re
-
-    try:
-        ep = torch.export.export(net, (sample,))
-    except Exception as e:  # the module does not even export: torch's message names the op
-        return f" (torch.export: {str(e).strip().splitlines()[0][:200]})"
-    lines = set(re.findall(r"([\w./-]+\.py):(\d+)", msg))
-    for node in ep.graph.nodes:
-        if node.op != "call_function":
-            continue
-        trace = node.meta.get("stack_trace") or ""
-        op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-        hit = any(f"{Path(f).name}\", line {ln}" in trace for f, ln in lines) or (
-            not lines and re.search(rf"\b{re.escape(op)}\b", msg))
-        if hit:
-            stack = node.meta.get("nn_module_stack") or {}
-            path = list(stack.values())[-1][0] if stack else "<top>"
-            return f" (op {node.target} in module '{path}')"
-    return ""
+        msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+        where = locate.locate(net, sample, getattr(locate, f"{what}_try"))
+        raise UserError(f"{what}: cannot convert: {msg}{where}") from None

@@ -13,7 +13,8 @@ import torch
 
 from posekit import litert
 
-CANDIDATES = (("aeq", "static_wi8_ai8"), ("aeq", "static_wi8_ai16"), ("pt2e", None))
+CANDIDATES = {"static_wi8_ai8": ("aeq", "static_wi8_ai8"), "static_wi8_ai16": ("aeq", "static_wi8_ai16"),
+              "pt2e": ("pt2e", None)}
 
 
 def quantizer_name(quantizer: str, recipe: str | None) -> str:
@@ -52,11 +53,12 @@ def int8_activations(path) -> bool:
     return not any(k.endswith(":int16") for k in litert.op_dtypes(path))
 
 
-def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool, log=print) -> dict:
+def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool, candidates=tuple(CANDIDATES),
+                log=print) -> dict:
     """Build each int8 candidate, score it, move the chosen one to `out`; returns the selection record."""
     ref = torch_ref(net, evals)
     scores = []
-    for quantizer, recipe in CANDIDATES:
+    for quantizer, recipe in (CANDIDATES[c] for c in candidates):
         if int8_io and quantizer == "pt2e":
             continue
         tmp = out.with_name(f".cand-{quantizer}-{recipe}.tflite")

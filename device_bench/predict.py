@@ -168,10 +168,13 @@ def predict_lut(device: str, parts: dict[str, Part], deploy=None) -> tuple[dict,
             "features": list(FEATURES),
             "coef_ms": {k: round(float(c), 6) for k, c in zip(FEATURES, f.coef)},
             "units": "mmac/melems: millions of MACs / tensor elements; ops: convs + adds; hs/se: Note10 only",
-            "transposed_convs": "MACs on the input grid (each input pixel scatters a KxK patch) plus tensor sizes; "
-                                "depthwise ones priced with the depthwise weights of the nearest odd kernel >= K, "
-                                "full ones with the KxK conv weight" + ("; parts taken after model.deploy.deploy_model"
-                                                            if deploy else "; parts as built (not deployed)"),
+            "transposed_convs": "full ConvTranspose2d (plain head): MACs on the input grid (each input pixel "
+                                "scatters a KxK patch) priced with the KxK conv weight, plus tensor sizes; "
+                                + ("depthwise ones are first rewritten by model.deploy.deploy_model (what ships: a "
+                                   "stride-1 depthwise conv with one output channel per phase + pixel shuffle) and "
+                                   "priced as depthwise convs" if deploy else
+                                   "depthwise ones (not deployed) priced with the depthwise weights of the nearest "
+                                   "odd kernel >= K"),
             "skip": "identity: 0 ms",
         },
     }

@@ -145,6 +145,7 @@ LAYERS = {
     "permute": lambda layer, xs: np.transpose(xs[0], [0, *list(layer.permute.axis)[1:]])
     if xs[0].ndim == 4 and len(layer.permute.axis) == 4 and layer.permute.axis[0] == 0
     else np.transpose(xs[0], list(layer.permute.axis)),
+    "transpose": lambda layer, xs: np.transpose(xs[0], list(layer.transpose.axes)),
     "reshapeStatic": lambda layer, xs: xs[0].reshape(list(layer.reshapeStatic.targetShape)),
     "copy": lambda layer, xs: xs[0],
 }

@@ -63,8 +63,9 @@ def _rel(a, t):
 
 
 def _match(a: np.ndarray, refs, nhwc: bool, start: int = 0, hint: str | None = None):
-    """(rel error, index, module name, module type) of the PyTorch tensor `a` stands for: the module its name
-    names when that has its shape, else the closest same-shaped tensor at or after `start` (ops run in order)."""
+    """(rel error, index, module name, module type) of the PyTorch tensor `a` stands for: the closest same-shaped
+    tensor at or after `start` (ops run in order) or of the module its name names (a hint only: a BN-folded conv is
+    named after the conv but computes the BN's output)."""
     a = np.asarray(a, np.float32)
     cands = [a] + ([a.transpose(0, 3, 1, 2)] if a.ndim == 4 and nhwc else [])
     best = None
@@ -73,8 +74,6 @@ def _match(a: np.ndarray, refs, nhwc: bool, start: int = 0, hint: str | None = N
             if t.shape != c.shape or (i < start and name != hint):
                 continue
             e = _rel(c, t)
-            if name == hint:
-                return e, i, name, typ
             if best is None or e < best[0]:
                 best = (e, i, name, typ)
     return best

@@ -25,8 +25,13 @@ def test_fold_bn_grouped_deconv_is_exact_where_torch_is_not(kernel):
     x = torch.randn(2, 8, 5, 4)
     ref = bn(deconv(x))
     assert (fold_bn(deconv, bn)(x) - ref).abs().max() <= 1e-5
-    # the known trap this module exists for: torch's own fusion scales the wrong weight axis when groups > 1
-    assert (fuse_conv_bn_eval(deconv, bn, transpose=True)(x) - ref).abs().max() > 1e-2
+    # the known trap this module exists for: torch's own fusion treats the weight's dim 1 as all output channels
+    # when groups > 1, so its module is wrong or does not even run
+    try:
+        wrong = (fuse_conv_bn_eval(deconv, bn, transpose=True)(x) - ref).abs().max() > 1e-2
+    except RuntimeError:
+        wrong = True
+    assert wrong
 
 
 def test_fold_bn_dense_and_grouped_conv():

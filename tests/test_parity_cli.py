@@ -68,3 +68,28 @@ def test_bad_input_is_one_line(artifacts, capsys, tmp_path):
     bad.write_text("fp32: {max_abs_rel: '< 1'}\n")
     rc, out = _main(["--model-dir", str(root), "--thresholds", str(bad)], capsys)
     assert rc == 2 and "fp32.max_abs_rel" in out.err
+
+
+def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_path):
+    """An artifact holding an op the Core ML executor lacks fails (exit 1) with the op's name: never skipped."""
+    import shutil
+
+    import coremltools as ct
+
+    class Gelu(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.gelu(x)
+
+    root, _ = artifacts
+    d = tmp_path / "m"
+    shutil.copytree(root, d, ignore=shutil.ignore_patterns("parity"))
+    x = torch.zeros(1, 3, 8, 8)
+    ct.convert(torch.jit.trace(Gelu().eval(), x), inputs=[ct.TensorType(name="image", shape=x.shape)],
+               convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16).save(str(d / "coreml/gelu.mlpackage"))
+    man = json.loads((d / "manifest.json").read_text())
+    entry = next(a for a in man["artifacts"] if a["file"] == "coreml/model_fp32.mlpackage")
+    man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage", "sha256": None})
+    (d / "manifest.json").write_text(json.dumps(man))
+    rc, out = _main(["--model-dir", str(d), "--images", "2", "--only", "gelu"], capsys)
+    assert rc == 1
+    assert "FAIL coreml/gelu.mlpackage" in out.err and "gelu" in out.err.split("FAIL coreml/gelu.mlpackage")[1]

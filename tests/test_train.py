@@ -14,6 +14,7 @@ import torch
 from model import build, load
 from model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from posekit.errors import UserError
+from train.loop import with_input
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--input", "64x48", "--limit", "2", "--batch-size", "2", "--no-progress"]
@@ -39,8 +40,17 @@ def tiny_run(tmp_path_factory):
     return out, r
 
 
-def test_checkpoint_round_trip(tmp_path):
-    arch = load("efficientpose_a")
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core host, two spinning OpenMP threads make small convs ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_checkpoint_round_trip(tmp_path, one_thread):
+    arch = with_input(load("efficientpose_a"), (64, 48))
     net = build(arch).eval()
     p = save_checkpoint(tmp_path / "a.pt", net, arch, epoch=3, rng=torch.get_rng_state(), note=[1, "x"])
     raw = torch.load(p, map_location="cpu", weights_only=True)

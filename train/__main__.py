@@ -53,9 +53,11 @@ def parser() -> argparse.ArgumentParser:
                    help="step schedule: x0.1 at these fractions of --epochs (default 170/210, 200/210)")
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--train-split", default="train2017")
-    p.add_argument("--val-split", default="val2017", help="split scored each eval (train2017 for an overfit check)")
-    p.add_argument("--boxes", default="gt", help="eval person boxes: gt or a detection results json")
+    p.add_argument("--train-split", help="default train2017 (COCO) / train (MPII)")
+    p.add_argument("--val-split",
+                   help="split scored each eval: default val2017 / valid (train2017 to check an overfit)")
+    p.add_argument("--boxes", default="gt", help="COCO eval person boxes: gt or a detection results json")
+    p.add_argument("--headboxes", help="MPII head boxes for PCKh@0.5: gt_valid.mat or a json of [x1, y1, x2, y2]")
     p.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="scale/rotation/flip/half-body augmentation (default on)")
@@ -66,9 +68,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's; 1 on a busy host)")
     p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
+    p.add_argument("--eval", type=Path, metavar="CKPT",
+                   help="only evaluate this checkpoint on --val-split (flip test on) and write --results")
+    p.add_argument("--results", type=Path, help="--eval: predictions json (default <ckpt>.<split>.results.json)")
     return p
 
 
@@ -76,18 +82,21 @@ def config(a: argparse.Namespace) -> dict:
     from model import load
 
     data = Path(a.data) if a.data else DEFAULT_COCO
-    if not (data / "annotations").is_dir():
-        raise UserError(f"{data}: not a COCO tree (needs annotations/person_keypoints_<split>.json, <split>/)")
+    kind = "mpii" if (data / "annot").is_dir() else "coco"
+    if kind == "coco" and not (data / "annotations").is_dir():
+        raise UserError(f"{data}: not a COCO tree (annotations/person_keypoints_<split>.json, <split>/) nor an MPII "
+                        "one (annot/<split>.json, images/)")
+    a.train_split = a.train_split or {"coco": "train2017", "mpii": "train"}[kind]
+    a.val_split = a.val_split or {"coco": "val2017", "mpii": "valid"}[kind]
     preset = a.preset or ("quick" if data.resolve() == DEFAULT_COCO.resolve() else "full")
     cfg = dict(PRESETS[preset])
     for k in cfg:
         v = getattr(a, k)
         if v is not None:
             cfg[k] = v
-    arch = load(a.arch)
-    name = arch.name
     out = a.out
     if out is None:
+        name = load(a.arch).name
         out = Path("runs/train") / name
         i = 2
         while (out / "last.pt").exists() and not a.resume:
@@ -95,23 +104,64 @@ def config(a: argparse.Namespace) -> dict:
     from train.loop import check_out
 
     check_out(out, a.resume)
-    if a.cache is None:
+    if a.eval:
+        a.cache = False
+    elif a.cache is None and kind == "coco":
         from posekit.data import load_coco
 
         a.cache = len(load_coco(data / "annotations" / f"person_keypoints_{a.train_split}.json").imgs) <= 2000
-    cfg.update(preset=preset, arch=str(a.arch), data=str(data), out=str(out), optimizer=a.optimizer,
-               weight_decay=a.weight_decay, steps=a.steps, train_split=a.train_split, val_split=a.val_split,
-               boxes=str(a.boxes), augment=a.augment, eval_every=max(1, a.eval_every), limit=a.limit, cache=a.cache,
-               sync_bn=a.sync_bn, seed=a.seed, device=a.device, resume=a.resume, progress=not a.no_progress)
+    elif a.cache is None:
+        from posekit.data import read_json
+
+        a.cache = len(read_json(data / "annot" / f"{a.train_split}.json")) <= 2000
+    cfg.update(preset=preset, dataset=kind, headboxes=a.headboxes, arch=str(a.arch), data=str(data), out=str(out),
+               optimizer=a.optimizer, weight_decay=a.weight_decay, steps=a.steps, train_split=a.train_split,
+               val_split=a.val_split, boxes=str(a.boxes), augment=a.augment, eval_every=max(1, a.eval_every),
+               limit=a.limit, cache=a.cache, sync_bn=a.sync_bn, seed=a.seed, device=a.device, resume=a.resume,
+               progress=not a.no_progress)
     if cfg["epochs"] < 1:
         raise UserError(f"--epochs: must be >= 1, got {cfg['epochs']}")
     return cfg
+
+
+def evaluate_checkpoint(a) -> int:
+    """--eval CKPT: score a checkpoint (flip test unless --no-flip-test), write the predictions json."""
+    import json
+
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from posekit.io import atomic_write_json
+    from train.loop import evaluate
+
+    net, arch, _ = load_checkpoint(a.eval)
+    a.arch, a.out, a.resume = str(a.eval), a.eval.parent, True  # no run folder is made
+    cfg = config(a)
+    cfg.update(flip_test=a.flip_test is not False, input=list(arch.input_size))
+
+    @torch.no_grad()
+    def predict(x):
+        return net(torch.from_numpy(x)).numpy()
+
+    stats = evaluate(predict, cfg, arch, return_predictions=True)
+    preds = stats.pop("predictions", [])
+    res = a.results or a.eval.with_name(f"{a.eval.stem}.{cfg['val_split']}.results.json")
+    atomic_write_json(res, preds, indent=None)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
+    print(f"predictions: {res}")
+    return 0
 
 
 @main_guard
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    if a.eval:
+        return evaluate_checkpoint(a)
     cfg = config(a)
     from train.loop import Trainer
 

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from model import build, dump, from_dict, load
 from model.checkpoint import read_checkpoint, save_checkpoint, unwrap
-from posekit.data import CocoPose
+from posekit.data import CocoPose, MpiiPose
 from posekit.errors import UserError
-from posekit.evaluate import evaluate_model
+from posekit.evaluate import evaluate_model, evaluate_mpii
 from posekit.io import atomic_write_json, atomic_write_text
 from train import dist
 from train.plots import plot_curves
@@ -86,9 +86,9 @@ class Trainer:
             self.arch = with_input(load(cfg["arch"]), cfg.get("input"))
         self.cfg = cfg
         torch.manual_seed(cfg["seed"])
-        self.ds = CocoPose(cfg["data"], cfg["train_split"], self.arch.input_size, train=cfg["augment"],
-                           num_joints=self.arch.num_joints, limit=cfg.get("limit"),
-                           cache_images=cfg.get("cache", False))
+        dataset = MpiiPose if cfg.get("dataset") == "mpii" else CocoPose
+        self.ds = dataset(cfg["data"], cfg["train_split"], self.arch.input_size, train=cfg["augment"],
+                          num_joints=self.arch.num_joints, limit=cfg.get("limit"), cache_images=cfg.get("cache", False))
         self.net = build(self.arch).to(self.device)
         # channels_last: oneDNN's depthwise conv (forward and backward) is ~2x faster in NHWC on CPU
         self.mem = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
@@ -180,23 +180,44 @@ class Trainer:
                 x = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.mem)
                 return net(x).float().cpu().numpy()
 
-        stats = evaluate_model(predict, cfg["data"], cfg["val_split"], self.arch.input_size, cfg["boxes"],
-                               flip=cfg["flip_test"], batch_size=cfg["batch_size"], num_joints=self.arch.num_joints,
-                               workers=cfg["workers"], progress=cfg.get("progress", True))
+        stats = evaluate(predict, cfg, self.arch)
         net.train()
-        return {k: stats[k] for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")}
+        return stats
 
     def save(self, epoch: int, rec: dict):
         state = {"epoch": epoch, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "metrics": self.records,
                  "config": self.cfg}
-        ap = rec.get("AP")
-        if ap is not None and ap > self.best_ap:  # best first: a kill between the two leaves last.pt consistent
+        name = metric_name(self.cfg)
+        ap = rec.get(name) if name else 0.0  # no score (MPII without head boxes): best.pt follows last.pt
+        if ap is not None and ap >= self.best_ap:  # best first: a kill between the two leaves last.pt consistent
             self.best_ap = ap
             save_checkpoint(self.out / "best.pt", self.net, self.arch, best_ap=ap, **state)
         save_checkpoint(self.out / "last.pt", self.net, self.arch, best_ap=self.best_ap, **state)
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
         plot_curves(self.records, self.out / "curves.png")
+
+
+def metric_name(cfg: dict) -> str | None:
+    """The score best.pt is chosen by: COCO OKS AP, MPII PCKh@0.5 (None without head boxes: best = last)."""
+    if cfg.get("dataset") == "mpii":
+        return "PCKh" if cfg.get("headboxes") else None
+    return "AP"
+
+
+def evaluate(predict, cfg: dict, arch, return_predictions: bool = False) -> dict:
+    """Score predict_fn on the config's val split: COCO OKS AP, or MPII PCKh@0.5 when head boxes are given."""
+    if cfg.get("dataset") == "mpii":
+        if not cfg.get("headboxes"):
+            return {}
+        s = evaluate_mpii(predict, cfg["data"], cfg["val_split"], arch.input_size, cfg["headboxes"],
+                          flip=cfg["flip_test"], batch_size=cfg["batch_size"], return_predictions=return_predictions)
+        return s
+    s = evaluate_model(predict, cfg["data"], cfg["val_split"], arch.input_size, cfg["boxes"], flip=cfg["flip_test"],
+                       batch_size=cfg["batch_size"], num_joints=arch.num_joints, workers=cfg["workers"],
+                       progress=cfg.get("progress", True), return_predictions=return_predictions)
+    keep = ("AP", "AP50", "AP75", "APm", "APl", "AR") + (("predictions",) if return_predictions else ())
+    return {k: s[k] for k in keep}
 
 
 def _collate(items):

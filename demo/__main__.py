@@ -1,0 +1,87 @@
+"""python -m demo: the whole pipeline on the bundled real data, then a summary table and runs/demo/report.html.
+
+Steps (each a stage CLI; skipped when its outputs are newer than its inputs):
+  1. lut     host LUT, quick subset          python -m device_bench lut --device host --quick
+  2. search  DNAS on the pixel profile      python -m search --device pixel
+  3. train   the derived arch, short         python -m train --arch runs/demo/search/arch.yaml
+  4. convert TFLite / Core ML / ONNX         python -m convert --ckpt runs/demo/train/best.pt
+  5. parity  every artifact vs PyTorch       python -m parity --model-dir artifacts/demo
+  6. bench   host latency fp32 / int8        python -m device_bench bench --model-dir artifacts/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from posekit.cli import main_guard
+from posekit.keypoints import REPO
+
+from .pipeline import Step, run_steps
+from .report import gather, print_table, table, write_html
+
+
+def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[list[Step], dict[str, Path]]:
+    py = sys.executable
+    space = REPO / "model" / "spaces" / "default.yaml"
+    lut = REPO / "luts" / f"{device}.json"
+    quick_lut = out / "luts" / "host-quick.json"
+    arch = out / "search" / "arch.yaml"
+    ckpt = out / "train" / "best.pt"
+    manifest = artifacts / "manifest.json"
+    parity = artifacts / "parity" / "report.json"
+    bench = out / "bench.json"
+    data_args = ["--data", data] if data else []
+    data_in = [Path(data)] if data else [REPO / "data" / "coco-mini"]
+    table_ = [
+        Step("lut", [py, "-m", "device_bench", "lut", "--device", "host", "--quick", "--out", str(quick_lut)],
+             [space], [quick_lut]),
+        Step("search", [py, "-m", "search", "--device", device, "--out", str(out / "search"), *data_args],
+             [space, lut, *data_in], [arch]),
+        Step("train", [py, "-m", "train", "--arch", str(arch), "--out", str(out / "train"), *data_args],
+             [arch, *data_in], [ckpt]),
+        Step("convert", [py, "-m", "convert", "--ckpt", str(ckpt), "--out", str(artifacts), *data_args],
+             [ckpt], [manifest]),
+        Step("parity", [py, "-m", "parity", "--model-dir", str(artifacts), *data_args], [manifest], [parity],
+             allow_fail=True),
+        Step("bench", [py, "-m", "device_bench", "bench", "--device", "host", "--model-dir", str(artifacts),
+                       "--json", str(bench)], [manifest], [bench]),
+    ]
+    paths = {"arch": arch, "manifest": manifest, "parity": parity, "bench": bench,
+             "alpha_png": out / "search" / "alpha_history.png", "curves": out / "train" / "curves.png"}
+    return table_, paths
+
+
+@main_guard
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="COCO tree (default: the bundled data/coco-mini)")
+    p.add_argument("--device", default="pixel", help="LUT the search optimizes for (default: pixel)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/demo"), help="artifacts folder")
+    p.add_argument("--force", action="store_true", help="redo every step")
+    args = p.parse_args(argv)
+    t0 = time.monotonic()
+    table_, paths = steps(args.out, args.artifacts, args.data, args.device)
+    run_steps(table_, args.out / "logs", force=args.force)
+    s = gather(paths, table_)
+    rows = table(s)
+    print_table(rows)
+    report = write_html(s, rows, paths, args.out)
+    print(f"\nreport: {report}\nsummary: {args.out / 'summary.json'}\narch: {paths['arch']}\n"
+          f"checkpoint: {args.out / 'train' / 'best.pt'}\nartifacts: {args.artifacts} (manifest.json)\n"
+          f"parity: {paths['parity'].with_suffix('.html')}\nlogs: {args.out / 'logs'}\n"
+          f"total {time.monotonic() - t0:.0f} s")
+    failed = [k for k, v in s["parity_status"].items() if v != "pass"]
+    if failed:
+        print(f"error: parity failed for {', '.join(failed)} (see {paths['parity'].with_suffix('.html')})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

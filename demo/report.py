@@ -1,0 +1,157 @@
+"""The demo's summary: a table on the terminal and runs/demo/report.html, every figure read from this run's files."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from model import load
+from model.flops import count_flops
+from model.latency import load_lut
+from posekit.errors import UserError
+from posekit.io import atomic_write_json, atomic_write_text
+
+from .charts import latency_flops_chart, reference_points
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _lut(device: str):
+    try:
+        return load_lut(device)
+    except UserError:
+        return None
+
+
+def gather(paths: dict[str, Path], steps) -> dict:
+    arch = load(paths["arch"])
+    f = count_flops(arch)
+    luts = {d: lut for d in ("pixel", "host", "host-int8") if (lut := _lut(d))}
+    lat = {}
+    for d, lut in luts.items():
+        miss = lut.missing(_network_keys(arch))
+        lat[d] = None if miss else round(lut.latency(arch), 3)
+    manifest = _json(paths["manifest"])
+    parity = _json(paths["parity"])
+    bench = _json(paths["bench"])
+    rows = parity.get("rows", [])
+
+    def ap_of(fmt: str, precision: str):
+        for r in rows:
+            if r.get("format") == fmt and r.get("precision") == precision:
+                return r.get("ap")
+        return None
+
+    def host_ms(precision: str, kernels: str = "xnnpack"):
+        for r in bench.get("results", []):
+            if r.get("precision") == precision and r.get("kernels") == kernels:
+                return r.get("median_ms")
+        return None
+
+    sizes = {f"{a['format']} {a['precision']}": a["size_bytes"] for a in manifest.get("artifacts", [])}
+    return {
+        "arch": {"name": arch.name, "file": str(paths["arch"]), "blocks": [b.op for b in arch.blocks],
+                 "head": arch.head.to_dict(), "meta": {k: v for k, v in arch.meta.items() if k != "probs"}},
+        "params": f["params"], "gflops": f["flops"] / 1e9, "gmacs": f["macs"] / 1e9,
+        "input_size": list(arch.input_size),
+        "lut_latency_ms": lat,
+        "host_measured_ms": {"fp32": host_ms("fp32"), "int8": host_ms("int8"),
+                             "fp32_builtin": host_ms("fp32", "builtin"), "int8_builtin": host_ms("int8", "builtin")},
+        "ap": {"pytorch": parity.get("reference", {}).get("ap"), "tflite_int8": ap_of("tflite", "int8"),
+               "coreml_fp16": ap_of("coreml-mlprogram", "fp16")},
+        "parity_status": {r["file"]: r["status"] for r in rows},
+        "parity_engines": sorted({r.get("engine", "") for r in rows}),
+        "sizes_bytes": sizes,
+        "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
+                   "outputs": [str(p) for p in s.outputs]} for s in steps],
+        "luts": {d: {"provenance": lut.header.get("provenance"), "path": str(lut.path)} for d, lut in luts.items()},
+        "_luts": luts, "_arch": arch,
+    }
+
+
+def _network_keys(arch):
+    from model.latency import network_keys
+
+    return network_keys(arch)
+
+
+def _fmt(v, unit="", nd=3):
+    if v is None:
+        return "n/a"
+    return f"{v:.{nd}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+
+def table(s: dict) -> list[tuple[str, str]]:
+    lat, host, ap = s["lut_latency_ms"], s["host_measured_ms"], s["ap"]
+    rows = [
+        ("derived arch", f"{s['arch']['name']} ({s['arch']['file']})"),
+        ("blocks", " ".join(s["arch"]["blocks"])),
+        ("head", json.dumps(s["arch"]["head"])),
+        ("params", f"{s['params'] / 1e6:.3f} M"),
+        ("FLOPs", f"{s['gflops']:.3f} G ({s['gmacs']:.3f} GMACs) at {s['input_size'][0]}x{s['input_size'][1]}"),
+        ("LUT latency, pixel (predicted)", _fmt(lat.get("pixel"), " ms")),
+        ("LUT latency, host fp32", _fmt(lat.get("host"), " ms")),
+        ("LUT latency, host int8", _fmt(lat.get("host-int8"), " ms")),
+        ("host measured fp32 / int8 (XNNPACK, median)", f"{_fmt(host['fp32'], ' ms')} / {_fmt(host['int8'], ' ms')}"),
+        ("host measured fp32 / int8 (builtin kernels)",
+         f"{_fmt(host['fp32_builtin'], ' ms')} / {_fmt(host['int8_builtin'], ' ms')}"),
+        ("AP PyTorch / TFLite int8 / Core ML fp16",
+         f"{_fmt(ap['pytorch'])} / {_fmt(ap['tflite_int8'])} / {_fmt(ap['coreml_fp16'])}"),
+        ("parity", ", ".join(f"{k}: {v}" for k, v in s["parity_status"].items()) or "n/a"),
+        ("Core ML ran on", ", ".join(e for e in s["parity_engines"] if "coreml" in e.lower()) or "n/a"),
+    ]
+    rows += [(f"size {k}", f"{v / 1e6:.2f} MB") for k, v in s["sizes_bytes"].items()]
+    return rows
+
+
+def print_table(rows):
+    w = max(len(k) for k, _ in rows)
+    print("\n" + "=" * 30 + " demo summary " + "=" * 30)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+
+
+def write_html(s: dict, rows, paths: dict[str, Path], out: Path) -> Path:
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    devices = [d for d in ("pixel", "host", "host-int8") if d in s["_luts"]]
+    ref = reference_points(s["_arch"], s["_luts"])
+    chart = latency_flops_chart(ref, devices, figdir / "latency_flops.png")
+    figs = [("Latency vs FLOPs on the same LUTs (reference archs with the derived arch's head)", chart)]
+    for title, src in (("Architecture-parameter (alpha) history", paths["alpha_png"]),
+                       ("Training curves", paths["curves"])):
+        if src.is_file():
+            dst = figdir / src.name
+            shutil.copyfile(src, dst)
+            figs.append((title, dst))
+    ref_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)) if not isinstance(r.get(k), str) else r[k])}</td>"
+                         for k in ["name", "head", "params", "gflops"] + [f"lut_{d}_ms" for d in devices]) + "</tr>"
+        for r in ref)
+    summary = "".join(f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    steps = "".join(f"<tr><td>{html.escape(x['name'])}</td><td>{html.escape(x['status'])}</td>"
+                    f"<td>{x['seconds']}</td><td>{html.escape(', '.join(x['outputs']))}</td></tr>" for x in s["steps"])
+    parity_link = paths["parity"].with_suffix(".html")
+    rel_parity = Path("..") / ".." / parity_link if parity_link.is_file() else None
+    body = (
+        "<!doctype html><meta charset='utf-8'><title>posenas demo report</title>"
+        "<style>body{font:14px sans-serif;max-width:1100px;margin:auto}td,th{padding:3px 8px}"
+        "table{border-collapse:collapse}img{max-width:100%}</style>"
+        "<h1>posenas demo report</h1><p>Every figure below comes from this run's files; LUT provenance: "
+        + "; ".join(f"<b>{html.escape(d)}</b>: {html.escape(str(v['provenance']))}" for d, v in s["luts"].items())
+        + f"</p><h2>Summary</h2><table border=1>{summary}</table>"
+        "<h2>Derived arch beside EfficientPose-A/B/C and the MobileNetV2 baseline</h2><table border=1><tr>"
+        + "".join(f"<th>{h}</th>" for h in ["arch", "head", "params", "GFLOPs"] + [f"LUT {d} (ms)" for d in devices])
+        + f"</tr>{ref_rows}</table>"
+        + "".join(f"<h2>{html.escape(t)}</h2><img src='figures/{p.name}'>" for t, p in figs)
+        + (f"<h2>Parity</h2><p><a href='{rel_parity}'>full parity report</a></p>" if rel_parity else "")
+        + f"<h2>Steps</h2><table border=1><tr><th>step</th><th>status</th><th>s</th><th>outputs</th></tr>{steps}"
+        "</table>")
+    public = {k: v for k, v in s.items() if not k.startswith("_")}
+    public["reference_archs"] = ref
+    atomic_write_json(out / "summary.json", public)
+    return atomic_write_text(out / "report.html", body)
