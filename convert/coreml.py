@@ -6,6 +6,7 @@ ImageType takes RGB pixels in [0, 255]; its single scale (1/255) folds the pixel
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -96,9 +97,12 @@ def _optimize(mlmodel, kind: str):
     return cto.palettize_weights(mlmodel, cfg), f"coremltools palettize_weights ({mode}, {nbits}-bit)"
 
 
-def _io(arch, image: bool, fp16_io: bool = False) -> tuple[list, list]:
+def _io(arch, image: bool, mlmodel) -> tuple[list, list]:
+    """Manifest I/O entries; the output dtype as the converted spec declares it."""
     h, w = arch.input_size
     j = arch.num_joints
+    arr = mlmodel.get_spec().description.output[0].type.multiArrayType
+    fp16_io = arr.dataType == arr.ArrayDataType.Value("FLOAT16")
     inp = {"name": "image", "shape": [1, 3, h, w], "dtype": "uint8" if image else "float32", "layout": "NCHW",
            "kind": "image" if image else "tensor", "quantization": None, "normalization_folded": image}
     out = {"name": "heatmaps", "shape": [1, j, h // 4, w // 4], "dtype": "float16" if fp16_io else "float32",
@@ -106,26 +110,43 @@ def _io(arch, image: bool, fp16_io: bool = False) -> tuple[list, list]:
     return [inp], [out]
 
 
+_FP16 = {}  # (weights digest, arch) -> the fp16 ImageType program, shared by the compressed variants
+
+
+def _digest(net, arch) -> str:
+    h = hashlib.sha256(json.dumps(arch.to_dict(), sort_keys=True).encode())
+    for v in net.state_dict().values():
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fp16_base(net, arch):
+    key = _digest(net, arch)
+    if key not in _FP16:
+        _FP16.clear()
+        _FP16[key] = _convert(net, arch, True, "fp16", "mlprogram")
+    return _FP16[key]
+
+
 def export_coreml(net, arch, outdir: Path, kinds, log=print):
     """Yield (path, format, precision, quantizer, inputs, outputs) for each requested Core ML artifact.
     kinds from: fp32, fp16, fp32-tensor, int8-weights, palettized-8bit, palettized-6bit, neuralnetwork."""
     d = outdir / "coreml"
-    base = {}
     for kind in kinds:
         if kind in ("fp32", "fp16"):
-            m = base[kind] = _convert(net, arch, True, kind, "mlprogram")
-            yield _save(m, d / f"model_{kind}.mlpackage"), "coreml-mlprogram", kind, None, *_io(arch, True)
+            m = _fp16_base(net, arch) if kind == "fp16" else _convert(net, arch, True, kind, "mlprogram")
+            yield _save(m, d / f"model_{kind}.mlpackage"), "coreml-mlprogram", kind, None, *_io(arch, True, m)
         elif kind == "fp32-tensor":
             m = _convert(net, arch, False, "fp32", "mlprogram")
-            yield _save(m, d / "model_fp32_tensor.mlpackage"), "coreml-mlprogram", "fp32", None, *_io(arch, False)
+            yield (_save(m, d / "model_fp32_tensor.mlpackage"), "coreml-mlprogram", "fp32", None,
+                   *_io(arch, False, m))
         elif kind in ("int8-weights", "palettized-8bit", "palettized-6bit"):
-            if "fp16" not in base:  # compressed weights decompress to fp16 compute: start from the fp16 program
-                base["fp16"] = _convert(net, arch, True, "fp16", "mlprogram")
-            m, q = _optimize(base["fp16"], kind)
+            # compressed weights decompress to fp16 compute: start from the fp16 program (converted once)
+            m, q = _optimize(_fp16_base(net, arch), kind)
             name = {"int8-weights": "int8w", "palettized-8bit": "pal8", "palettized-6bit": "pal6"}[kind]
-            yield _save(m, d / f"model_{name}.mlpackage"), "coreml-mlprogram", kind, q, *_io(arch, True)
+            yield _save(m, d / f"model_{name}.mlpackage"), "coreml-mlprogram", kind, q, *_io(arch, True, m)
         elif kind == "neuralnetwork":
             m = _convert(net, arch, True, "fp32", "neuralnetwork")
-            yield _save(m, d / "model.mlmodel"), "coreml-neuralnetwork", "fp32", None, *_io(arch, True)
+            yield _save(m, d / "model.mlmodel"), "coreml-neuralnetwork", "fp32", None, *_io(arch, True, m)
         else:
             raise ValueError(f"unknown Core ML artifact {kind!r}")

@@ -8,11 +8,12 @@ import sys
 from posekit.cli import main_guard
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the runtime (default 1)")
-    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
-                   help="host timing: wall-clock latency (default) or the thread's CPU time (--threads 1 only; "
-                        "steadier on a shared machine)")
+    p.add_argument("--clock", default=clock, choices=("auto", "wall", "cpu"),
+                   help=f"host timing: wall-clock latency, or the calling thread's CPU time (--threads 1 only: the "
+                        f"runtime then does all its work on that thread; equal to latency on an idle core and immune "
+                        f"to other jobs on a shared machine); auto = cpu with 1 thread, else wall (default {clock})")
     p.add_argument("--no-xnnpack", dest="xnnpack", action="store_false",
                    help="TFLite's builtin kernels instead of the XNNPACK delegate")
 
@@ -71,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serial")
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset")
-    _common(p)
+    _common(p, clock="wall")
 
     p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
     p.add_argument("--device", required=True, choices=("host", "host-int8"))

@@ -92,11 +92,11 @@ def bench_host(args) -> list[tuple[str, dict]]:
             raise UserError(f"{p}: the interpreter cannot load it ({str(e).splitlines()[0]})") from None
     per_visit = 5
     rounds = max(1, -(-args.runs // per_visit))
-    check_clock(args.clock, args.threads)
+    clock = check_clock(args.clock, args.threads)
     samples = round_robin(runners, rounds=rounds, per_visit=per_visit, warmup=args.warmup, desc="bench",
-                          clock=args.clock)
+                          clock=clock)
     rows = [(n, summary(s)) for n, s in samples.items()]
-    print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {args.clock} clock:")
+    print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {clock} clock:")
     _print_table(rows)
     _census(next(iter(targets.values()))[0])
     if manifest and manifest.get("arch"):

@@ -114,7 +114,7 @@ def run_fidelity(args) -> dict:
     precision, threads = lut.header["precision"], lut.header.get("threads") or 1
     xnnpack = lut.header.get("kernels", "xnnpack") == "xnnpack"
     clock = lut.header.get("clock", "wall")
-    if args.threads != threads or args.xnnpack != xnnpack or args.clock != clock:
+    if args.threads != threads or args.xnnpack != xnnpack or args.clock not in ("auto", clock):
         print(f"note: timing with the LUT's setup (threads={threads}, kernels={lut.header.get('kernels')}, "
               f"clock={clock})")
     archs = sample_archs(space, args.n, args.seed)

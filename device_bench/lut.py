@@ -40,22 +40,22 @@ def run_host(args, space, parts, arch_names) -> LUT:
 
     precision = HOST_DEVICES[args.device]
     kernels = "xnnpack" if args.xnnpack else "builtin"
-    check_clock(args.clock, args.threads)
+    clock = check_clock(args.clock, args.threads)
     header = lutfile.make_header(
         args.device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
         runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
-        provenance="measured", archs=arch_names, clock=args.clock,
+        provenance="measured", archs=arch_names, clock=clock,
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
                   f"calibration batches" if precision == "int8" else None,
         timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
-                "clock": "wall-clock latency" if args.clock == "wall" else "thread CPU time (= latency on an idle "
+                "clock": "wall-clock latency" if clock == "wall" else "thread CPU time (= latency on an idle "
                                                                            "core, 1 thread)",
                 "order": "round-robin over a chunk of keys, shuffled each round"})
     lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
     done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
                         per_visit=args.per_visit, chunk=args.chunk,
-                        cache=Path(args.cache) if args.cache else host.CACHE, clock=args.clock)
+                        cache=Path(args.cache) if args.cache else host.CACHE, clock=clock)
     _report(lut, parts, done)
     return lut
 

@@ -13,13 +13,18 @@ from tqdm import tqdm
 CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
 
 
-def check_clock(clock: str, threads: int) -> None:
+def check_clock(clock: str, threads: int) -> str:
+    """The clock to time with: 'auto' is the thread's CPU time with 1 thread (all work on the calling thread),
+    else wall-clock."""
     from posekit.errors import UserError
 
+    if clock == "auto":
+        return "cpu" if threads == 1 else "wall"
     if clock not in CLOCKS:
         raise UserError(f"--clock {clock!r}: expected one of {', '.join(CLOCKS)}")
     if clock == "cpu" and threads != 1:
         raise UserError("--clock cpu counts the calling thread's CPU time: it equals latency only with --threads 1")
+    return clock
 
 
 def round_robin(runners: dict[str, Callable[[], None]], rounds: int = 15, per_visit: int = 5, warmup: int = 3,

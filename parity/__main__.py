@@ -30,7 +30,8 @@ def parse(argv):
     p.add_argument("--data", type=Path, default=DEFAULT_COCO,
                    help="COCO tree: val2017 crops (AP) + train2017 crops (default: bundled data/coco-mini)")
     p.add_argument("--thresholds", type=Path, help="per-precision rules (default: parity/thresholds.yaml)")
-    p.add_argument("--images", type=int, help="at most N person crops per split (default: all)")
+    p.add_argument("--images", type=int,
+                   help="at most N person crops per split (default: all val crops, 64 train crops)")
     p.add_argument("--out", type=Path, help="report folder (default: <model-dir>/parity)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the manifest's source.checkpoint)")
     p.add_argument("--only", help="only artifacts whose file contains this text")
@@ -61,8 +62,7 @@ def main(argv=None) -> int:
     for w in caught:
         if "AP" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    info = keypoint_info(len(result["_ref"]["heatmaps"][0]))
-    jpath, hpath = report.write(result, out, None, info["skeleton"])
+    jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
           f"({result['num_crops']} crops)")
     print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'PCK':>6s} "

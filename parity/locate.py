@@ -42,10 +42,20 @@ def torch_tensors(net, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
 
 
 def module_path(name: str) -> str | None:
-    """The PyTorch module path in a litert-torch tensor name, e.g. '.../model.net.Backbone_backbone/
-    torch.nn.modules.container.Sequential_stem/model.blocks.ConvBNAct_0/...ReLU_2' -> 'backbone.stem.0.2'
-    (each component is '<class>_<attribute>'; the first is the root, 'module' the converter's wrapper)."""
-    parts = name.split(";")[0].split("/")
+    """The PyTorch module path a runtime tensor name carries, or None.
+
+    litert-torch: '.../model.net.Backbone_backbone/torch.nn.modules.container.Sequential_stem/model.blocks.ConvBNAct_0/
+    ...ReLU_2' -> 'backbone.stem.0.2' (components '<class>_<attribute>', the first the root, 'module' the wrapper).
+    torch.onnx: '/backbone/blocks/blocks.0/conv/conv.2/conv.2.0/Conv_output_0' -> 'backbone.blocks.0.conv.2.0'
+    (a scope named '<parent scope>.<child>' is that child)."""
+    first = name.split(";")[0]
+    if first.startswith("/"):  # ONNX
+        segs, path, last = first.strip("/").split("/")[:-1], [], None
+        for seg in segs:
+            path.append(seg[len(last) + 1:] if last and seg.startswith(last + ".") else seg)
+            last = seg
+        return ".".join(path) or None
+    parts = first.split("/")
     if len(parts) < 2 or not all("_" in p.rsplit(".", 1)[-1] for p in parts[1:]):
         return None
     attrs = [p.rsplit(".", 1)[-1].split("_", 1)[1] for p in parts[1:]]
@@ -150,13 +160,17 @@ def first_divergence(runner, net, x: np.ndarray, precision: str) -> dict:
     floor = FLOORS.get(precision, DEFAULT_FLOOR)
     trace, worst, pos = [], 0.0, 0
     found = step = None
+    types = {n: t for n, t, _ in refs}
     for typ, name, v in gen:
-        m = _match(v, refs, nhwc, pos, module_path(name))
+        hint = module_path(name)
+        m = _match(v, refs, nhwc, pos, hint)
         if m is None:
             continue
         e, i, mod, mtyp = m
         if e < 0.5:  # a confident match: later ops map to later modules
             pos = max(pos, i)
+        elif hint in types:  # a diverged tensor matches nothing well: name the module its name names
+            mod, mtyp = hint, types[hint]
         entry = {"op": typ, "tensor": short(name), "torch_module": f"{mod} ({mtyp})", "rel_error": e,
                  "before": worst, "index": len(trace)}
         trace.append(entry)

@@ -20,17 +20,57 @@ METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_sa
            "kp_dist_px", "dap")
 
 
-def heatmap_stats(ref: np.ndarray, out: np.ndarray) -> dict:
-    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
-    if ref.shape != out.shape:
-        raise UserError(f"heatmaps of shape {out.shape} do not match the reference's {ref.shape}")
-    d = out - ref
-    rng = float(ref.max() - ref.min()) or 1.0
-    noise, signal = float((d**2).sum()), float((ref**2).sum())
-    cos = float((ref * out).sum() / (np.linalg.norm(ref) * np.linalg.norm(out) + 1e-30))
-    return {"max_abs": float(np.abs(d).max()), "mean_abs": float(np.abs(d).mean()), "range": rng,
-            "max_abs_rel": float(np.abs(d).max()) / rng, "cosine": cos,
-            "sqnr_db": 10 * np.log10(signal / noise) if noise > 0 else float("inf")}
+HIST_EDGES = np.concatenate([[0.0], np.logspace(-12, 3, 76)])  # |d| histogram bins, fixed so batches add up
+
+
+class Agreement:
+    """Streaming agreement of a runtime's heatmaps with the reference's, batch by batch (a full COCO val run does
+    not fit in memory): max|d|, mean|d|, max|d| / range, cosine, SQNR, argmax agreement, PCK, |d| histogram.
+
+    PCK: a keypoint agrees when the runtime's decoded position (posekit.heatmap.decode, sub-pixel) lies within
+    pck_alpha x the crop's longer side of the reference's (0.05 x 256 = 12.8 input pixels at 256x192)."""
+
+    def __init__(self, stride: int = 4, pck_alpha: float = 0.05):
+        self.stride, self.alpha = stride, pck_alpha
+        self.n = self.kp = 0
+        self.max_abs = self.sum_abs = self.sum_d2 = self.sum_r2 = self.sum_o2 = self.sum_ro = 0.0
+        self.lo, self.hi = np.inf, -np.inf
+        self.same = self.within1 = self.pck_hits = self.dist = 0.0
+        self.hist = np.zeros(len(HIST_EDGES) - 1, np.int64)
+
+    def update(self, ref: np.ndarray, out: np.ndarray):
+        from posekit.heatmap import decode
+
+        ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+        if ref.shape != out.shape:
+            raise UserError(f"heatmaps of shape {out.shape} do not match the reference's {ref.shape}")
+        d = out - ref
+        a = np.abs(d)
+        self.n += d.size
+        self.max_abs = max(self.max_abs, float(a.max()))
+        self.sum_abs += float(a.sum())
+        self.sum_d2 += float((d**2).sum())
+        self.sum_r2 += float((ref**2).sum())
+        self.sum_o2 += float((out**2).sum())
+        self.sum_ro += float((ref * out).sum())
+        self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+        self.hist += np.histogram(np.clip(a.ravel(), 0, HIST_EDGES[-1]), HIST_EDGES)[0]
+        cheb = np.abs(argmax_cells(ref) - argmax_cells(out)).max(-1)
+        dist = np.linalg.norm(decode(ref)[0] - decode(out)[0], axis=-1) * self.stride
+        self.kp += cheb.size
+        self.same += float((cheb == 0).sum())
+        self.within1 += float((cheb <= 1).sum())
+        self.pck_hits += float((dist <= self.alpha * max(ref.shape[2:]) * self.stride).sum())
+        self.dist += float(dist.sum())
+
+    def result(self) -> dict:
+        rng = (self.hi - self.lo) or 1.0
+        return {"max_abs": self.max_abs, "mean_abs": self.sum_abs / self.n, "range": rng,
+                "max_abs_rel": self.max_abs / rng,
+                "cosine": self.sum_ro / (np.sqrt(self.sum_r2 * self.sum_o2) + 1e-30),
+                "sqnr_db": 10 * np.log10(self.sum_r2 / self.sum_d2) if self.sum_d2 > 0 else float("inf"),
+                "argmax_same": self.same / self.kp, "argmax_within1": self.within1 / self.kp,
+                "pck": self.pck_hits / self.kp, "kp_dist_px": self.dist / self.kp}
 
 
 def argmax_cells(hm: np.ndarray) -> np.ndarray:
@@ -38,22 +78,6 @@ def argmax_cells(hm: np.ndarray) -> np.ndarray:
     n, j, h, w = hm.shape
     idx = hm.reshape(n, j, -1).argmax(-1)
     return np.stack([idx % w, idx // w], -1)
-
-
-def keypoint_stats(ref: np.ndarray, out: np.ndarray, stride: int = 4, pck_alpha: float = 0.05) -> dict:
-    """Argmax agreement and PCK of decoded keypoints between two runtimes on the same crops.
-
-    PCK: a keypoint agrees when the runtime's decoded position lies within pck_alpha x the crop's longer side of
-    the reference's (0.05 x 256 = 12.8 input pixels at 256x192)."""
-    from posekit.heatmap import decode
-
-    a, b = argmax_cells(ref), argmax_cells(out)
-    cheb = np.abs(a - b).max(-1)
-    pa, pb = decode(ref)[0], decode(out)[0]
-    dist = np.linalg.norm(pa - pb, axis=-1) * stride
-    side = max(ref.shape[2:]) * stride
-    return {"argmax_same": float((cheb == 0).mean()), "argmax_within1": float((cheb <= 1).mean()),
-            "pck": float((dist <= pck_alpha * side).mean()), "kp_dist_px": float(dist.mean())}
 
 
 # ---------------------------------------------------------------------------------------------------- thresholds

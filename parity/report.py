@@ -40,28 +40,32 @@ def _savefig(fig, path: Path):
         fig.savefig(tmp, dpi=80, format="png")
 
 
-def histograms(ref: np.ndarray, outputs: dict, out_dir: Path) -> dict:
+def histogram(row: dict, out_dir: Path) -> str:
+    """Log-binned histogram of |heatmap difference| (counts accumulated over every crop)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = {}
-    for name, hm in outputs.items():
-        d = np.abs(hm - ref).ravel()
-        fig, ax = plt.subplots(figsize=(5, 3))
-        bins = np.logspace(np.log10(max(d[d > 0].min(), 1e-12)) if (d > 0).any() else -12, np.log10(d.max() + 1e-12),
-                           50)
-        ax.hist(d[d > 0] if (d > 0).any() else d, bins=bins)
-        ax.set_xscale("log")
-        ax.set_xlabel("|heatmap difference| vs PyTorch")
-        ax.set_ylabel("values")
-        ax.set_title(name, fontsize=9)
-        fig.tight_layout()
-        files[name] = f"hist_{_slug(name)}.png"
-        _savefig(fig, out_dir / files[name])
-        plt.close(fig)
-    return files
+    from parity.metrics import HIST_EDGES
+
+    counts = np.asarray(row["hist"])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    edges = HIST_EDGES.copy()
+    edges[0] = 1e-13  # exact zeros, drawn at the left edge
+    ax.stairs(counts, edges, fill=True)
+    nz = np.nonzero(counts)[0]
+    if len(nz):
+        ax.set_xlim(edges[max(nz[0], 0)], edges[min(nz[-1] + 1, len(edges) - 1)])
+    ax.set_xscale("log")
+    ax.set_xlabel("|heatmap difference| vs PyTorch (leftmost bin: exact)")
+    ax.set_ylabel("values")
+    ax.set_title(row["file"], fontsize=9)
+    fig.tight_layout()
+    name = f"hist_{_slug(row['file'])}.png"
+    _savefig(fig, out_dir / name)
+    plt.close(fig)
+    return name
 
 
 def overlays(inputs: np.ndarray, ref: np.ndarray, outputs: dict, out_dir: Path, norm: dict | None,
@@ -97,14 +101,17 @@ def overlays(inputs: np.ndarray, ref: np.ndarray, outputs: dict, out_dir: Path, 
     return files
 
 
-def write(result: dict, out_dir: Path, norm: dict | None, skeleton) -> tuple[Path, Path]:
+def write(result: dict, out_dir: Path, skeleton) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = result["_ref"]
-    hist = histograms(ref["heatmaps"], result["_outputs"], out_dir)
-    kp = overlays(ref["inputs"], ref["heatmaps"], result["_outputs"], out_dir, norm, skeleton)
+    ran = [r for r in result["rows"] if r.get("engine")]
+    kp = overlays(ref["sample_inputs"], ref["sample_heatmaps"], {r["file"]: r["_samples"] for r in ran}, out_dir,
+                  result.get("normalization"), skeleton, stride=result.get("heatmap_stride", 4))
     for row in result["rows"]:
-        row["figures"] = {"histogram": hist.get(row["file"]), "overlay": kp.get(row["file"])}
+        row["figures"] = {"histogram": histogram(row, out_dir) if row.get("engine") else None,
+                          "overlay": kp.get(row["file"])}
     public = _finite({k: v for k, v in result.items() if not k.startswith("_")})
+    public["rows"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in public["rows"]]
     jpath = atomic_write_json(out_dir / "report.json", public)
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
     body = []

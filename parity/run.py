@@ -1,8 +1,9 @@
 """The parity run: the source checkpoint and every artifact of a manifest on the same real crops.
 
 Crops: the val split's person crops (ground-truth boxes, as posekit.evaluate makes them: each also flipped, for the
-flip test) plus train-split crops. Each runtime's heatmaps are cached per artifact sha256 and data selection
-(parity/cache/*.npz), so a killed run resumes where it stopped.
+flip test) plus train-split crops. The reference heatmaps are written once to <out>/cache (memory-mapped: a full
+COCO val run does not fit in memory); each artifact is compared batch by batch and its result cached per artifact
+sha256 and data selection, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from parity import metrics
 from parity.runners import TorchRunner, make_runner
 from posekit.errors import UserError
-from posekit.io import atomic_path, sha256_file
+from posekit.io import atomic_path, atomic_write_json, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 LOW_AP = 0.3
@@ -80,8 +81,13 @@ def load_reference(man: dict, model_dir: Path, ckpt: str | None):
     return net, path
 
 
+TRAIN_CROPS = 64  # train crops added to the val crops by default (they only widen the heatmap comparison)
+SAMPLES = 4  # crops kept per runtime for the keypoint overlays
+
+
 class Data:
-    """The crops every runtime sees: val crops (flip-tested through posekit.evaluate) and train crops."""
+    """The crops every runtime sees, in one fixed order: the val crops as posekit.evaluate makes them (each with its
+    flipped copy: the flip test), then train crops."""
 
     def __init__(self, root: Path, input_size, num_joints: int, images: int | None):
         from posekit.data import CocoPose
@@ -89,43 +95,83 @@ class Data:
         self.root, self.input_size, self.num_joints, self.limit = Path(root), tuple(input_size), num_joints, images
         if not (self.root / "annotations" / "person_keypoints_val2017.json").is_file():
             raise UserError(f"{self.root}: not a COCO tree (needs annotations/person_keypoints_val2017.json)")
-        self.train = np.zeros((0, 3, *self.input_size), np.float32)
+        self.train = None
         if (self.root / "annotations" / "person_keypoints_train2017.json").is_file():
-            ds = CocoPose(self.root, "train2017", self.input_size, train=False, num_joints=num_joints,
-                          limit=images, cache_images=False)
-            self.train = np.stack([ds[i]["image"].numpy() for i in range(len(ds))]) if len(ds) else self.train
+            self.train = CocoPose(self.root, "train2017", self.input_size, train=False, num_joints=num_joints,
+                                  limit=images or TRAIN_CROPS, cache_images=False)
+        n_train = len(self.train) if self.train is not None else 0
         self.key = hashlib.sha256(json.dumps([str(self.root.resolve()), list(self.input_size), images,
-                                              len(self.train)]).encode()).hexdigest()[:16]
+                                              n_train]).encode()).hexdigest()[:16]
 
-    def run(self, fn) -> dict:
-        """Heatmaps of `fn` on every crop and its OKS AP: {'heatmaps', 'inputs', 'ap', 'num_persons'}."""
+    def run(self, fn, sink) -> dict:
+        """Run fn on every crop, calling sink(x, heatmaps) per batch; returns the val OKS AP: {'ap', 'num_persons'}."""
         from posekit.evaluate import evaluate_model
-
-        xs, ys = [], []
 
         def rec(x):
             y = fn(x)
-            xs.append(x)
-            ys.append(y)
+            sink(x, y)
             return y
 
         stats = evaluate_model(rec, self.root, "val2017", self.input_size, boxes="gt", flip=True,
                                num_joints=self.num_joints, limit=self.limit, batch_size=8)
-        hm = np.concatenate(ys + ([fn(self.train)] if len(self.train) else []))
-        return {"heatmaps": hm, "inputs": np.concatenate(xs + [self.train]), "ap": float(stats["AP"]),
-                "num_persons": int(stats["num_persons"])}
+        n = len(self.train) if self.train is not None else 0
+        for i in range(0, n, 8):
+            x = np.stack([self.train[j]["image"].numpy() for j in range(i, min(i + 8, n))])
+            sink(x, fn(x))
+        return {"ap": float(stats["AP"]), "num_persons": int(stats["num_persons"])}
 
 
-def _cached(cache: Path, key: str, compute) -> dict:
-    f = cache / f"{key}.npz"
-    if f.is_file():
-        z = np.load(f)
-        return {"heatmaps": z["heatmaps"], "ap": float(z["ap"]), "num_persons": int(z["num_persons"])}
-    out = compute()
-    with atomic_path(f) as tmp:
+def reference(data: Data, net, cache: Path, key: str) -> dict:
+    """The PyTorch heatmaps of every crop, written once to cache/ref-<key>.f32 and read back memory-mapped."""
+    raw, meta, samples = cache / f"ref-{key}.f32", cache / f"ref-{key}.json", cache / f"ref-{key}.npz"
+    if not (meta.is_file() and raw.is_file() and samples.is_file()):
+        cache.mkdir(parents=True, exist_ok=True)
+        info, keep_x, keep_y = {"count": 0}, [], []
+
+        with atomic_path(raw) as tmp:
+            with open(tmp, "wb") as fh:
+                def sink(x, y):
+                    fh.write(np.ascontiguousarray(y, np.float32).tobytes())
+                    info["count"] += len(y)
+                    info["shape"] = list(y.shape[1:])
+                    if sum(map(len, keep_x)) < SAMPLES:
+                        keep_x.append(x[:SAMPLES])
+                        keep_y.append(y[:SAMPLES])
+
+                info.update(data.run(TorchRunner(net), sink))
+        with atomic_path(samples) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, inputs=np.concatenate(keep_x)[:SAMPLES], heatmaps=np.concatenate(keep_y)[:SAMPLES])
+        atomic_write_json(meta, info)  # last: marks the cache complete
+    info = json.loads(meta.read_text())
+    z = np.load(samples)
+    return {**info, "heatmaps": np.memmap(raw, np.float32, "r", shape=(info["count"], *info["shape"])),
+            "sample_inputs": z["inputs"], "sample_heatmaps": z["heatmaps"]}
+
+
+def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -> dict:
+    """Agreement of one runtime with the reference on every crop (cached per artifact: a killed run resumes)."""
+    f, fs = cache / f"{key}.json", cache / f"{key}.npz"
+    if f.is_file() and fs.is_file():
+        return {**json.loads(f.read_text()), "samples": np.load(fs)["heatmaps"]}
+    acc, pos, keep = metrics.Agreement(stride), [0], []
+
+    def sink(x, y):
+        n = len(y)
+        if pos[0] + n > ref["count"]:
+            raise UserError(f"{runner.path}: more crops than the reference run ({ref['count']})")
+        acc.update(ref["heatmaps"][pos[0]:pos[0] + n], y)
+        if pos[0] < SAMPLES:
+            keep.append(y[:SAMPLES - pos[0]])
+        pos[0] += n
+
+    stats = data.run(runner, sink)
+    res = {**acc.result(), **stats, "hist": acc.hist.tolist()}
+    with atomic_path(fs) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, heatmaps=out["heatmaps"], ap=out["ap"], num_persons=out["num_persons"])
-    return out
+            np.savez(fh, heatmaps=np.concatenate(keep)[:SAMPLES])
+    atomic_write_json(f, res)
+    return {**res, "samples": np.concatenate(keep)[:SAMPLES]}
 
 
 def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int | None, out_dir: Path,
@@ -134,12 +180,14 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
     net, ckpt_path = load_reference(man, model_dir, ckpt)
     data = Data(data_root, man["input_size"], int(man["num_joints"]), images)
     cache = out_dir / "cache"
-    ref = data.run(TorchRunner(net))  # the reference is cheap and keeps the crops for the overlays
+    ref_key = (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else "random") + f"-{data.key}"
+    ref = reference(data, net, cache, ref_key)
     if ref["ap"] < LOW_AP:
         warnings.warn(f"reference AP {ref['ap']:.3f} < {LOW_AP}: parity on an untrained-looking network says little "
                       f"(flat heatmaps); convert a trained checkpoint", stacklevel=1)
+    stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
-    rows, outputs = [], {}
+    rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         rules = thresholds.get(a["precision"])
         if rules is None:
@@ -148,30 +196,29 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
         try:
             runner = make_runner(a, model_dir, man, threads)
             sha = a.get("sha256") or sha256_file(runner.path)
-            res = _cached(cache, f"{sha[:16]}-{data.key}", lambda r=runner: data.run(r))
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{ref_key}")
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
                          "status": "fail", "fails": [f"could not run: {e}"]})
             continue
+        samples = res.pop("samples")
         row = {"file": a["file"], "format": a["format"], "precision": a["precision"], "quantizer": a.get("quantizer"),
-               "engine": runner.engine, "size_bytes": a.get("size_bytes"),
-               **metrics.heatmap_stats(ref["heatmaps"], res["heatmaps"]),
-               **metrics.keypoint_stats(ref["heatmaps"], res["heatmaps"], int(man.get("heatmap_stride", 4))),
-               "ap": res["ap"], "dap": ref["ap"] - res["ap"]}
+               "engine": runner.engine, "size_bytes": a.get("size_bytes"), **res, "dap": ref["ap"] - res["ap"],
+               "_samples": samples}
         row["fails"] = metrics.check(row, rules)
         row["status"] = "fail" if row["fails"] else "pass"
         if row["fails"] and locate:
             try:
                 from parity.locate import first_divergence
 
-                row["first_divergence"] = first_divergence(runner, net, ref["inputs"][:1], a["precision"])
+                row["first_divergence"] = first_divergence(runner, net, ref["sample_inputs"][:1], a["precision"])
             except Exception as e:  # locating is a diagnosis aid: never hide the failure itself
                 row["first_divergence"] = {"note": f"could not locate: {type(e).__name__}: {e}"}
         rows.append(row)
-        outputs[a["file"]] = res["heatmaps"]
     return {"model": man.get("model"), "model_dir": str(model_dir), "checkpoint": str(ckpt_path),
-            "data": str(data_root), "num_crops": int(len(ref["heatmaps"])), "num_persons_val": ref["num_persons"],
-            "reference": {"engine": TorchRunner.engine, "ap": ref["ap"]},
+            "data": str(data_root), "num_crops": int(ref["count"]), "num_persons_val": ref["num_persons"],
+            "reference": {"engine": TorchRunner.engine, "ap": ref["ap"]}, "num_joints": int(man["num_joints"]),
+            "heatmap_stride": stride, "normalization": man.get("normalization"),
             "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network, parity says little"]
             if ref["ap"] < LOW_AP else [],
-            "rows": rows, "_ref": ref, "_outputs": outputs}
+            "rows": rows, "_ref": ref}

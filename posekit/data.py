@@ -118,12 +118,16 @@ class TopDown(Dataset):
         return img
 
     def __getitem__(self, idx):
-        s = self.samples[idx]
-        try:
-            img = self._image(s["path"])
-        except UserError as e:  # unreadable despite a non-empty file: use the next sample, say so once per file
-            warnings.warn(f"{e}; using another sample", stacklevel=2)
-            return self[(idx + 1) % len(self)]
+        for k in range(len(self)):
+            s = self.samples[(idx + k) % len(self)]
+            try:
+                img = self._image(s["path"])
+                break
+            except UserError as e:  # corrupt despite a non-empty file: take the next sample, and say so
+                warnings.warn(f"{e}; using another sample", stacklevel=2)
+        else:
+            raise UserError(f"{self.ann_file}: no readable image among {len(self)} samples")
+        idx = (idx + k) % len(self)
         joints = s["joints"].copy()
         center, scale = s["center"].copy(), s["scale"].copy()
         rot, flip = 0.0, False

@@ -200,7 +200,8 @@ def load_headboxes(path) -> np.ndarray:
 
 def pckh(preds, joints, visible, headboxes, thr: float = 0.5) -> dict:
     """PCKh@thr: a joint is correct within thr x head size. preds/joints (N, 16, 2) in image pixels, visible
-    (N, 16), headboxes (N, 2, 2). Returns {"PCKh": mean over labelled joints, "per_joint": [16 values]}."""
+    (N, 16), headboxes (N, 2, 2). Returns {"PCKh": mean over the labelled joints but pelvis and thorax,
+    "per_joint": [16 values]}."""
     if headboxes is None:
         raise UserError("PCKh needs the MPII head boxes (the official gt_valid.mat, or a json of [x1, y1, x2, y2] "
                         "per person): pass --headboxes; the bundled mpii-mini has none")
@@ -213,7 +214,10 @@ def pckh(preds, joints, visible, headboxes, thr: float = 0.5) -> dict:
     dist = np.linalg.norm(preds - joints, axis=2) / size[:, None]
     hit = (dist <= thr) & visible
     per_joint = hit.sum(0) / np.maximum(visible.sum(0), 1)
-    return {"PCKh": float(hit.sum() / max(visible.sum(), 1)), "per_joint": per_joint.tolist()}
+    # the mean leaves out pelvis and thorax (joints 6, 7), as the MPII tables and HRNet's evaluation do
+    keep = np.ones(hit.shape[1], bool)
+    keep[[6, 7]] = hit.shape[1] != 16
+    return {"PCKh": float(hit[:, keep].sum() / max(visible[:, keep].sum(), 1)), "per_joint": per_joint.tolist()}
 
 
 def evaluate_mpii(predict_fn, root=DEFAULT_MPII, split: str = "valid", input_size=(256, 256), headboxes=None,

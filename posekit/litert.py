@@ -103,14 +103,15 @@ def _aeq_recipe(name: str, int8_io: bool = True):
     return r
 
 
-def _aeq_quantize(fp32: bytes, recipe_name: str, batches: list[np.ndarray] | None, int8_io: bool = False) -> bytes:
+def _aeq_quantize(fp32: bytes, recipe_name: str, batches: list[np.ndarray] | None, input_name: str = "image",
+                  int8_io: bool = False) -> bytes:
     from ai_edge_quantizer import quantizer
 
     q = quantizer.Quantizer(bytearray(fp32), _aeq_recipe(recipe_name, int8_io))
     with _quiet():
         result = None
         if q.need_calibration:
-            data = {SIGNATURE: [{"image": b} for b in batches]}
+            data = {SIGNATURE: [{input_name: b} for b in batches]}
             result = q.calibrate(data, num_threads=min(4, os.cpu_count() or 1))
         out = q.quantize(result, enable_progress_report=False)
     return bytes(out.quantized_model)
@@ -182,7 +183,7 @@ def _quantize(model: bytes, precision: str, calib, nhwc: bool, recipe: str, int8
     if precision == "int8-dynamic":
         return _aeq_quantize(model, "dynamic_wi8_afp32", None)
     if precision == "int8":
-        return _aeq_quantize(model, recipe, _calib_batches(calib, nhwc, "int8"), int8_io)
+        return _aeq_quantize(model, recipe, _calib_batches(calib, nhwc, "int8"), int8_io=int8_io)
     return model
 
 

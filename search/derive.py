@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from model.arch import Arch, dump
 from model.flops import count_flops
 from model.latency import load_lut, network_keys
@@ -35,8 +37,10 @@ def derive(search, name: str | None = None) -> Arch:
         meta["lut_latency_ms"] = meta.pop("lut_cost_ms")
         if cost.calibration:
             meta["calibrated_latency_ms"] = round(cost.calibrated(derived_cost), 4)
+    with torch.no_grad():
+        probs = search.net.probs()
     meta["probs"] = {f"{i}:{op}": round(float(p[x.candidates.index(op)]), 4)
-                     for i, (x, op, p) in enumerate(zip(space.layers(), choices, search.net.probs()))}
+                     for i, (x, op, p) in enumerate(zip(space.layers(), choices, probs))}
     return space.arch_for(choices, name=name or f"searched-{cost.device}", meta=meta)
 
 

@@ -191,14 +191,29 @@ def change_coreml_scale(src: Path, dst: Path, factor: float = -4.0) -> str:
     raise AssertionError(f"no dequantize op in {src}")
 
 
+def flip_onnx_weight_sign(src: Path, dst: Path, index: int = 3) -> str:
+    """Copy an .onnx, negating the weight initializer of its `index`-th Conv node; returns that node's output."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {t.name: t for t in m.graph.initializer}
+    node = [n for n in m.graph.node if n.op_type == "Conv"][index]
+    w = inits[node.input[1]]
+    w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w), w.name))
+    onnx.save(m, str(dst))
+    return node.output[0]
+
+
 def add_broken(root: Path) -> dict:
-    """Broken copies of the tflite fp32 and Core ML int8-weights artifacts, added to the manifest."""
+    """Broken copies of the tflite fp32, onnx and Core ML int8-weights artifacts, added to the manifest."""
     man = json.loads((root / "manifest.json").read_text())
     by = {a["file"]: a for a in man["artifacts"]}
     t = flip_tflite_weight_sign(root / "tflite/model_fp32.tflite", root / "tflite/broken_fp32.tflite")
+    o = flip_onnx_weight_sign(root / "onnx/model.onnx", root / "onnx/broken.onnx")
     c = change_coreml_scale(root / "coreml/model_int8w.mlpackage", root / "coreml/broken_int8w.mlpackage")
-    for src, dst in (("tflite/model_fp32.tflite", "tflite/broken_fp32.tflite"),
+    for src, dst in (("tflite/model_fp32.tflite", "tflite/broken_fp32.tflite"), ("onnx/model.onnx", "onnx/broken.onnx"),
                      ("coreml/model_int8w.mlpackage", "coreml/broken_int8w.mlpackage")):
         man["artifacts"].append({**by[src], "file": dst, "sha256": None})
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
-    return {"tflite_tensor": t, "coreml_op": c}
+    return {"tflite_tensor": t, "onnx_tensor": o, "coreml_op": c}

@@ -172,3 +172,14 @@ def test_mpii_items_and_pckh_needs_head_boxes(tmp_path):
     assert pckh(gt, gt, vis, hb)["PCKh"] == 1.0
     assert pckh(gt + 30, gt, vis, hb)["PCKh"] == 0.0  # 30 px > 0.5 * 0.6 * 56.6 px
     assert DEFAULT_MPII.is_dir()
+
+
+def test_unreadable_image_falls_back_with_a_warning(tmp_path):
+    def edit(d, root):
+        (root / "val2017" / d["images"][0]["file_name"]).write_bytes(b"not a jpeg at all")
+
+    root = make_tree(tmp_path, edit)
+    ds = quiet(CocoPose, root, "val2017", (64, 48), train=False)
+    with pytest.warns(UserWarning, match="cannot read image"):
+        item = ds[0]
+    assert item["meta"]["image_id"] != ds.samples[0]["image_id"]

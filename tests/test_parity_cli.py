@@ -31,7 +31,8 @@ def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
     root, broken = artifacts
     rc, out = _main(["--model-dir", str(root), "--images", "3"], capsys)
     assert rc == 1
-    assert "FAIL tflite/broken_fp32.tflite" in out.err and "FAIL coreml/broken_int8w.mlpackage" in out.err
+    for f in ("tflite/broken_fp32.tflite", "onnx/broken.onnx", "coreml/broken_int8w.mlpackage"):
+        assert f"FAIL {f}" in out.err
     assert "FAIL tflite/model_fp32.tflite" not in out.err and "FAIL coreml/model_int8w" not in out.err
     rep = json.loads((root / "parity/report.json").read_text())
     rows = {r["file"]: r for r in rep["rows"]}
@@ -40,9 +41,12 @@ def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
     assert rows["coreml/model_fp32.mlpackage"]["max_abs_rel"] <= 1e-4
     assert "reference executor" in rows["coreml/model_fp32.mlpackage"]["engine"]
     assert rows["tflite/broken_fp32.tflite"]["fails"][0].startswith("max_abs_rel")
-    # The first diverging layer: the flipped tensor is the stem conv's; the changed scale is the SIC conv's.
+    # The first diverging layer: the flipped tensors are the stem conv's (.tflite) and block 0's projection (.onnx);
+    # the changed scale is the SIC conv's.
     loc = rows["tflite/broken_fp32.tflite"]["first_divergence"]
     assert loc["op"] == "CONV_2D" and loc["torch_module"].startswith("backbone.stem.0")
+    loc = rows["onnx/broken.onnx"]["first_divergence"]
+    assert loc["op"] == "Conv" and loc["torch_module"].startswith("backbone.blocks.0.conv.2")
     loc = rows["coreml/broken_int8w.mlpackage"]["first_divergence"]
     assert broken["coreml_op"].startswith("head_sic") and loc["torch_module"].startswith("head.sic.0")
     assert rep["warnings"] and "AP" in rep["warnings"][0]  # an untrained net: the report says parity means little

@@ -28,8 +28,8 @@ SPACE = load_space("default")
 TINY = dict(input_size=(64, 48), limit=16, epochs=3, warmup_epochs=0, batch_size=4, alpha_lr=0.1, time_steps=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # 1 thread: on a busy 2-core machine OpenMP spinning makes 2 threads many times slower
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from posekit.cli import main_guard
 from posekit.errors import UserError
-from posekit.keypoints import DEFAULT_COCO
+from posekit.keypoints import DEFAULT_COCO, DEFAULT_MPII
 
 PRESETS = {
     "quick": {"input": [128, 96], "epochs": 30, "batch_size": 16, "lr": 2e-3, "schedule": "cosine",
@@ -88,7 +88,8 @@ def config(a: argparse.Namespace) -> dict:
                         "one (annot/<split>.json, images/)")
     a.train_split = a.train_split or {"coco": "train2017", "mpii": "train"}[kind]
     a.val_split = a.val_split or {"coco": "val2017", "mpii": "valid"}[kind]
-    preset = a.preset or ("quick" if data.resolve() == DEFAULT_COCO.resolve() else "full")
+    bundled = data.resolve() in (DEFAULT_COCO.resolve(), DEFAULT_MPII.resolve())
+    preset = a.preset or ("quick" if bundled else "full")
     cfg = dict(PRESETS[preset])
     for k in cfg:
         v = getattr(a, k)
@@ -138,6 +139,10 @@ def evaluate_checkpoint(a) -> int:
     a.arch, a.out, a.resume = str(a.eval), a.eval.parent, True  # no run folder is made
     cfg = config(a)
     cfg.update(flip_test=a.flip_test is not False, input=list(arch.input_size))
+    if cfg["dataset"] == "mpii" and not cfg["headboxes"]:
+        from posekit.evaluate import pckh
+
+        pckh(None, None, None, None)  # the clear "PCKh needs the MPII head boxes" error
 
     @torch.no_grad()
     def predict(x):

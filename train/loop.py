@@ -85,6 +85,9 @@ class Trainer:
         else:
             self.arch = with_input(load(cfg["arch"]), cfg.get("input"))
         self.cfg = cfg
+        if metric_name(cfg) is None:
+            self.log("note: PCKh needs the MPII head boxes (--headboxes gt_valid.mat or json): no val score, "
+                     "best.pt follows last.pt")
         torch.manual_seed(cfg["seed"])
         dataset = MpiiPose if cfg.get("dataset") == "mpii" else CocoPose
         self.ds = dataset(cfg["data"], cfg["train_split"], self.arch.input_size, train=cfg["augment"],
