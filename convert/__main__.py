@@ -4,12 +4,23 @@ the MBV1 head's deconv rewrites (see model/deploy.py)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
 from posekit.cli import main_guard
 
 from .pipeline import ALL, GROUPS
+
+
+def quiet_libraries():
+    """The converters log a lot that is not for the user (absl C++ logs, coremltools' missing macOS runtime on
+    Linux, torchao's optional kernels): keep warnings and errors of our own visible, drop theirs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    for name in ("coremltools", "torchao", "absl", "torch.utils._pytree", "torch.export", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_targets: str):
@@ -69,6 +80,7 @@ def bench_parser() -> argparse.ArgumentParser:
 
 @main_guard
 def main(argv=None):
+    quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["head-bench"]:
         from model.deploy import REWRITES

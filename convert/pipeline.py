@@ -197,6 +197,7 @@ def _guard(fn, what, net, sample):
     try:
         return fn()
     except Exception as e:
-        msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+        text = str(e).strip()
+        msg = text if isinstance(e, UserError) else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
         where = locate.locate(net, sample, getattr(locate, f"{what}_try"))
         raise UserError(f"{what}: cannot convert: {msg}{where}") from None

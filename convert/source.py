@@ -3,6 +3,7 @@ EfficientPose-A with the MBV1 head, randomly initialized), plus real calibration
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -138,12 +139,14 @@ def calibration_batches(arch: Arch, data: str | None = None, n: int = 32, split:
     split by default so that parity can evaluate on val. Evenly spread over the dataset, deterministic."""
     from posekit.data import CocoPose, MpiiPose
 
-    if arch.num_joints == 17:
-        ds = CocoPose(data or DEFAULT_COCO, split or "train2017", arch.input_size, train=False)
-    elif arch.num_joints == 16:
-        ds = MpiiPose(data or DEFAULT_MPII, split or "valid", arch.input_size, train=False)
-    else:
-        raise UserError(f"calibration data: no bundled dataset with {arch.num_joints} joints (give --data)")
+    with warnings.catch_warnings():  # persons without labelled joints are skipped: fine for calibration crops
+        warnings.simplefilter("ignore", UserWarning)
+        if arch.num_joints == 17:
+            ds = CocoPose(data or DEFAULT_COCO, split or "train2017", arch.input_size, train=False)
+        elif arch.num_joints == 16:
+            ds = MpiiPose(data or DEFAULT_MPII, split or "valid", arch.input_size, train=False)
+        else:
+            raise UserError(f"calibration data: no bundled dataset with {arch.num_joints} joints (give --data)")
     if len(ds) == 0:
         raise UserError(f"{data}: no person crops for calibration")
     idx = sorted({int(i * len(ds) / n) for i in range(min(n, len(ds)))})

@@ -37,6 +37,8 @@ def parse(argv):
     p.add_argument("--only", help="only artifacts whose file contains this text")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     p.add_argument("--no-locate", action="store_true", help="skip the first-diverging-layer search on failures")
+    p.add_argument("--coreml-reference", action="store_true",
+                   help="on macOS too, run Core ML artifacts with the reference executor instead of MLModel.predict")
     return p.parse_args(argv)
 
 
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = run_parity(model_dir, args.data, thresholds, args.images, out, args.ckpt, args.threads, args.only,
-                            not args.no_locate)
+                            not args.no_locate, args.coreml_reference)
     for w in caught:
         if "AP" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)

@@ -142,9 +142,6 @@ LAYERS = {
     "addBroadcastable": lambda layer, xs: xs[0].astype(np.float32) + xs[1].astype(np.float32),
     "multiply": _multiply,
     "reorganizeData": _reorganize,
-    "permute": lambda layer, xs: np.transpose(xs[0], [0, *list(layer.permute.axis)[1:]])
-    if xs[0].ndim == 4 and len(layer.permute.axis) == 4 and layer.permute.axis[0] == 0
-    else np.transpose(xs[0], list(layer.permute.axis)),
     "transpose": lambda layer, xs: np.transpose(xs[0], list(layer.transpose.axes)),
     "reshapeStatic": lambda layer, xs: xs[0].reshape(list(layer.reshapeStatic.targetShape)),
     "copy": lambda layer, xs: xs[0],

@@ -175,7 +175,8 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -
 
 
 def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int | None, out_dir: Path,
-               ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True) -> dict:
+               ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True,
+               coreml_reference: bool = False) -> dict:
     man = read_manifest(model_dir)
     net, ckpt_path = load_reference(man, model_dir, ckpt)
     data = Data(data_root, man["input_size"], int(man["num_joints"]), images)
@@ -194,9 +195,10 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
         try:
-            runner = make_runner(a, model_dir, man, threads)
+            runner = make_runner(a, model_dir, man, threads, coreml_reference)
             sha = a.get("sha256") or sha256_file(runner.path)
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{ref_key}")
+            eng = hashlib.sha256(runner.engine.encode()).hexdigest()[:6]  # macOS: runtime and executor differ
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{ref_key}")
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
                          "status": "fail", "fails": [f"could not run: {e}"]})

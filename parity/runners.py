@@ -171,14 +171,14 @@ class CoreMLRunner(Runner):
         return np.asarray(self.model.predict({self.name: x})[self.oname])
 
 
-def make_runner(entry: dict, model_dir: Path, manifest: dict, threads: int = 1) -> Runner:
+def make_runner(entry: dict, model_dir: Path, manifest: dict, threads: int = 1, coreml_reference: bool = False):
     fmt = entry.get("format")
     if fmt == "tflite":
         return TFLiteRunner(entry, model_dir, manifest, threads)
     if fmt == "onnx":
         return OnnxRunner(entry, model_dir, manifest, threads)
     if fmt in ("coreml-mlprogram", "coreml-neuralnetwork"):
-        return CoreMLRunner(entry, model_dir, manifest, threads)
+        return CoreMLRunner(entry, model_dir, manifest, threads, force_reference=coreml_reference)
     raise UserError(f"{model_dir / 'manifest.json'}: artifacts[{entry.get('file')}].format: {fmt!r} "
                     f"(expected one of {', '.join(FORMATS)})")
 

@@ -65,6 +65,11 @@ def _quiet():
         yield
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _convert(module: nn.Module, sample: torch.Tensor, quant_config=None) -> bytes:
     import litert_torch
 
@@ -72,8 +77,7 @@ def _convert(module: nn.Module, sample: torch.Tensor, quant_config=None) -> byte
         with _quiet():
             edge = litert_torch.convert(module, sample_kwargs={"image": sample}, quant_config=quant_config)
     except Exception as e:  # name the op the converter choked on; the caller adds the module path
-        raise UserError(f"litert-torch cannot convert this module: {type(e).__name__}: {str(e).splitlines()[0]}")\
-            from e
+        raise UserError(f"litert-torch cannot convert this module: {_first_line(e)}") from e
     return edge.model_content()
 
 
@@ -130,7 +134,7 @@ def _pt2e(module: nn.Module, sample: torch.Tensor, batches: list[np.ndarray]) ->
             m(image=torch.from_numpy(b))
         m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
     except Exception as e:
-        raise UserError(f"PT2E quantization failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise UserError(f"PT2E quantization failed: {_first_line(e)}") from e
     return _convert(m, sample, quant_config.QuantConfig(pt2e_quantizer=q))
 
 
@@ -146,13 +150,14 @@ def to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, p
     nhwc: the .tflite's 4-D input and output are channels-last. quantizer: "aeq" (ai-edge-quantizer) or "pt2e".
     """
     _check(precision, int8_io, quantizer, recipe)
+    batches = _calib_batches(calib, nhwc, "int8") if precision == "int8" else None
     module = _IO(module.eval(), nhwc, output_name).eval()
     sample = _nhwc(sample_input.detach().float(), nhwc)
     with torch.no_grad():
         if precision == "int8" and quantizer == "pt2e":
-            model = _pt2e(module, sample, _calib_batches(calib, nhwc, "int8"))
+            model = _pt2e(module, sample, batches)
         else:
-            model = _quantize(_convert(module, sample), precision, calib, nhwc, recipe, int8_io)
+            model = _quantize(_convert(module, sample), precision, batches, recipe, int8_io)
     return _write(model, path)
 
 
@@ -160,8 +165,9 @@ def quantize_tflite(fp32: str | Path | bytes, path: str | Path, precision: str, 
                     int8_io: bool = False, nhwc: bool = True, recipe: str = "static_wi8_ai8") -> Path:
     """Quantize an fp32 .tflite written by `to_tflite` (ai-edge-quantizer) without converting again."""
     _check(precision, int8_io, "aeq", recipe)
+    batches = _calib_batches(calib, nhwc, "int8") if precision == "int8" else None
     model = fp32 if isinstance(fp32, bytes) else Path(fp32).read_bytes()
-    return _write(_quantize(model, precision, calib, nhwc, recipe, int8_io), path)
+    return _write(_quantize(model, precision, batches, recipe, int8_io), path)
 
 
 def _check(precision, int8_io, quantizer, recipe):
@@ -177,13 +183,13 @@ def _check(precision, int8_io, quantizer, recipe):
         raise UserError(f"recipe {recipe!r}: expected one of {', '.join(STATIC_RECIPES)}")
 
 
-def _quantize(model: bytes, precision: str, calib, nhwc: bool, recipe: str, int8_io: bool = False) -> bytes:
+def _quantize(model: bytes, precision: str, batches, recipe: str, int8_io: bool = False) -> bytes:
     if precision == "fp16":
         return _aeq_quantize(model, "fp16", None)
     if precision == "int8-dynamic":
         return _aeq_quantize(model, "dynamic_wi8_afp32", None)
     if precision == "int8":
-        return _aeq_quantize(model, recipe, _calib_batches(calib, nhwc, "int8"), int8_io=int8_io)
+        return _aeq_quantize(model, recipe, batches, int8_io=int8_io)
     return model
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert.__main__ import add_model_args, run
+from convert.__main__ import add_model_args, quiet_libraries, run
 from posekit.cli import main_guard
 
 
@@ -18,6 +18,7 @@ def parser() -> argparse.ArgumentParser:
 
 @main_guard
 def main(argv=None):
+    quiet_libraries()
     return run(parser().parse_args(argv))
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from posekit.cli import main_guard
 from posekit.errors import UserError
 
-DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "threads": 1}
+DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.1}
 # --full: the nominal input (the LUT's) and a long schedule on the whole training set.
-FULL = {"epochs": 100, "warmup_epochs": 20, "input": "256x192", "batch_size": 32, "threads": 0}
+FULL = {"epochs": 100, "warmup_epochs": 20, "input": "256x192", "batch_size": 32, "threads": 0, "alpha_lr": 1e-3}
 
 
 def parse_hw(s: str) -> tuple[int, int]:
@@ -44,10 +44,10 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--temperature", type=float, default=1.0, help="p = softmax(alpha / temperature)")
     p.add_argument("--target-ms", type=float, help="target latency on the device (calibrated when the LUT has a "
                    "calibration): lambda is adjusted during the search so the derived arch lands near it")
-    p.add_argument("--lam-rate", type=float, default=0.2, help="step of the lambda update towards --target-ms")
+    p.add_argument("--lam-rate", type=float, default=0.05, help="step of the lambda update towards --target-ms")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=float, default=1e-3)
-    p.add_argument("--alpha-lr", type=float, default=0.1, help="Adam lr of alpha (few steps in the demo)")
+    p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")
     p.add_argument("--drop-path", type=float, default=0.5, help="probability of dropping a candidate in a w step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N persons of the data (quick runs)")
@@ -78,9 +78,9 @@ def build_config(a, out: str | None = None):
         device=a.device, space=a.space, data=a.data, epochs=epochs, warmup_epochs=warm,
         input_size=parse_hw(pick(a.input, "input")), batch_size=pick(a.batch_size, "batch_size"), lam=a.lam,
         tau=a.tau, temperature=a.temperature, target_ms=a.target_ms, lam_rate=a.lam_rate, w_optim=a.w_optim,
-        w_lr=a.w_lr, alpha_lr=a.alpha_lr, drop_path=a.drop_path, seed=a.seed, limit=a.limit, workers=a.workers,
-        cache_images=not a.full, out=out or a.out or f"runs/search/{device_name(a.device)}", resume=a.resume,
-        time_steps=not a.no_step_times)
+        w_lr=a.w_lr, alpha_lr=pick(a.alpha_lr, "alpha_lr"), drop_path=a.drop_path, seed=a.seed, limit=a.limit,
+        workers=a.workers, cache_images=not a.full, out=out or a.out or f"runs/search/{device_name(a.device)}",
+        resume=a.resume, time_steps=not a.no_step_times)
 
 
 def setup_threads(a):

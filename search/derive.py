@@ -13,10 +13,69 @@ from model.latency import load_lut, network_keys
 from .cost import FLOPS, CostModel
 
 
+def closest_to_target(logp: list[torch.Tensor], tables: list[torch.Tensor], fixed: float, target: float,
+                      tol: float = 0.02, bins: int = 2000):
+    """The most probable arch (max sum of log p) among those whose cost is within `tol` of `target`, else the
+    arch with the cost closest to it. A multiple-choice knapsack, solved exactly by dynamic programming over the
+    cost discretised in `bins` steps up to the target (rounding error < 26 half-steps). Returns (indices, cost).
+    """
+    import numpy as np
+
+    goal = target - fixed
+    if goal <= 0:  # unreachable: the cheapest arch
+        idx = [int(t.argmin()) for t in tables]
+        return idx, fixed + sum(float(t[i]) for t, i in zip(tables, idx))
+    step = goal / bins
+    n = 2 * bins + 1  # costs above twice the target never win
+    best = np.full(n, -np.inf)
+    best[0] = 0.0
+    back = []
+    for lp, t in zip(logp, tables):
+        q = np.round(t.double().numpy() / step).astype(int)
+        new, arg = np.full(n, -np.inf), np.full(n, -1)
+        for i, (qi, li) in enumerate(zip(q, lp.tolist())):
+            if qi >= n:
+                continue
+            cand = np.full(n, -np.inf)
+            cand[qi:] = best[: n - qi] + li
+            better = cand > new
+            new[better], arg[better] = cand[better], i
+        back.append(arg)
+        best = new
+    reach = np.flatnonzero(np.isfinite(best))
+    if not len(reach):
+        idx = [int(t.argmin()) for t in tables]
+        return idx, fixed + sum(float(t[i]) for t, i in zip(tables, idx))
+    err = np.abs(reach * step - goal)
+    near = reach[err <= tol * target]
+    b = int(near[np.argmax(best[near])]) if len(near) else int(reach[np.argmin(err)])
+    idx = []
+    for arg, t in zip(reversed(back), reversed(tables)):
+        i = int(arg[b])
+        idx.append(i)
+        b -= int(round(float(t[i]) / step))
+    idx.reverse()
+    return idx, fixed + sum(float(t[i]) for t, i in zip(tables, idx))
+
+
 def derive(search, name: str | None = None) -> Arch:
-    """The derived arch of a finished `loop.Search`, with expected / LUT latency and FLOPs in `meta`."""
+    """The derived arch of a finished `loop.Search`, with expected / LUT latency and FLOPs in `meta`.
+
+    Without a target: argmax per layer. With --target-ms: the most probable arch whose (calibrated) LUT latency
+    is closest to the target (`closest_to_target`); the plain argmax is kept in meta for comparison.
+    """
     cfg, cost, space = search.cfg, search.cost, search.space
     choices = search.net.choices()
+    target_meta = {}
+    if cfg.target_ms is not None:
+        with torch.no_grad():
+            logp = [torch.log(p) for p in search.net.probs()]
+        goal = cost.uncalibrated(cfg.target_ms)
+        idx, _ = closest_to_target(logp, cost.tables, cost.fixed, goal)
+        target_meta = {"target_ms": cfg.target_ms, "target_lut_ms": round(goal, 4),
+                       "argmax_blocks": choices, "argmax_lut_ms": round(cost.of(space, choices), 4),
+                       "rule": "most probable arch with the LUT latency closest to the target"}
+        choices = [x.candidates[i] for x, i in zip(space.layers(), idx)]
     u = cost.unit
     derived_cost = cost.of(space, choices)
     fl = count_flops(space.arch_for(choices))  # at the space's nominal input, like the LUT
@@ -27,6 +86,7 @@ def derive(search, name: str | None = None) -> Arch:
             "epochs": search.epoch, "warmup_epochs": cfg.warmup_epochs, "search_input_size": list(cfg.input_size),
             "lambda_start": cfg.lam, "lambda_end": round(search.lam, 6), "tau": cfg.tau,
             "temperature": cfg.temperature, "seed": cfg.seed, "target_ms": cfg.target_ms,
+            "calibration": cost.calibration,
         },
         f"expected_cost_{u}": round(search.expected_value(), 4),
         f"lut_cost_{u}": round(derived_cost, 4),
@@ -39,6 +99,8 @@ def derive(search, name: str | None = None) -> Arch:
             meta["calibrated_latency_ms"] = round(cost.calibrated(derived_cost), 4)
     with torch.no_grad():
         probs = search.net.probs()
+    if target_meta:
+        meta["target"] = target_meta
     meta["probs"] = {f"{i}:{op}": round(float(p[x.candidates.index(op)]), 4)
                      for i, (x, op, p) in enumerate(zip(space.layers(), choices, probs))}
     return space.arch_for(choices, name=name or f"searched-{cost.device}", meta=meta)

@@ -2,8 +2,9 @@
 
 Loss (Eq. 6-7): heatmap MSE with target weights + lambda * log_tau(expected cost), the expected cost being the
 probability-weighted LUT latency of every layer plus the fixed stem/head (Eq. 4-5). With a target latency, lambda
-is a dual variable: after every alpha step it moves by `lam_rate * ln(derived / target)`, so it grows while the
-derived arch is slower than the target and falls (below zero if needed) while it is faster: the arch lands on it.
+is a dual variable: after every alpha step it moves by `lam_rate * ln(expected / target)`, so it grows while the
+expected latency is above the target and falls (below zero if needed) while it is below; the derive step then
+takes the most probable arch whose LUT latency is closest to the target (derive.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ class Config:
     tau: float = math.e
     temperature: float = 1.0
     target_ms: float | None = None
-    lam_rate: float = 0.2
+    lam_rate: float = 0.05
     w_optim: str = "adam"
     w_lr: float = 1e-3
     alpha_lr: float = 0.1
@@ -57,7 +58,7 @@ class Config:
     out: str = "runs/search/pixel"
     resume: bool = False
     time_steps: bool = True
-    extra: dict = field(default_factory=dict)
+    calibration: dict | None = None  # LUT sum -> whole-network ms, overriding the LUT header's
 
     def key(self) -> dict:
         """What a resumed run must share with the run it continues."""
@@ -85,6 +86,10 @@ class Search:
         np.random.seed(cfg.seed)
         self.space = load_space(cfg.space)
         self.cost: CostModel = load_cost(cfg.device, self.space)
+        if cfg.calibration:
+            self.cost.calibration = cfg.calibration
+        if cfg.target_ms is not None and self.cost.unit != "ms":
+            raise UserError(f"--target-ms needs a latency LUT, not --device {cfg.device} ({self.cost.unit})")
         if cfg.target_ms is not None and cfg.target_ms <= 0:
             raise UserError(f"--target-ms: must be > 0, got {cfg.target_ms}")
         self.net = SuperNet(self.space, cfg.temperature).to(self.dev)
@@ -173,8 +178,8 @@ class Search:
             a.grad = g
         self._allreduce(alphas)
         self.a_opt.step()
-        if self.cfg.target_ms is not None:
-            ms = self.cost.calibrated(self.derived_cost())
+        if self.cfg.target_ms is not None:  # dual ascent on lambda, on the (smooth) expected latency
+            ms = self.cost.calibrated(cost.item())
             self.lam += self.cfg.lam_rate * math.log(ms / self.cfg.target_ms)
         return mse.item(), cost.item()
 
@@ -221,7 +226,7 @@ class Search:
             u = self.cost.unit
             self.log(f"epoch {self.epoch}/{cfg.epochs} {rec['phase']}: w_loss {rec['w_loss']:.6f} "
                      f"a_loss {rec['a_loss']:.6f} lambda {self.lam:.4f} expected {rec['expected_cost']:.2f} {u} "
-                     f"derived {rec['derived_cost']:.2f} {u} ({rec['seconds']:.1f} s)")
+                     f"argmax arch {rec['derived_cost']:.2f} {u} ({rec['seconds']:.1f} s)")
 
     def _sync_buffers(self):
         if self.world > 1:  # BN running stats from rank 0, as DDP broadcasts them

@@ -18,6 +18,7 @@ def plot_history(history: list[dict], layers: list[list[str]], path: str | Path,
     colors = {c: plt.cm.tab10(i) for i, c in enumerate(cands)}
     epochs = [h["epoch"] for h in history]
     n, cols = len(layers), 7
+    top = min(1.0, max(0.3, 1.1 * max(v for h in history for row in h["probs"] for v in row)))
     rows = math.ceil(n / cols)
     # Fixed spacing (no layout solver: it is most of the time with 30 panels).
     fig, axes = plt.subplots(rows + 1, cols, figsize=(2.0 * cols, 1.5 * (rows + 1)), squeeze=False)
@@ -27,7 +28,7 @@ def plot_history(history: list[dict], layers: list[list[str]], path: str | Path,
         for ci, c in enumerate(row):
             ax.plot(epochs, [h["probs"][li][ci] for h in history], color=colors[c], lw=1.2)
         ax.set_title(f"layer {li}", fontsize=7, pad=2)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, top)
         ax.tick_params(labelsize=5)
     for ax in axes.flat[n:]:
         ax.axis("off")

@@ -31,6 +31,7 @@ def _reference(out):
     return net, arch
 
 
+@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_manifest_validates_and_lists_every_target(converted):
     import jsonschema
 
@@ -58,6 +59,7 @@ def test_manifest_validates_and_lists_every_target(converted):
         jsonschema.validate(bad, json.loads(SCHEMA.read_text()))
 
 
+@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(converted):
     from convert.source import eval_batches
 
@@ -84,6 +86,7 @@ def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(converted):
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_onnx_checks_and_runs(converted):
     import onnx
     import onnxruntime as ort
@@ -100,6 +103,7 @@ def test_onnx_checks_and_runs(converted):
     assert y[0].shape == tuple(a["outputs"][0]["shape"]) and np.abs(y[0] - ref).max() <= 1e-4 * np.ptp(ref)
 
 
+@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_coreml_loads_with_metadata(converted):
     import coremltools as ct
 
@@ -118,6 +122,7 @@ def test_coreml_loads_with_metadata(converted):
     assert (out / "coreml" / "model.mlmodel").is_file()
 
 
+@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_rerun_resumes_and_quantize_keeps_the_manifest(converted, root):
     out, m, _ = converted
     before = {a["file"]: (out / a["file"]).stat().st_mtime_ns for a in m["artifacts"]}

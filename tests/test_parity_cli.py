@@ -1,5 +1,6 @@
 """`python -m parity` end to end on a small real artifact set (TFLite, ONNX, Core ML fp32 and int8-weights) run on
-the bundled COCO crops, with two deliberately broken copies that must fail, be named, and be located."""
+the bundled COCO crops, with three deliberately broken copies (.tflite, .onnx, Core ML weights) that must fail, be
+named, and be located."""
 
 import json
 

@@ -20,7 +20,7 @@ from posekit.keypoints import DEFAULT_COCO
 from search.__main__ import main
 from search.cost import flops_cost, load_cost
 from search.data import search_halves, split_by_image
-from search.derive import derive
+from search.derive import closest_to_target, derive
 from search.loop import Config, Search
 
 SPACE = load_space("default")
@@ -161,6 +161,29 @@ def test_target_latency_drives_lambda(tmp_path, macs_lut):
     assert s.lam > 0  # the derived arch is above a target near the floor: lambda grew
     s, _ = search(tmp_path, macs_lut, "hi", lam=0.0, target_ms=hi * 0.98, epochs=1)
     assert s.lam < 0  # below a target near the ceiling: lambda went negative, pricier ops are preferred
+
+
+def test_target_derive_lands_near_the_target(tmp_path, macs_lut):
+    lo, hi = extremes(macs_lut)
+    target = lo + 0.4 * (hi - lo)
+    s, arch = search(tmp_path, macs_lut, "mid", lam=0.0, target_ms=target, epochs=1)
+    assert arch.meta["lut_latency_ms"] == pytest.approx(target, rel=0.03)
+    assert arch.meta["target"]["target_ms"] == target and len(arch.meta["target"]["argmax_blocks"]) == 26
+
+
+def test_closest_to_target_is_the_most_probable_arch_within_tolerance():
+    import itertools
+
+    g = torch.Generator().manual_seed(0)
+    tables = [torch.rand(3, generator=g) * 10 for _ in range(5)]
+    logp = [torch.log_softmax(torch.randn(3, generator=g), 0) for _ in range(5)]
+    target, tol = 1.0 + 25.0, 0.05
+    idx, cost = closest_to_target(logp, tables, 1.0, target, tol=tol, bins=20000)
+    combos = [(sum(float(t[i]) for t, i in zip(tables, c)) + 1.0, sum(float(lp[i]) for lp, i in zip(logp, c)), c)
+              for c in itertools.product(range(3), repeat=5)]
+    ok = [x for x in combos if abs(x[0] - target) <= tol * target]
+    assert ok and tuple(idx) == max(ok, key=lambda x: x[1])[2]
+    assert cost == pytest.approx(max(ok, key=lambda x: x[1])[0])
 
 
 def test_flops_cost_sums_to_the_network_flops():

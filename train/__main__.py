@@ -160,7 +160,6 @@ def evaluate_checkpoint(a) -> int:
 @main_guard
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
-    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt
     if a.threads:
         import torch
 
@@ -183,4 +182,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt
     raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""posekit/litert.py on one real block (EfficientPose-A's ir_k7_e3 at a small spatial size): fp32 parity, the int8
+flavours, int8 I/O, both kernel sets, the op census and bad arguments."""
+
+import numpy as np
+import pytest
+import torch
+
+from convert.source import randomize
+from model.blocks import InvertedResidual
+from model.deploy import deploy_model
+from posekit import litert
+from posekit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    net = deploy_model(randomize(InvertedResidual(32, 32, 1, 7, 3)).eval())
+    x = torch.randn(1, 32, 8, 6)
+    calib = [torch.randn(1, 32, 8, 6, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    d = tmp_path_factory.mktemp("litert")
+    return net, x, calib, litert.to_tflite(net, x, d / "fp32.tflite"), d
+
+
+def _ref(net, x):
+    with torch.no_grad():
+        return net(x).permute(0, 2, 3, 1).numpy()
+
+
+def test_fp32_matches_and_both_kernel_sets_run(block):
+    net, x, _, fp32, _ = block
+    ref = _ref(net, x)
+    for xnnpack in (True, False):
+        y = litert.run(litert.interpreter(fp32, xnnpack=xnnpack), x.permute(0, 2, 3, 1).numpy())
+        assert np.abs(y - ref).max() <= 1e-4 * np.ptp(ref)
+    assert litert.op_counts(fp32) == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
+    io = litert.io_details(fp32)
+    assert io["inputs"][0]["name"] == "image" and io["inputs"][0]["shape"] == [1, 8, 6, 32]
+    assert io["outputs"][0]["name"] == "heatmaps" and io["outputs"][0]["quantization"] is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8-dynamic", "int8"])
+def test_quantized_flavours(block, precision):
+    net, x, calib, fp32, d = block
+    q = litert.quantize_tflite(fp32, d / f"{precision}.tflite", precision, calib)
+    floats = litert.float_compute_ops(q)
+    assert (floats == {}) == (precision == "int8"), floats
+    y = litert.run(litert.interpreter(q), x.permute(0, 2, 3, 1).numpy())
+    ref = _ref(net, x)
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.98
+    assert q.stat().st_size < fp32.stat().st_size
+
+
+def test_int8_io_records_scale_and_zero_point(block):
+    net, x, calib, fp32, d = block
+    q = litert.quantize_tflite(fp32, d / "io.tflite", "int8", calib, int8_io=True)
+    io = litert.io_details(q)
+    for t in io["inputs"] + io["outputs"]:
+        assert t["dtype"] == "int8" and t["quantization"]["scale"] > 0
+    assert "QUANTIZE" not in litert.op_counts(q)  # nothing float at the edges
+    y = litert.run(litert.interpreter(q), x.permute(0, 2, 3, 1).numpy())  # run() quantizes / dequantizes
+    assert np.corrcoef(y.ravel(), _ref(net, x).ravel())[0, 1] > 0.98
+
+
+def test_pt2e_flow_quantizes_the_convs(block):
+    net, x, calib, _, d = block
+    q = litert.to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
+    dt = litert.op_dtypes(q)
+    assert dt.get("CONV_2D:int8") == 2 and dt.get("DEPTHWISE_CONV_2D:int8") == 1
+
+
+@pytest.mark.parametrize("kw, msg", [({"precision": "int4"}, "precision 'int4'"),
+                                     ({"precision": "int8"}, "needs calibration data"),
+                                     ({"precision": "fp32", "int8_io": True}, "int8_io needs precision int8"),
+                                     ({"precision": "int8", "recipe": "x", "calib": [1]}, "recipe 'x'")])
+def test_bad_arguments(block, tmp_path, kw, msg):
+    net, x, _, _, _ = block
+    with pytest.raises(UserError, match=msg):
+        litert.to_tflite(net, x, tmp_path / "bad.tflite", **kw)
+    assert not (tmp_path / "bad.tflite").exists()

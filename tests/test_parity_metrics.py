@@ -1,0 +1,63 @@
+"""Agreement metrics and the threshold rules, on heatmaps with known differences."""
+
+import numpy as np
+import pytest
+
+from parity.metrics import THRESHOLDS, Agreement, check, load_thresholds
+from posekit.errors import UserError
+
+
+def _peaks(n=6, j=17, h=16, w=12, seed=0):
+    """Gaussian heatmaps with one peak per joint at random cells, and those cells."""
+    rng = np.random.default_rng(seed)
+    cells = np.stack([rng.integers(1, w - 3, (n, j)), rng.integers(1, h - 1, (n, j))], -1)  # room to move
+    ys, xs = np.mgrid[:h, :w]
+    hm = np.exp(-((xs - cells[..., :1, None]) ** 2 + (ys - cells[..., 1:, None]) ** 2) / 4.0)
+    return hm.reshape(n, j, h, w).astype(np.float32), cells
+
+
+def test_identical_and_batched_equals_whole():
+    ref, _ = _peaks()
+    same = Agreement()
+    same.update(ref, ref)
+    r = same.result()
+    assert r["max_abs"] == 0 and r["sqnr_db"] == float("inf") and r["argmax_same"] == 1 and r["pck"] == 1
+    noisy = ref + np.random.default_rng(1).normal(0, 1e-3, ref.shape).astype(np.float32)
+    whole, parts = Agreement(), Agreement()
+    whole.update(ref, noisy)
+    for i in range(0, len(ref), 4):
+        parts.update(ref[i:i + 4], noisy[i:i + 4])
+    a, b = whole.result(), parts.result()
+    assert all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+    assert (whole.hist == parts.hist).all() and whole.hist.sum() == ref.size
+    expected = 10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((noisy - ref).astype(np.float64) ** 2).sum())
+    assert a["sqnr_db"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_moved_peaks_count_as_disagreement():
+    ref, cells = _peaks()
+    out = np.roll(ref, 1, axis=3)  # every peak one cell to the right
+    out[:3] = np.roll(ref[:3], 2, axis=3)  # half of the crops: two cells
+    acc = Agreement(stride=4, pck_alpha=0.05)  # PCK radius 0.05 x 64 px = 3.2 px, less than one cell (4 px)
+    acc.update(ref, out)
+    r = acc.result()
+    assert r["argmax_same"] == 0 and r["argmax_within1"] == pytest.approx(0.5) and r["pck"] == 0
+    assert r["kp_dist_px"] == pytest.approx((1 * 4 + 2 * 4) / 2, rel=1e-4)
+
+
+def test_rules_and_default_thresholds(tmp_path):
+    rules = load_thresholds()
+    assert rules["fp32"]["max_abs_rel"] == ("<=", 1e-4)
+    assert rules["fp16"]["sqnr_db"] == (">=", 40) and rules["int8"]["dap"] == ("<=", 0.02)
+    for p in ("fp32", "fp16", "int8", "int8-dynamic", "int8-weights", "palettized-8bit", "palettized-6bit"):
+        assert p in rules, p
+    assert check({"sqnr_db": 41.0, "argmax_same": 0.995}, rules["fp16"]) == []
+    fails = check({"sqnr_db": 30.0, "argmax_same": 0.995}, rules["fp16"])
+    assert fails == ["sqnr_db 30 < 40"]
+    assert check({"sqnr_db": float("inf"), "argmax_same": 1.0}, rules["fp16"]) == []
+    assert "dap not measured" in check({"sqnr_db": 30.0, "argmax_same": 1.0}, rules["int8"])[-1]
+    bad = tmp_path / "t.yaml"
+    bad.write_text("fp16: {snr: '>= 3'}\n")
+    with pytest.raises(UserError, match="fp16.snr"):
+        load_thresholds(bad)
+    assert THRESHOLDS.is_file()
