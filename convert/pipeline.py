@@ -73,7 +73,7 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
             int8_io: bool = False, candidates=None, jobs: int = 2, log=print) -> Path:
     """Write `targets` into `out` and then the manifest. With jobs > 1, Core ML and ONNX run in a second process
     while TFLite converts in this one (each converter is single-threaded Python/MLIR work)."""
-    from .tflite import CANDIDATES
+    from .tflite import DEFAULT_CANDIDATES
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
     net = deploy_model(src.net)
     h, w = src.arch.input_size
     sample = torch.randn(1, 3, h, w)
-    opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or CANDIDATES)}
+    opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
     entries, extra, todo = [], {}, []
     for target in targets:
         key = _key(src, target, opts if target.startswith("tflite-int8") else {})

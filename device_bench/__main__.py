@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serial")
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset")
+    p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
     _common(p, clock="wall")
 
     p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")

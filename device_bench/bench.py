@@ -15,6 +15,7 @@ from pathlib import Path
 from model.arch import from_dict
 from model.latency import load_lut, network_keys
 from posekit.errors import UserError
+from posekit.io import atomic_write_json
 
 from .timing import check_clock, round_robin, summary
 
@@ -76,14 +77,18 @@ def bench_host(args) -> list[tuple[str, dict]]:
         if not path.is_file() or path.suffix != ".tflite":
             raise UserError(f"{path}: not a .tflite file")
         targets = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": (path, args.xnnpack)}
+        meta = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": {"file": str(path), "precision": None,
+                                                                             "kernels": _kernels(args.xnnpack)}}
         manifest = None
     else:
         d = Path(args.model_dir)
         manifest, arts = _tflite_artifacts(d)
-        targets = {}
+        targets, meta = {}, {}
         for a in arts:
             for xnn in (True, False):
-                targets[f"{a['file']} {a['precision']} [{'xnnpack' if xnn else 'builtin'}]"] = (d / a["file"], xnn)
+                name = f"{a['file']} {a['precision']} [{_kernels(xnn)}]"
+                targets[name] = (d / a["file"], xnn)
+                meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": _kernels(xnn)}
     runners = {}
     for name, (p, xnn) in targets.items():
         try:
@@ -101,7 +106,15 @@ def bench_host(args) -> list[tuple[str, dict]]:
     _census(next(iter(targets.values()))[0])
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host")
+    if args.json:
+        atomic_write_json(args.json, {"device": "host", "threads": args.threads, "clock": clock,
+                                      "results": [{"name": n, **meta[n], **s} for n, s in rows]})
+        print(f"wrote {args.json}")
     return rows
+
+
+def _kernels(xnnpack: bool) -> str:
+    return "xnnpack" if xnnpack else "builtin"
 
 
 def bench_android(args) -> dict:

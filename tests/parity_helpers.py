@@ -205,15 +205,42 @@ def flip_onnx_weight_sign(src: Path, dst: Path, index: int = 3) -> str:
     return node.output[0]
 
 
+BROKEN = {("tflite", "fp32"): ("broken_fp32.tflite", flip_tflite_weight_sign),
+          ("onnx", "fp32"): ("broken.onnx", flip_onnx_weight_sign),
+          ("coreml-mlprogram", "int8-weights"): ("broken_int8w.mlpackage", change_coreml_scale)}
+
+
 def add_broken(root: Path) -> dict:
-    """Broken copies of the tflite fp32, onnx and Core ML int8-weights artifacts, added to the manifest."""
+    """Broken copies of the tflite fp32, onnx fp32 and Core ML int8-weights artifacts, added to the manifest.
+    Returns {format: (broken file, what was changed)}."""
     man = json.loads((root / "manifest.json").read_text())
-    by = {a["file"]: a for a in man["artifacts"]}
-    t = flip_tflite_weight_sign(root / "tflite/model_fp32.tflite", root / "tflite/broken_fp32.tflite")
-    o = flip_onnx_weight_sign(root / "onnx/model.onnx", root / "onnx/broken.onnx")
-    c = change_coreml_scale(root / "coreml/model_int8w.mlpackage", root / "coreml/broken_int8w.mlpackage")
-    for src, dst in (("tflite/model_fp32.tflite", "tflite/broken_fp32.tflite"), ("onnx/model.onnx", "onnx/broken.onnx"),
-                     ("coreml/model_int8w.mlpackage", "coreml/broken_int8w.mlpackage")):
-        man["artifacts"].append({**by[src], "file": dst, "sha256": None})
+    out = {}
+    for a in list(man["artifacts"]):
+        if (a["format"], a["precision"]) in BROKEN and a["format"] not in out:
+            name, fn = BROKEN[a["format"], a["precision"]]
+            dst = str(Path(a["file"]).parent / name)
+            out[a["format"]] = (dst, fn(root / a["file"], root / dst))
+            man["artifacts"].append({**a, "file": dst, "sha256": None})
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
-    return {"tflite_tensor": t, "onnx_tensor": o, "coreml_op": c}
+    return out
+
+
+def convert_artifacts(root: Path, head: str = "mbv1") -> Path:
+    """The convert stage's own artifacts of the tiny net (its CLI, as a user runs it): tflite fp32, onnx, Core ML
+    fp32 (image input, normalization folded) and int8-weights. Falls back to `make_artifacts` without the stage."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from model.checkpoint import save_checkpoint
+
+    if importlib.util.find_spec("convert") is None:
+        make_artifacts(root, head)
+        return root
+    ckpt = save_checkpoint(root.parent / f"{root.name}.pt", tiny_net(head), tiny_arch(head))
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "convert", "--ckpt", str(ckpt), "--out", str(root), "--targets",
+                        "tflite-fp32", "onnx", "coreml-fp32", "coreml-int8-weights"], cwd=repo, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root

@@ -8,15 +8,14 @@ import pytest
 import torch
 
 from parity.__main__ import main
-from tests.parity_helpers import add_broken, make_artifacts
+from tests.parity_helpers import add_broken, convert_artifacts
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parity") / "tiny"
-    make_artifacts(root)
-    broken = add_broken(root)
-    return root, broken
+    root = convert_artifacts(tmp_path_factory.mktemp("parity") / "tiny")
+    clean = [a["file"] for a in json.loads((root / "manifest.json").read_text())["artifacts"]]
+    return root, clean, add_broken(root)
 
 
 def _main(argv, capsys):
@@ -29,27 +28,32 @@ def _main(argv, capsys):
 
 
 def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
-    root, broken = artifacts
+    root, clean, broken = artifacts
     rc, out = _main(["--model-dir", str(root), "--images", "3"], capsys)
     assert rc == 1
-    for f in ("tflite/broken_fp32.tflite", "onnx/broken.onnx", "coreml/broken_int8w.mlpackage"):
+    for f, _ in broken.values():
         assert f"FAIL {f}" in out.err
-    assert "FAIL tflite/model_fp32.tflite" not in out.err and "FAIL coreml/model_int8w" not in out.err
+    for f in clean:
+        assert f"FAIL {f}" not in out.err
     rep = json.loads((root / "parity/report.json").read_text())
     rows = {r["file"]: r for r in rep["rows"]}
-    assert {f for f, r in rows.items() if r["status"] == "pass"} == {
-        "tflite/model_fp32.tflite", "onnx/model.onnx", "coreml/model_fp32.mlpackage", "coreml/model_int8w.mlpackage"}
-    assert rows["coreml/model_fp32.mlpackage"]["max_abs_rel"] <= 1e-4
-    assert "reference executor" in rows["coreml/model_fp32.mlpackage"]["engine"]
-    assert rows["tflite/broken_fp32.tflite"]["fails"][0].startswith("max_abs_rel")
+    assert {f for f, r in rows.items() if r["status"] == "pass"} == set(clean)
+    assert {rows[f]["format"] for f in clean} >= {"tflite", "onnx", "coreml-mlprogram"}
+    for r in rows.values():
+        if r["format"].startswith("coreml"):
+            assert "reference executor" in r["engine"]
+        if r["precision"] == "fp32" and r["file"] in clean:
+            assert r["max_abs_rel"] <= 1e-4
     # The first diverging layer: the flipped tensors are the stem conv's (.tflite) and block 0's projection (.onnx);
-    # the changed scale is the SIC conv's.
-    loc = rows["tflite/broken_fp32.tflite"]["first_divergence"]
+    # the changed scale belongs to the first dequantized weight of the Core ML program.
+    f, _ = broken["tflite"]
+    assert rows[f]["fails"][0].startswith("max_abs_rel")
+    loc = rows[f]["first_divergence"]
     assert loc["op"] == "CONV_2D" and loc["torch_module"].startswith("backbone.stem.0")
-    loc = rows["onnx/broken.onnx"]["first_divergence"]
+    loc = rows[broken["onnx"][0]]["first_divergence"]
     assert loc["op"] == "Conv" and loc["torch_module"].startswith("backbone.blocks.0.conv.2")
-    loc = rows["coreml/broken_int8w.mlpackage"]["first_divergence"]
-    assert broken["coreml_op"].startswith("head_sic") and loc["torch_module"].startswith("head.sic.0")
+    f, op = broken["coreml-mlprogram"]
+    assert op.startswith("head_sic") and rows[f]["first_divergence"]["torch_module"].startswith("head.sic.0")
     assert rep["warnings"] and "AP" in rep["warnings"][0]  # an untrained net: the report says parity means little
     html = (root / "parity/report.html").read_text()
     for r in rep["rows"]:
@@ -59,14 +63,14 @@ def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
 
 
 def test_clean_artifacts_pass(artifacts, capsys):
-    root, _ = artifacts
+    root, clean, _ = artifacts
     rc, out = _main(["--model-dir", str(root), "--images", "3", "--only", "model"], capsys)
     assert rc == 0, out.err
-    assert out.out.count("PASS") == 4
+    assert out.out.count("PASS") == len(clean) >= 4
 
 
 def test_bad_input_is_one_line(artifacts, capsys, tmp_path):
-    root, _ = artifacts
+    root, _, _ = artifacts
     rc, out = _main(["--model-dir", str(tmp_path)], capsys)
     assert rc == 2 and out.err.strip().startswith("error:") and "manifest" in out.err
     bad = tmp_path / "t.yaml"
@@ -85,14 +89,15 @@ def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_p
         def forward(self, x):
             return torch.nn.functional.gelu(x)
 
-    root, _ = artifacts
+    root, _, _ = artifacts
     d = tmp_path / "m"
     shutil.copytree(root, d, ignore=shutil.ignore_patterns("parity"))
     x = torch.zeros(1, 3, 8, 8)
     ct.convert(torch.jit.trace(Gelu().eval(), x), inputs=[ct.TensorType(name="image", shape=x.shape)],
                convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16).save(str(d / "coreml/gelu.mlpackage"))
     man = json.loads((d / "manifest.json").read_text())
-    entry = next(a for a in man["artifacts"] if a["file"] == "coreml/model_fp32.mlpackage")
+    entry = next(a for a in man["artifacts"] if a["format"] == "coreml-mlprogram")
+    entry["inputs"][0].update(kind="tensor", dtype="float32", normalization_folded=False)
     man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage", "sha256": None})
     (d / "manifest.json").write_text(json.dumps(man))
     rc, out = _main(["--model-dir", str(d), "--images", "2", "--only", "gelu"], capsys)
