@@ -69,13 +69,23 @@ def _run(dataset, heatmap_fn, batch_size: int, workers: int = 0, progress: bool 
     for images, items in tqdm(it, total=-(-len(dataset) // batch_size), desc="eval", disable=not progress,
                               leave=False):
         hms = np.asarray(heatmap_fn(images, items), np.float32)
-        coords, maxvals = heatmap.decode(hms)
-        for k, item in enumerate(items):
-            m = item["meta"]
-            xy = heatmap.heatmap_to_input(coords[k], dataset.input_size[0] // hms.shape[2])
-            kps.append(np.concatenate([to_image(xy, np.asarray(m["affine"], np.float64)), maxvals[k]], 1))
-            metas.append(m)
+        kps += list(keypoints_from_heatmaps(hms, [it["meta"]["affine"] for it in items]))
+        metas += [it["meta"] for it in items]
     return kps, metas
+
+
+def keypoints_from_heatmaps(heatmaps, affines) -> np.ndarray:
+    """Heatmaps (N, J, h, w) of crops made with `affines` (N of 2x3 image -> input, as load_image_crop returns)
+    -> keypoints (N, J, 3): x, y in image pixels and the heatmap peak as confidence. Decoding and the coordinate
+    convention of posekit.heatmap; use this rather than `coords * 4`."""
+    hms = np.asarray(heatmaps, np.float32)
+    coords, maxvals = heatmap.decode(hms)
+    stride = heatmap.STRIDE
+    out = np.empty(coords.shape[:2] + (3,), np.float32)
+    for k, M in enumerate(affines):
+        out[k, :, :2] = to_image(heatmap.heatmap_to_input(coords[k], stride), np.asarray(M, np.float64))
+    out[..., 2] = maxvals[..., 0]
+    return out
 
 
 def oks_nms(kpts: list[np.ndarray], scores, areas, thresh: float = OKS_NMS_THRESH) -> list[int]:

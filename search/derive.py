@@ -135,7 +135,7 @@ def summary(arch: Arch, cost: CostModel) -> str:
     m, u = arch.meta, cost.unit
     lat = m.get("lut_latency_ms", m.get(f"lut_cost_{u}"))
     lines = [f"derived arch {arch.name}: " + " ".join(b.op for b in arch.blocks)]
-    line = f"LUT cost on {cost.device}: {lat:.2f} {u}"
+    line = f"LUT latency on {cost.device}: {lat:.2f} ms" if u == "ms" else f"cost ({cost.device}): {lat:.2f} {u}"
     if "calibrated_latency_ms" in m:
         line += f" (calibrated {m['calibrated_latency_ms']:.2f} ms)"
     lines.append(line + f"; FLOPs {m['gflops']:.3f} G at {arch.input_size[0]}x{arch.input_size[1]}; "

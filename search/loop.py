@@ -232,6 +232,11 @@ class Search:
         if self.world > 1:  # BN running stats from rank 0, as DDP broadcasts them
             for b in self.net.buffers():
                 dist.broadcast(b, 0)
+            flat = torch.cat([a.detach().flatten() for a in self.net.alphas])
+            ref = flat.clone()
+            dist.broadcast(ref, 0)
+            if not torch.allclose(flat, ref):  # averaged gradients keep the replicas identical
+                raise RuntimeError(f"rank {self.rank}: alpha diverged from rank 0")
 
     # ---- step timing -----------------------------------------------------------------------------------------
     def step_times(self, arch, repeats: int = 3) -> dict:

@@ -160,7 +160,7 @@ def flip_tflite_weight_sign(src: Path, dst: Path, op: str = "CONV_2D") -> str:
     raise AssertionError(f"no {op} in {src}")
 
 
-def change_coreml_scale(src: Path, dst: Path, factor: float = -4.0) -> str:
+def change_coreml_scale(src: Path, dst: Path, factor: float = -30.0) -> str:
     """Copy an int8-weights .mlpackage, multiplying one per-channel scale of its first dequantize op by `factor`
     inside weights/weight.bin; returns that op's output name."""
     from coremltools import proto

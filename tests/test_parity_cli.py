@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from parity.__main__ import main
 from tests.parity_helpers import add_broken, convert_artifacts
@@ -18,6 +19,19 @@ def artifacts(tmp_path_factory):
     return root, clean, add_broken(root)
 
 
+@pytest.fixture(scope="module")
+def numeric_rules(tmp_path_factory):
+    """The default thresholds without the keypoint rules: an untrained tiny net's heatmaps are flat, so which cell
+    wins is decided by noise (the report warns about exactly that); the numeric rules still hold."""
+    from parity.metrics import THRESHOLDS
+
+    rules = yaml.safe_load(THRESHOLDS.read_text())
+    rules = {p: {m: v for m, v in r.items() if m in ("max_abs_rel", "sqnr_db")} for p, r in rules.items()}
+    path = tmp_path_factory.mktemp("rules") / "numeric.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return str(path)
+
+
 def _main(argv, capsys):
     n = torch.get_num_threads()
     try:
@@ -27,9 +41,9 @@ def _main(argv, capsys):
     return rc, capsys.readouterr()
 
 
-def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
+def test_broken_artifacts_fail_and_are_named(artifacts, numeric_rules, capsys):
     root, clean, broken = artifacts
-    rc, out = _main(["--model-dir", str(root), "--images", "3"], capsys)
+    rc, out = _main(["--model-dir", str(root), "--images", "3", "--thresholds", numeric_rules], capsys)
     assert rc == 1
     for f, _ in broken.values():
         assert f"FAIL {f}" in out.err
@@ -52,8 +66,9 @@ def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
     assert loc["op"] == "CONV_2D" and loc["torch_module"].startswith("backbone.stem.0")
     loc = rows[broken["onnx"][0]]["first_divergence"]
     assert loc["op"] == "Conv" and loc["torch_module"].startswith("backbone.blocks.0.conv.2")
-    f, op = broken["coreml-mlprogram"]
-    assert op.startswith("head_sic") and rows[f]["first_divergence"]["torch_module"].startswith("head.sic.0")
+    f, op = broken["coreml-mlprogram"]  # e.g. 'net_backbone_blocks_2_conv_2_0_weight_to_fp16_quantized'
+    module = op.removeprefix("net_").split("_weight")[0].replace("_", ".")
+    assert rows[f]["first_divergence"]["torch_module"].startswith(module.rsplit(".", 1)[0]), (module, rows[f])
     assert rep["warnings"] and "AP" in rep["warnings"][0]  # an untrained net: the report says parity means little
     html = (root / "parity/report.html").read_text()
     for r in rep["rows"]:
@@ -62,9 +77,10 @@ def test_broken_artifacts_fail_and_are_named(artifacts, capsys):
         assert (root / "parity" / r["figures"]["overlay"]).is_file()
 
 
-def test_clean_artifacts_pass(artifacts, capsys):
+def test_clean_artifacts_pass(artifacts, numeric_rules, capsys):
     root, clean, _ = artifacts
-    rc, out = _main(["--model-dir", str(root), "--images", "3", "--only", "model"], capsys)
+    rc, out = _main(["--model-dir", str(root), "--images", "3", "--only", "model", "--thresholds", numeric_rules],
+                    capsys)
     assert rc == 0, out.err
     assert out.out.count("PASS") == len(clean) >= 4
 

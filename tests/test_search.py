@@ -197,6 +197,24 @@ def test_flops_cost_sums_to_the_network_flops():
     assert load_cost("flops", SPACE).unit == "MFLOPs"
 
 
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path, macs_lut):
+    """Data parallel over gloo: 2 ranks, each half of every batch; rank 0 writes the files."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "search", "--device",
+           macs_lut, "--input", "64x48", "--epochs", "2", "--warmup-epochs", "1", "--limit", "16",
+           "--batch-size", "4", "--no-step-times", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load(out / "arch.yaml").meta["search"]["epochs"] == 2
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2]
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
