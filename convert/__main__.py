@@ -75,7 +75,8 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
-    p.add_argument("--rewrites", nargs="+", default=None, help="subset of subpixel phases zeros dense none")
+    p.add_argument("--rewrites", nargs="+", default=None, choices=("subpixel", "phases", "zeros", "dense", "none"),
+                   help="MBV1 deconv rewrites to time (default: all; none = litert-torch's direct lowering)")
     return p
 
 
