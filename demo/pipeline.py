@@ -52,12 +52,13 @@ def run_steps(steps: list[Step], logdir: Path, force: bool = False) -> None:
             continue
         print(f"{head}: {' '.join(shlex.quote(c) for c in step.cmd)}", flush=True)
         t0 = time.monotonic()
-        with open(step.log, "w") as log:
-            # Stream the stage's output to the terminal (its tqdm bars included) and keep a log of it.
-            proc = subprocess.Popen(step.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            for line in proc.stdout:
-                sys.stdout.write("    " + line)
-                log.write(line)
+        with open(step.log, "wb") as log:
+            # Pass the stage's output through unchanged (tqdm's carriage returns included) and keep a log of it.
+            proc = subprocess.Popen(step.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            while chunk := proc.stdout.read1(4096):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
             rc = proc.wait()
         step.seconds = time.monotonic() - t0
         if rc != 0 and not step.allow_fail:
