@@ -29,6 +29,9 @@ def parse(argv):
     p.add_argument("--model-dir", type=Path, help="artifacts/<model> with manifest.json (default: the newest one)")
     p.add_argument("--data", type=Path, default=DEFAULT_COCO,
                    help="COCO tree: val2017 crops (AP) + train2017 crops (default: bundled data/coco-mini)")
+    p.add_argument("--ap-split", default="val2017",
+                   help="split whose persons are scored with OKS AP (default val2017; the demo, which trains on the "
+                        "bundled train images, scores train2017 and says so)")
     p.add_argument("--thresholds", type=Path, help="per-precision rules (default: parity/thresholds.yaml)")
     p.add_argument("--images", type=int,
                    help="at most N person crops per split (default: all val crops, 64 train crops)")
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = run_parity(model_dir, args.data, thresholds, args.images, out, args.ckpt, args.threads, args.only,
-                            not args.no_locate, args.coreml_reference)
+                            not args.no_locate, args.coreml_reference, args.ap_split)
     for w in caught:
         if "AP" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)

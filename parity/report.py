@@ -136,7 +136,8 @@ def write(result: dict, out_dir: Path, skeleton) -> tuple[Path, Path]:
             f"<h1>Parity: {html.escape(str(result['model']))}</h1>{warn}"
             f"<p>Reference: {html.escape(result['reference']['engine'])}, checkpoint "
             f"{html.escape(result['checkpoint'])}, AP {result['reference']['ap']:.4f} on "
-            f"{result['num_persons_val']} val persons; {result['num_crops']} crops from {html.escape(result['data'])}."
+            f"{result['num_persons_val']} {html.escape(result['reference'].get('ap_split', 'val2017'))} "
+            f"persons; {result['num_crops']} crops from {html.escape(result['data'])}."
             f"</p><table border=1><tr>{head}</tr>{''.join(body)}</table>{figs}")
     hpath = atomic_write_text(out_dir / "report.html", page)
     return jpath, hpath

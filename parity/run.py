@@ -89,19 +89,22 @@ class Data:
     """The crops every runtime sees, in one fixed order: the val crops as posekit.evaluate makes them (each with its
     flipped copy: the flip test), then train crops."""
 
-    def __init__(self, root: Path, input_size, num_joints: int, images: int | None):
+    def __init__(self, root: Path, input_size, num_joints: int, images: int | None, ap_split: str = "val2017"):
         from posekit.data import CocoPose
 
         self.root, self.input_size, self.num_joints, self.limit = Path(root), tuple(input_size), num_joints, images
-        if not (self.root / "annotations" / "person_keypoints_val2017.json").is_file():
-            raise UserError(f"{self.root}: not a COCO tree (needs annotations/person_keypoints_val2017.json)")
+        self.ap_split = ap_split
+        if not (self.root / "annotations" / f"person_keypoints_{ap_split}.json").is_file():
+            raise UserError(f"{self.root}: not a COCO tree (needs annotations/person_keypoints_{ap_split}.json)")
+        # Extra crops from the other split, so the numeric comparison sees more than the AP split's persons.
+        extra = "val2017" if ap_split == "train2017" else "train2017"
         self.train = None
-        if (self.root / "annotations" / "person_keypoints_train2017.json").is_file():
-            self.train = CocoPose(self.root, "train2017", self.input_size, train=False, num_joints=num_joints,
+        if (self.root / "annotations" / f"person_keypoints_{extra}.json").is_file():
+            self.train = CocoPose(self.root, extra, self.input_size, train=False, num_joints=num_joints,
                                   limit=images or TRAIN_CROPS, cache_images=False)
         n_train = len(self.train) if self.train is not None else 0
         self.key = hashlib.sha256(json.dumps([str(self.root.resolve()), list(self.input_size), images,
-                                              n_train]).encode()).hexdigest()[:16]
+                                              n_train, ap_split]).encode()).hexdigest()[:16]
 
     def run(self, fn, sink) -> dict:
         """Run fn on every crop, calling sink(x, heatmaps) per batch; returns the val OKS AP: {'ap', 'num_persons'}."""
@@ -112,7 +115,7 @@ class Data:
             sink(x, y)
             return y
 
-        stats = evaluate_model(rec, self.root, "val2017", self.input_size, boxes="gt", flip=True,
+        stats = evaluate_model(rec, self.root, self.ap_split, self.input_size, boxes="gt", flip=True,
                                num_joints=self.num_joints, limit=self.limit, batch_size=8)
         n = len(self.train) if self.train is not None else 0
         for i in range(0, n, 8):
@@ -176,10 +179,10 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -
 
 def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int | None, out_dir: Path,
                ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True,
-               coreml_reference: bool = False) -> dict:
+               coreml_reference: bool = False, ap_split: str = "val2017") -> dict:
     man = read_manifest(model_dir)
     net, ckpt_path = load_reference(man, model_dir, ckpt)
-    data = Data(data_root, man["input_size"], int(man["num_joints"]), images)
+    data = Data(data_root, man["input_size"], int(man["num_joints"]), images, ap_split)
     cache = out_dir / "cache"
     ref_key = (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else "random") + f"-{data.key}"
     ref = reference(data, net, cache, ref_key)
@@ -219,7 +222,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
         rows.append(row)
     return {"model": man.get("model"), "model_dir": str(model_dir), "checkpoint": str(ckpt_path),
             "data": str(data_root), "num_crops": int(ref["count"]), "num_persons_val": ref["num_persons"],
-            "reference": {"engine": TorchRunner.engine, "ap": ref["ap"]}, "num_joints": int(man["num_joints"]),
+            "reference": {"engine": TorchRunner.engine, "ap": ref["ap"], "ap_split": ap_split},
+            "num_joints": int(man["num_joints"]),
             "heatmap_stride": stride, "normalization": man.get("normalization"),
             "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network, parity says little"]
             if ref["ap"] < LOW_AP else [],

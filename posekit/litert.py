@@ -115,10 +115,24 @@ def _aeq_quantize(fp32: bytes, recipe_name: str, batches: list[np.ndarray] | Non
     with _quiet():
         result = None
         if q.need_calibration:
-            data = {SIGNATURE: [{input_name: b} for b in batches]}
-            result = q.calibrate(data, num_threads=min(4, os.cpu_count() or 1))
+            result = _aeq_calibrate(q, fp32, {SIGNATURE: [{input_name: b} for b in batches]})
         out = q.quantize(result, enable_progress_report=False)
     return bytes(out.quantized_model)
+
+
+def _aeq_calibrate(q, fp32: bytes, data: dict) -> dict:
+    """Calibrate with the true min/max over all samples. Quantizer.calibrate keeps a moving average (0.95) of each
+    sample's min/max: with one crop per sample that lands near a typical crop's range, well inside the real one, and
+    clips (measured: stem and depthwise outputs calibrated to ~65% of their range, 18 dB SQNR on a trained net).
+    ai-edge-quantizer 0.10 offers min_max_update but no argument for it in Quantizer.calibrate, so the Calibrator is
+    driven directly with the quantizer's own recipe manager."""
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    calib = calibrator.Calibrator(bytes(fp32), num_threads=min(4, os.cpu_count() or 1),
+                                  qsv_update_func=qsv_utils.min_max_update)
+    calib.calibrate(data, q._recipe_manager)  # noqa: SLF001 (see docstring)
+    return calib.get_model_qsvs()
 
 
 def _pt2e(module: nn.Module, sample: torch.Tensor, batches: list[np.ndarray]) -> bytes:

@@ -61,6 +61,18 @@ def test_int8_io_records_scale_and_zero_point(block):
     assert np.corrcoef(y.ravel(), _ref(net, x).ravel())[0, 1] > 0.98
 
 
+def test_calibration_covers_every_sample_not_a_moving_average(block):
+    """The int8 input range is the min/max over all calibration samples: a single sample with a wide range must
+    widen it (a moving average of per-sample ranges would keep it near the typical sample's and clip)."""
+    net, x, calib, fp32, d = block
+    wide = calib[:-1] + [calib[-1] * 6.0]
+    q = litert.quantize_tflite(fp32, d / "wide.tflite", "int8", wide, int8_io=True)
+    qp = litert.io_details(q)["inputs"][0]["quantization"]
+    lo, hi = (-128 - qp["zero_point"]) * qp["scale"], (127 - qp["zero_point"]) * qp["scale"]
+    data = torch.cat(wide)
+    assert lo <= float(data.min()) * 0.99 and hi >= float(data.max()) * 0.99
+
+
 def test_pt2e_flow_quantizes_the_convs(block):
     net, x, calib, _, d = block
     q = litert.to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
