@@ -80,7 +80,9 @@ def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool,
                                                      f"int8 activations {s['int8_activations']}"
                                                      if "error" not in s else s["error"]))
         scores.append(s)
-    ok = [s for s in scores if "error" not in s and s["fully_integer"] and s["int8_activations"]]
+    integer = [s for s in scores if "error" not in s and s["fully_integer"]]
+    # Prefer int8 activations (XNNPACK and most phone NPUs run them); int16 activations only when asked for alone.
+    ok = [s for s in integer if s["int8_activations"]] or integer
     if not ok:
         raise RuntimeError("no int8 candidate is fully integer: " + "; ".join(str(s) for s in scores))
     best = max(ok, key=lambda s: s["sqnr_db"])

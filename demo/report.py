@@ -53,11 +53,12 @@ def gather(paths: dict[str, Path], steps) -> dict:
         return None
 
     sizes = {f"{a['format']} {a['precision']}": a["size_bytes"] for a in manifest.get("artifacts", [])}
+    model_input = manifest.get("input_size")
     return {
         "arch": {"name": arch.name, "file": str(paths["arch"]), "blocks": [b.op for b in arch.blocks],
                  "head": arch.head.to_dict(), "meta": {k: v for k, v in arch.meta.items() if k != "probs"}},
         "params": f["params"], "gflops": f["flops"] / 1e9, "gmacs": f["macs"] / 1e9,
-        "input_size": list(arch.input_size),
+        "input_size": list(arch.input_size), "model_input_size": model_input,
         "lut_latency_ms": lat,
         "host_measured_ms": {"fp32": host_ms("fp32"), "int8": host_ms("int8"),
                              "fp32_builtin": host_ms("fp32", "builtin"), "int8_builtin": host_ms("int8", "builtin")},
@@ -88,17 +89,21 @@ def _fmt(v, unit="", nd=3):
 
 def table(s: dict) -> list[tuple[str, str]]:
     lat, host, ap = s["lut_latency_ms"], s["host_measured_ms"], s["ap"]
+    at = f"at {s['input_size'][0]}x{s['input_size'][1]}"
+    mi = s.get("model_input_size") or s["input_size"]
+    mat = f"at {mi[0]}x{mi[1]}"
     rows = [
         ("derived arch", f"{s['arch']['name']} ({s['arch']['file']})"),
         ("blocks", " ".join(s["arch"]["blocks"])),
         ("head", json.dumps(s["arch"]["head"])),
         ("params", f"{s['params'] / 1e6:.3f} M"),
         ("FLOPs", f"{s['gflops']:.3f} G ({s['gmacs']:.3f} GMACs) at {s['input_size'][0]}x{s['input_size'][1]}"),
-        ("LUT latency, pixel (predicted)", _fmt(lat.get("pixel"), " ms")),
-        ("LUT latency, host fp32", _fmt(lat.get("host"), " ms")),
-        ("LUT latency, host int8", _fmt(lat.get("host-int8"), " ms")),
-        ("host measured fp32 / int8 (XNNPACK, median)", f"{_fmt(host['fp32'], ' ms')} / {_fmt(host['int8'], ' ms')}"),
-        ("host measured fp32 / int8 (builtin kernels)",
+        (f"LUT latency {at}, pixel (predicted)", _fmt(lat.get("pixel"), " ms")),
+        (f"LUT latency {at}, host fp32", _fmt(lat.get("host"), " ms")),
+        (f"LUT latency {at}, host int8", _fmt(lat.get("host-int8"), " ms")),
+        (f"host measured {mat} (trained size), fp32 / int8, XNNPACK",
+         f"{_fmt(host['fp32'], ' ms')} / {_fmt(host['int8'], ' ms')}"),
+        (f"host measured {mat}, fp32 / int8, builtin kernels",
          f"{_fmt(host['fp32_builtin'], ' ms')} / {_fmt(host['int8_builtin'], ' ms')}"),
         (f"AP ({s['ap_split']}) PyTorch / TFLite int8 / Core ML fp16",
          f"{_fmt(ap['pytorch'])} / {_fmt(ap['tflite_int8'])} / {_fmt(ap['coreml_fp16'])}"),
