@@ -53,10 +53,7 @@ def convert_net(arch, precision: str) -> Path:
         # int8 kernels' speed does not depend on the calibration values: random batches will do
         calib = [torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(i)) for i in range(4)]
         with host.quiet_fds():
-            q = litert._aeq_quantize(fp32.read_bytes(), "static_wi8_ai8", litert._calib_batches(calib, True, "int8"),
-                                     "image")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(q)
+            litert.quantize_tflite(fp32, path, "int8", calib)  # writes atomically
     return path
 
 
