@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from model import load  # noqa: E402
 from model.arch import Arch  # noqa: E402
 from model.flops import count_flops  # noqa: E402
-from model.latency import LUT  # noqa: E402
+from model.latency import LUT, network_keys  # noqa: E402
 from posekit.io import atomic_path  # noqa: E402
 
 REFERENCE = ("efficientpose_a", "efficientpose_b", "efficientpose_c", "mobilenetv2_simplebaseline")
@@ -31,16 +31,10 @@ def reference_points(derived: Arch, luts: dict[str, LUT]) -> list[dict]:
         row = {"name": a.name if name != "derived" else f"derived ({a.name})", "params": f["params"],
                "gflops": f["flops"] / 1e9, "head": a.head.type}
         for dev, lut in luts.items():
-            miss = lut.missing(_keys(a))
+            miss = lut.missing(network_keys(a))
             row[f"lut_{dev}_ms"] = None if miss else lut.latency(a)
         rows.append(row)
     return rows
-
-
-def _keys(a):
-    from model.latency import network_keys
-
-    return network_keys(a)
 
 
 def latency_flops_chart(rows: list[dict], devices: list[str], path: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from model import load
 from model.flops import count_flops
-from model.latency import load_lut
+from model.latency import load_lut, network_keys
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, atomic_write_text
 
@@ -33,7 +33,7 @@ def gather(paths: dict[str, Path], steps) -> dict:
     luts = {d: lut for d in ("pixel", "host", "host-int8") if (lut := _lut(d))}
     lat = {}
     for d, lut in luts.items():
-        miss = lut.missing(_network_keys(arch))
+        miss = lut.missing(network_keys(arch))
         lat[d] = None if miss else round(lut.latency(arch), 3)
     manifest = _json(paths["manifest"])
     parity = _json(paths["parity"])
@@ -73,12 +73,6 @@ def gather(paths: dict[str, Path], steps) -> dict:
         "luts": {d: {"provenance": lut.header.get("provenance"), "path": str(lut.path)} for d, lut in luts.items()},
         "_luts": luts, "_arch": arch,
     }
-
-
-def _network_keys(arch):
-    from model.latency import network_keys
-
-    return network_keys(arch)
 
 
 def _fmt(v, unit="", nd=3):

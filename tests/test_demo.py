@@ -1,0 +1,55 @@
+"""The demo's step table: make's freshness rule, logs, failures, and the summary read from real files."""
+
+import sys
+import time
+
+import pytest
+
+from demo.charts import reference_points
+from demo.pipeline import Step, run_steps
+from model.latency import load_lut
+from model.space import load_space
+from posekit.errors import UserError
+
+
+def _step(tmp_path, name="write", code="import sys; open(sys.argv[1], 'w').write('ok')", out="out.txt"):
+    src = tmp_path / "input.txt"
+    src.exists() or src.write_text("in")
+    return Step(name, [sys.executable, "-c", code, str(tmp_path / out)], [src], [tmp_path / out])
+
+
+def test_step_runs_then_is_up_to_date_until_an_input_changes(tmp_path, capsys):
+    step = _step(tmp_path)
+    run_steps([step], tmp_path / "logs")
+    assert step.status == "done" and (tmp_path / "out.txt").read_text() == "ok" and step.log.is_file()
+    again = _step(tmp_path)
+    run_steps([again], tmp_path / "logs")
+    assert again.status == "up to date"
+    time.sleep(0.01)
+    (tmp_path / "input.txt").write_text("changed")
+    third = _step(tmp_path)
+    run_steps([third], tmp_path / "logs")
+    assert third.status == "done"
+
+
+def test_failing_step_names_its_log_and_allowed_failure_goes_on(tmp_path):
+    bad = _step(tmp_path, "bad", "import sys; print('boom'); sys.exit(3)", "never.txt")
+    with pytest.raises(UserError, match=r"'bad' failed with exit code 3; its log: .*01_bad.log"):
+        run_steps([bad], tmp_path / "logs")
+    assert "boom" in bad.log.read_text()
+    soft = _step(tmp_path, "soft", "import sys; open(sys.argv[1], 'w').write('x'); sys.exit(1)", "soft.txt")
+    soft.allow_fail = True
+    run_steps([soft], tmp_path / "logs")
+    assert soft.status.startswith("done, exit 1")
+
+
+def test_reference_points_place_every_arch_on_the_shipped_luts():
+    space = load_space("default")
+    derived = space.arch_for([layer.candidates[0] for layer in space.layers()])
+    luts = {d: load_lut(d) for d in ("pixel", "host", "host-int8")}
+    rows = reference_points(derived, luts)
+    assert [r["name"].split(" ")[0] for r in rows][0] == "derived" and len(rows) == 5
+    for r in rows:
+        assert all(r[f"lut_{d}_ms"] and r[f"lut_{d}_ms"] > 0 for d in luts), r
+    a = {r["name"]: r for r in rows}
+    assert a["efficientpose-a"]["lut_pixel_ms"] < a["efficientpose-c"]["lut_pixel_ms"]
