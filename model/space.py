@@ -54,9 +54,8 @@ class SearchSpace:
             if stride not in (1, 2):
                 raise field_error(src, f"stages[{i}].stride", f"must be 1 or 2, got {stride}")
             self.stages.append((n, out, stride))
-        # Validate by building the largest arch once: shapes, stride and head fit.
-        from_dict(self.arch_for([self.candidates[0] if "skip" not in self.candidates[0] else "ir_k3_e3"]
-                                * len(self.layers())).to_dict() | {"meta": {}}, src)
+        # Validate by building one arch of the space: shapes, stride and head must fit.
+        from_dict(self.arch_for(self._first_choices()).to_dict(), src)
 
     # ---- layers and archs --------------------------------------------------------------------------
     def layers(self) -> list[SearchLayer]:
@@ -69,6 +68,9 @@ class SearchSpace:
             for j in range(n):
                 s = stride if j == 0 else 1
                 cands = [x for x in self.candidates if x != "skip" or (s == 1 and c == cout)]
+                if not cands:
+                    raise field_error(self.src, "candidates", f"layer {len(out)} changes shape (stride {s}, "
+                                      f"{c} -> {cout} channels), so it needs a candidate other than skip")
                 out.append(SearchLayer(len(out), c, cout, s, (h, w), cands))
                 h, w, c = -(-h // s), -(-w // s), cout
         return out
@@ -86,6 +88,9 @@ class SearchSpace:
                     [Layer(x.op, x.out, x.stride, x.act) for x in self.stem], blocks, self.head, [], self.act,
                     dict(meta or {}))
 
+    def _first_choices(self) -> list[str]:
+        return [layer.candidates[0] for layer in self.layers()]
+
     def random_choices(self, rng: random.Random) -> list[str]:
         return [rng.choice(layer.candidates) for layer in self.layers()]
 
@@ -97,7 +102,7 @@ class SearchSpace:
         for layer in self.layers():
             for op in layer.candidates:
                 keys.append(block_key(op, (*layer.in_hw, layer.cin), layer.cout, layer.stride))
-        any_arch = self.arch_for([layer.candidates[0] for layer in self.layers()])
+        any_arch = self.arch_for(self._first_choices())
         return sorted(set(keys)) + fixed_keys(any_arch)
 
     @property

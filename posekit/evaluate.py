@@ -146,6 +146,19 @@ def _coco_dataset(root, split, input_size, boxes, num_joints, limit=None):
     return ds
 
 
+def _with_flip_test(predict_fn, flip: bool, flip_pairs):
+    """Batch runner for _run: heatmaps of the images, averaged with the flipped images' (flipped back) when asked."""
+
+    def fn(images, items):
+        hm = np.asarray(predict_fn(np.ascontiguousarray(images, np.float32)), np.float32)
+        if flip:
+            hf = np.asarray(predict_fn(np.ascontiguousarray(images[..., ::-1], np.float32)), np.float32)
+            hm = (hm + heatmap.flip_back(hf, flip_pairs)) / 2
+        return hm
+
+    return fn
+
+
 def evaluate_model(predict_fn, root=DEFAULT_COCO, split: str = "val2017", input_size=(256, 192), boxes="gt",
                    flip: bool = True, flip_pairs=COCO_FLIP_PAIRS, return_predictions: bool = False,
                    batch_size: int = 16, num_joints: int = 17, limit: int | None = None, workers: int = 0,
@@ -158,13 +171,7 @@ def evaluate_model(predict_fn, root=DEFAULT_COCO, split: str = "val2017", input_
     """
     ds = _coco_dataset(root, split, input_size, boxes, num_joints, limit)
 
-    def fn(images, items):
-        hm = np.asarray(predict_fn(np.ascontiguousarray(images, np.float32)), np.float32)
-        if flip:
-            hf = np.asarray(predict_fn(np.ascontiguousarray(images[..., ::-1], np.float32)), np.float32)
-            hm = (hm + heatmap.flip_back(hf, flip_pairs)) / 2
-        return hm
-
+    fn = _with_flip_test(predict_fn, flip, flip_pairs)
     kps, metas = _run(ds, fn, batch_size, workers, progress)
     results = to_coco_results(kps, metas, ds.cat_id, nms=str(boxes) != "gt")
     stats = coco_eval(results, ds.ann_file, img_ids={int(m["image_id"]) for m in metas})
@@ -240,13 +247,7 @@ def evaluate_mpii(predict_fn, root=DEFAULT_MPII, split: str = "valid", input_siz
     ds = MpiiPose(root, split, input_size, train=False)
     hb = load_headboxes(headboxes) if isinstance(headboxes, (str, Path)) else np.asarray(headboxes)
 
-    def fn(images, items):
-        hm = np.asarray(predict_fn(np.ascontiguousarray(images, np.float32)), np.float32)
-        if flip:
-            hf = np.asarray(predict_fn(np.ascontiguousarray(images[..., ::-1], np.float32)), np.float32)
-            hm = (hm + heatmap.flip_back(hf, MPII_FLIP_PAIRS)) / 2
-        return hm
-
+    fn = _with_flip_test(predict_fn, flip, MPII_FLIP_PAIRS)
     kps, metas = _run(ds, fn, batch_size)
     entries = [ds.samples[int(m["index"])]["entry"] for m in metas]
     out = pckh(np.stack(kps)[..., :2], np.stack([g[0] for g in ds.gt]), np.stack([g[1] for g in ds.gt]),
