@@ -33,7 +33,7 @@ def parse(argv):
                    help="split whose persons are scored with OKS AP (default val2017; the demo, which trains on the "
                         "bundled train images, scores train2017 and says so)")
     p.add_argument("--thresholds", type=Path, help="per-precision rules (default: parity/thresholds.yaml)")
-    p.add_argument("--images", type=int,
+    p.add_argument("--crops", "--images", dest="crops", type=int,  # --images: the old, misleading name
                    help="at most N person crops per split (default: all val crops, 64 train crops)")
     p.add_argument("--out", type=Path, help="report folder (default: <model-dir>/parity)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the manifest's source.checkpoint)")
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     from parity.run import run_parity
     from posekit.keypoints import keypoint_info
 
-    if args.images is not None and args.images < 1:
-        raise UserError(f"--images: must be >= 1, got {args.images}")
+    if args.crops is not None and args.crops < 1:
+        raise UserError(f"--crops: must be >= 1, got {args.crops}")
     import torch
 
     torch.set_num_threads(max(1, args.threads))  # small convs on a busy machine: extra threads only add waiting
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     thresholds = metrics.load_thresholds(args.thresholds)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        result = run_parity(model_dir, args.data, thresholds, args.images, out, args.ckpt, args.threads, args.only,
+        result = run_parity(model_dir, args.data, thresholds, args.crops, out, args.ckpt, args.threads, args.only,
                             not args.no_locate, args.coreml_reference, args.ap_split)
     for w in caught:
         if "AP" in str(w.message):
@@ -70,14 +70,14 @@ def main(argv=None) -> int:
     jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
           f"({result['num_crops']} crops)")
-    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'PCK':>6s} "
+    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'det.':>6s} {'PCK':>6s} "
           f"{'AP':>6s} {'dAP':>7s}  status")
     for r in result["rows"]:
         if r["engine"] is None:
-            print(f"{r['file']:44s} {'(did not run)':22s} {'':>52s}  FAIL")
+            print(f"{r['file']:44s} {'(did not run)':22s} {'':>59s}  FAIL")
             continue
         print(f"{r['file']:44s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
-              f"{r['argmax_same']:7.3f} {r['pck']:6.3f} {r['ap']:6.3f} {r['dap']:+7.3f}  {r['status'].upper()}")
+              f"{r['argmax_same']:7.3f} {r['argmax_same_detected']:6.3f} {r['pck']:6.3f} {r['ap']:6.3f} {r['dap']:+7.3f}  {r['status'].upper()}")
     failed = [r for r in result["rows"] if r["fails"]]
     for r in failed:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)

@@ -16,8 +16,9 @@ import yaml
 from posekit.errors import UserError
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
-METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_same", "argmax_within1", "pck",
-           "kp_dist_px", "dap")
+METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_same", "argmax_within1",
+           "argmax_same_detected", "pck", "kp_dist_px", "dap")
+DETECTED = 0.2  # a joint is "detected" when its heatmap peak reaches this (SimpleBaseline / HRNet in_vis_thre)
 
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-12, 3, 76)])  # |d| histogram bins, fixed so batches add up
@@ -28,7 +29,11 @@ class Agreement:
     not fit in memory): max|d|, mean|d|, max|d| / range, cosine, SQNR, argmax agreement, PCK, |d| histogram.
 
     PCK: a keypoint agrees when the runtime's decoded position (posekit.heatmap.decode, sub-pixel) lies within
-    pck_alpha x the crop's longer side of the reference's (0.05 x 256 = 12.8 input pixels at 256x192)."""
+    pck_alpha x the crop's longer side of the reference's (0.05 x 256 = 12.8 input pixels at 256x192).
+
+    argmax_same_detected: argmax agreement over the joints that the reference or the runtime detects (peak >=
+    DETECTED). Joints absent from the crop give flat, low heatmaps whose argmax is noise and is never drawn;
+    a runtime that invents a peak still counts, since its own peak then passes the bar."""
 
     def __init__(self, stride: int = 4, pck_alpha: float = 0.05):
         self.stride, self.alpha = stride, pck_alpha
@@ -36,6 +41,7 @@ class Agreement:
         self.max_abs = self.sum_abs = self.sum_d2 = self.sum_r2 = self.sum_o2 = self.sum_ro = 0.0
         self.lo, self.hi = np.inf, -np.inf
         self.same = self.within1 = self.pck_hits = self.dist = 0.0
+        self.det = self.det_same = 0
         self.hist = np.zeros(len(HIST_EDGES) - 1, np.int64)
 
     def update(self, ref: np.ndarray, out: np.ndarray):
@@ -60,6 +66,9 @@ class Agreement:
         self.kp += cheb.size
         self.same += float((cheb == 0).sum())
         self.within1 += float((cheb <= 1).sum())
+        det = (ref.max((2, 3)) >= DETECTED) | (out.max((2, 3)) >= DETECTED)
+        self.det += int(det.sum())
+        self.det_same += int((det & (cheb == 0)).sum())
         self.pck_hits += float((dist <= self.alpha * max(ref.shape[2:]) * self.stride).sum())
         self.dist += float(dist.sum())
 
@@ -70,6 +79,8 @@ class Agreement:
                 "cosine": self.sum_ro / (np.sqrt(self.sum_r2 * self.sum_o2) + 1e-30),
                 "sqnr_db": 10 * np.log10(self.sum_r2 / self.sum_d2) if self.sum_d2 > 0 else float("inf"),
                 "argmax_same": self.same / self.kp, "argmax_within1": self.within1 / self.kp,
+                "argmax_same_detected": self.det_same / self.det if self.det else float("nan"),
+                "detected": self.det,
                 "pck": self.pck_hits / self.kp, "kp_dist_px": self.dist / self.kp}
 
 

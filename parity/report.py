@@ -12,7 +12,8 @@ from posekit.io import atomic_path, atomic_write_json, atomic_write_text
 
 COLUMNS = [("file", "artifact"), ("engine", "ran on"), ("max_abs", "max|d|"), ("mean_abs", "mean|d|"),
            ("max_abs_rel", "max|d|/range"), ("cosine", "cosine"), ("sqnr_db", "SQNR dB"),
-           ("argmax_same", "argmax same"), ("argmax_within1", "argmax ±1"), ("pck", "PCK@0.05"), ("ap", "AP"),
+           ("argmax_same", "argmax same"), ("argmax_within1", "argmax ±1"),
+           ("argmax_same_detected", "argmax same, detected"), ("pck", "PCK@0.05"), ("ap", "AP"),
            ("dap", "ΔAP"), ("status", "status")]
 
 

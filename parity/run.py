@@ -89,10 +89,10 @@ class Data:
     """The crops every runtime sees, in one fixed order: the val crops as posekit.evaluate makes them (each with its
     flipped copy: the flip test), then train crops."""
 
-    def __init__(self, root: Path, input_size, num_joints: int, images: int | None, ap_split: str = "val2017"):
+    def __init__(self, root: Path, input_size, num_joints: int, crops: int | None, ap_split: str = "val2017"):
         from posekit.data import CocoPose
 
-        self.root, self.input_size, self.num_joints, self.limit = Path(root), tuple(input_size), num_joints, images
+        self.root, self.input_size, self.num_joints, self.limit = Path(root), tuple(input_size), num_joints, crops
         self.ap_split = ap_split
         if not (self.root / "annotations" / f"person_keypoints_{ap_split}.json").is_file():
             raise UserError(f"{self.root}: not a COCO tree (needs annotations/person_keypoints_{ap_split}.json)")
@@ -101,9 +101,9 @@ class Data:
         self.train = None
         if (self.root / "annotations" / f"person_keypoints_{extra}.json").is_file():
             self.train = CocoPose(self.root, extra, self.input_size, train=False, num_joints=num_joints,
-                                  limit=images or TRAIN_CROPS, cache_images=False)
+                                  limit=crops or TRAIN_CROPS, cache_images=False)
         n_train = len(self.train) if self.train is not None else 0
-        self.key = hashlib.sha256(json.dumps([str(self.root.resolve()), list(self.input_size), images,
+        self.key = hashlib.sha256(json.dumps([str(self.root.resolve()), list(self.input_size), crops,
                                               n_train, ap_split]).encode()).hexdigest()[:16]
 
     def run(self, fn, sink) -> dict:
@@ -177,12 +177,12 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -
     return {**res, "samples": np.concatenate(keep)[:SAMPLES]}
 
 
-def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int | None, out_dir: Path,
+def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | None, out_dir: Path,
                ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True,
                coreml_reference: bool = False, ap_split: str = "val2017") -> dict:
     man = read_manifest(model_dir)
     net, ckpt_path = load_reference(man, model_dir, ckpt)
-    data = Data(data_root, man["input_size"], int(man["num_joints"]), images, ap_split)
+    data = Data(data_root, man["input_size"], int(man["num_joints"]), crops, ap_split)
     cache = out_dir / "cache"
     ref_key = (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else "random") + f"-{data.key}"
     ref = reference(data, net, cache, ref_key)
@@ -201,7 +201,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, images: int |
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
             sha = a.get("sha256") or sha256_file(runner.path)
             eng = hashlib.sha256(runner.engine.encode()).hexdigest()[:6]  # macOS: runtime and executor differ
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{ref_key}")
+            mv = hashlib.sha256(",".join(metrics.METRICS).encode()).hexdigest()[:6]  # new metrics: re-measure
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{mv}-{ref_key}")
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
                          "status": "fail", "fails": [f"could not run: {e}"]})

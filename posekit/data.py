@@ -3,7 +3,7 @@
 Each item is a dict::
 
     image    float32 (3, H, W)   RGB, normalized with posekit.keypoints MEAN/STD
-    heatmaps float32 (J, H/4, W/4) Gaussian targets (posekit.heatmap, sigma 2); zeros without ground truth
+    heatmaps float32 (J, H/4, W/4) Gaussian targets (sigma: posekit.heatmap.sigma_for), zeros without ground truth
     weights  float32 (J, 1)      1 for a labelled joint whose Gaussian falls in the map, else 0
     meta     dict of numbers / arrays (default_collate-able): index, image_id, center, scale, score, area,
              rotation, flip, joints (J, 3) image coords + visibility, affine (2, 3) image -> input
@@ -64,12 +64,13 @@ class TopDown(Dataset):
     flip_pairs: tuple = ()
     upper_body: tuple = ()
 
-    def __init__(self, input_size, train: bool, num_joints: int, sigma: float = heatmap.SIGMA,
+    def __init__(self, input_size, train: bool, num_joints: int, sigma: float | None = None,
                  scale_factor: float = 0.35, rot_factor: float = 45.0, rot_prob: float = 0.6, flip: bool = True,
                  half_body_prob: float = 0.3, cache_images: bool = False):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.heatmap_size = (self.input_size[0] // heatmap.STRIDE, self.input_size[1] // heatmap.STRIDE)
-        self.train, self.num_joints, self.sigma = train, num_joints, sigma
+        self.train, self.num_joints = train, num_joints
+        self.sigma = sigma or heatmap.sigma_for(self.heatmap_size)
         self.scale_factor, self.rot_factor, self.rot_prob = scale_factor, rot_factor, rot_prob
         self.flip, self.half_body_prob = flip, half_body_prob
         self.cache = {} if cache_images else None

@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 STRIDE = 4
-SIGMA = 2.0  # Gaussian sigma in heatmap pixels (SimpleBaseline / HRNet / EfficientPose at stride 4)
+SIGMA = 2.0  # Gaussian sigma in heatmap pixels at 64x48 (256x192 input: SimpleBaseline, HRNet, EfficientPose)
+
+
+def sigma_for(heatmap_size) -> float:
+    """The target sigma for a heatmap size, scaled with its height as the published configs do (SimpleBaseline and
+    HRNet: sigma 2 at 64x48, 3 at 96x72), so a peak spans the same share of the person at every resolution; at least
+    1 pixel. A fixed sigma 2 at 32x24 (128x96 input) makes peaks twice as wide relative to the person: the top cells
+    nearly tie and the argmax flips under the smallest perturbation (int8 rounding)."""
+    return max(1.0, SIGMA * heatmap_size[0] / 64)
 
 
 def input_to_heatmap(xy, stride: int = STRIDE):

@@ -13,7 +13,9 @@ import torch
 from posekit import litert
 
 PY = sys.executable
-ARGS = ["--input", "64x48", "--calib", "4", "--int8-candidates", "static_wi8_ai8", "static_wi8_ai16"]
+# --arch explicitly: without it convert takes runs/demo/train/best.pt when a demo has run in this checkout
+ARGS = ["--arch", "efficientpose_a", "--head", "mbv1", "--input", "64x48", "--calib", "4",
+        "--int8-candidates", "static_wi8_ai8", "static_wi8_ai16"]
 
 
 @pytest.fixture(scope="module")

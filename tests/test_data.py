@@ -39,6 +39,17 @@ def test_gt_heatmaps_encode_decode_eval_agree():
     assert stats["AP"] >= 0.95, stats
 
 
+def test_gt_heatmaps_at_128x96_and_sigma_scales_with_size():
+    """The targets' sigma follows the published configs (2 at 64x48, 3 at 96x72) and halves at 32x24."""
+    from posekit.heatmap import sigma_for
+
+    assert (sigma_for((64, 48)), sigma_for((96, 72)), sigma_for((32, 24)), sigma_for((16, 12))) == (2, 3, 1, 1)
+    ds = quiet(CocoPose, input_size=(128, 96), train=False)
+    assert ds.sigma == 1.0
+    stats = quiet(gt_heatmap_ap, DEFAULT_COCO, "val2017", (128, 96))
+    assert stats["AP"] >= 0.95, stats
+
+
 def test_items_shapes_and_normalization():
     ds = quiet(CocoPose, input_size=(128, 96), train=True)
     assert len(ds) == 53 and ds.skipped["persons with no labelled joint"] == 33

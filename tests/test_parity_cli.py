@@ -43,7 +43,7 @@ def _main(argv, capsys):
 
 def test_broken_artifacts_fail_and_are_named(artifacts, numeric_rules, capsys):
     root, clean, broken = artifacts
-    rc, out = _main(["--model-dir", str(root), "--images", "3", "--thresholds", numeric_rules], capsys)
+    rc, out = _main(["--model-dir", str(root), "--crops", "3", "--thresholds", numeric_rules], capsys)
     assert rc == 1
     for f, _ in broken.values():
         assert f"FAIL {f}" in out.err
@@ -79,7 +79,7 @@ def test_broken_artifacts_fail_and_are_named(artifacts, numeric_rules, capsys):
 
 def test_clean_artifacts_pass(artifacts, numeric_rules, capsys):
     root, clean, _ = artifacts
-    rc, out = _main(["--model-dir", str(root), "--images", "3", "--only", "model", "--thresholds", numeric_rules],
+    rc, out = _main(["--model-dir", str(root), "--crops", "3", "--only", "model", "--thresholds", numeric_rules],
                     capsys)
     assert rc == 0, out.err
     assert out.out.count("PASS") == len(clean) >= 4
@@ -116,6 +116,6 @@ def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_p
     entry["inputs"][0].update(kind="tensor", dtype="float32", normalization_folded=False)
     man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage", "sha256": None})
     (d / "manifest.json").write_text(json.dumps(man))
-    rc, out = _main(["--model-dir", str(d), "--images", "2", "--only", "gelu"], capsys)
+    rc, out = _main(["--model-dir", str(d), "--crops", "2", "--only", "gelu"], capsys)
     assert rc == 1
     assert "FAIL coreml/gelu.mlpackage" in out.err and "gelu" in out.err.split("FAIL coreml/gelu.mlpackage")[1]

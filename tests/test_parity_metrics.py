@@ -42,7 +42,23 @@ def test_moved_peaks_count_as_disagreement():
     acc.update(ref, out)
     r = acc.result()
     assert r["argmax_same"] == 0 and r["argmax_within1"] == pytest.approx(0.5) and r["pck"] == 0
+    assert r["argmax_same_detected"] == 0 and r["detected"] == ref.shape[0] * ref.shape[1]
     assert r["kp_dist_px"] == pytest.approx((1 * 4 + 2 * 4) / 2, rel=1e-4)
+
+
+def test_detected_agreement_ignores_absent_joints_but_not_invented_peaks():
+    ref, _ = _peaks(n=4)
+    ref[:, 8:] *= 0.05  # joints 8..16: absent, low flat maps
+    out = ref.copy()
+    out[:, 8:] = np.roll(ref[:, 8:], 3, axis=3)  # absent joints' argmax moves: noise, not a keypoint
+    acc = Agreement()
+    acc.update(ref, out)
+    r = acc.result()
+    assert r["argmax_same"] == pytest.approx(8 / 17) and r["argmax_same_detected"] == 1 and r["detected"] == 4 * 8
+    out[:, 16] = np.roll(ref[:, 0], 2, axis=2)  # the runtime invents a confident joint 16 elsewhere
+    acc = Agreement()
+    acc.update(ref, out)
+    assert acc.result()["argmax_same_detected"] == pytest.approx(8 / 9)
 
 
 def test_rules_and_default_thresholds(tmp_path):

@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-factor", type=float, default=0.35, help="augmentation: random scale 1 +- this")
     p.add_argument("--rot-factor", type=float, default=45.0, help="augmentation: rotation sigma in degrees (p=0.6)")
     p.add_argument("--half-body", type=float, default=0.3, help="augmentation: half-body crop probability")
+    p.add_argument("--sigma", type=float, help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
+                                               "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the last always)")
     p.add_argument("--limit", type=int, help="use only the first N training persons (smoke tests)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
@@ -119,14 +121,16 @@ def config(a: argparse.Namespace) -> dict:
 
         a.cache = len(read_json(data / "annot" / f"{a.train_split}.json")) <= 2000
     cfg.update(preset=preset, dataset=kind, headboxes=a.headboxes, arch=str(a.arch), data=str(data), out=str(out),
-               optimizer=a.optimizer, weight_decay=a.weight_decay, steps=a.steps, train_split=a.train_split,
-               val_split=a.val_split, boxes=str(a.boxes), augment=a.augment,
+               sigma=a.sigma, optimizer=a.optimizer, weight_decay=a.weight_decay, steps=a.steps,
+               train_split=a.train_split, val_split=a.val_split, boxes=str(a.boxes), augment=a.augment,
                aug={"scale_factor": a.scale_factor, "rot_factor": a.rot_factor, "half_body_prob": a.half_body},
                eval_every=max(1, a.eval_every),
                limit=a.limit, cache=a.cache, sync_bn=a.sync_bn, seed=a.seed, device=a.device, resume=a.resume,
                progress=not a.no_progress)
     if cfg["epochs"] < 1:
         raise UserError(f"--epochs: must be >= 1, got {cfg['epochs']}")
+    if cfg["sigma"] is not None and not cfg["sigma"] > 0:
+        raise UserError(f"--sigma: must be > 0, got {cfg['sigma']}")
     return cfg
 
 

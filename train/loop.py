@@ -92,7 +92,7 @@ class Trainer:
         dataset = MpiiPose if cfg.get("dataset") == "mpii" else CocoPose
         self.ds = dataset(cfg["data"], cfg["train_split"], self.arch.input_size, train=cfg["augment"],
                           num_joints=self.arch.num_joints, limit=cfg.get("limit"), cache_images=cfg.get("cache", False),
-                          **cfg.get("aug", {}))
+                          sigma=cfg.get("sigma"), **cfg.get("aug", {}))
         self.net = build(self.arch).to(self.device)
         # channels_last: oneDNN's depthwise conv (forward and backward) is ~2x faster in NHWC on CPU
         self.mem = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
