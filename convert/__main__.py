@@ -60,14 +60,14 @@ def run(args, log=print):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m convert", description=__doc__,
                                 epilog="`python -m convert head-bench --help` for the head benchmark")
     add_model_args(p, "all")
     return p
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convert head-bench",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m convert head-bench",
                                 description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
                                             "litert-torch's direct lowering and the plain head (one interleaved run).")
     p.add_argument("--in-shape", default="16x12x96", help="head input HxWxC (default: EfficientPose-A's 16x12x96)")

@@ -62,7 +62,7 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
 
 @main_guard
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="COCO tree (default: the bundled data/coco-mini)")
     p.add_argument("--device", default="pixel", help="LUT the search optimizes for (default: pixel)")

@@ -23,8 +23,19 @@ def default_model_dir() -> Path:
     return found[-1].parent  # the most recently converted model
 
 
+def int8_hint(selection: dict | None, shipped: str | None) -> str:
+    """What convert measured for the other int8 candidates (manifest int8_selection): the choice a user can make."""
+    others = [c for c in (selection or {}).get("candidates", []) if "sqnr_db" in c and c["quantizer"] != shipped]
+    if not others:
+        return "  no other int8 candidate was built (python -m convert --int8-candidates ... builds and scores them)"
+    return "  other int8 candidates at conversion: " + "; ".join(
+        f"{c['quantizer']} {c['sqnr_db']} dB" + ("" if c.get("int8_activations", True) else
+                                                  " (int16 activations: not run by XNNPACK)") for c in others) + \
+        f" (to ship one: python -m convert --int8-candidates {others[0]['quantizer'].split()[-1]})"
+
+
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, help="artifacts/<model> with manifest.json (default: the newest one)")
     p.add_argument("--data", type=Path, default=DEFAULT_COCO,
@@ -70,14 +81,15 @@ def main(argv=None) -> int:
     jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
           f"({result['num_crops']} crops)")
-    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'det.':>6s} {'PCK':>6s} "
-          f"{'AP':>6s} {'dAP':>7s}  status")
+    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'det.':>6s} "
+          f"{'PCK':>6s} {'AP':>6s} {'dAP':>7s}  status")
     for r in result["rows"]:
         if r["engine"] is None:
             print(f"{r['file']:44s} {'(did not run)':22s} {'':>59s}  FAIL")
             continue
         print(f"{r['file']:44s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
-              f"{r['argmax_same']:7.3f} {r['argmax_same_detected']:6.3f} {r['pck']:6.3f} {r['ap']:6.3f} {r['dap']:+7.3f}  {r['status'].upper()}")
+              f"{r['argmax_same']:7.3f} {r['argmax_same_detected']:6.3f} {r['pck']:6.3f} {r['ap']:6.3f} "
+              f"{r['dap']:+7.3f}  {r['status'].upper()}")
     failed = [r for r in result["rows"] if r["fails"]]
     for r in failed:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
@@ -87,6 +99,8 @@ def main(argv=None) -> int:
                   f"error {loc['rel_error']:.3g} (max before it {loc['before']:.3g})", file=sys.stderr)
         elif loc:
             print(f"  {loc.get('note')}", file=sys.stderr)
+        if r["precision"] == "int8":
+            print(int8_hint(result.get("int8_selection"), r.get("quantizer")), file=sys.stderr)
     print(f"report: {jpath} and {hpath}")
     if not result["rows"]:
         raise UserError(f"{model_dir / 'manifest.json'}: no artifact to check" + (f" matching {args.only!r}"

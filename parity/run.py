@@ -228,4 +228,4 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             "heatmap_stride": stride, "normalization": man.get("normalization"),
             "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network, parity says little"]
             if ref["ap"] < LOW_AP else [],
-            "rows": rows, "_ref": ref}
+            "int8_selection": man.get("int8_selection"), "rows": rows, "_ref": ref}

@@ -11,7 +11,7 @@ from posekit.cli import main_guard
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quantize", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m quantize", description=__doc__)
     add_model_args(p, "quantized")
     return p
 

@@ -156,7 +156,8 @@ def main(argv=None):
         from .closed_loop import main as closed_loop
 
         return closed_loop(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
                                 "runs/search/<device>/arch.yaml, alpha_history.png, history.json, search.log and "
                                 "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
                                 "closed-loop --help`).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -84,7 +84,8 @@ def main(argv) -> int:
     from . import __main__ as cli
     from .loop import config_dict
 
-    p = argparse.ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--lut", default="host-int8", help="LUT measured on this host in int8 (luts/host-int8.json)")
     p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")

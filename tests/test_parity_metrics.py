@@ -77,3 +77,16 @@ def test_rules_and_default_thresholds(tmp_path):
     with pytest.raises(UserError, match="fp16.snr"):
         load_thresholds(bad)
     assert THRESHOLDS.is_file()
+
+
+def test_int8_failure_names_the_other_candidates():
+    from parity.__main__ import int8_hint
+
+    sel = {"candidates": [
+        {"quantizer": "ai-edge-quantizer static_wi8_ai8", "sqnr_db": 18.7, "int8_activations": True},
+        {"quantizer": "ai-edge-quantizer static_wi8_ai16", "sqnr_db": 28.3, "int8_activations": False},
+        {"quantizer": "pt2e", "error": "RuntimeError: ..."}]}
+    hint = int8_hint(sel, "ai-edge-quantizer static_wi8_ai8")
+    assert "static_wi8_ai16 28.3 dB (int16 activations" in hint and "--int8-candidates static_wi8_ai16" in hint
+    assert "static_wi8_ai8 18.7" not in hint and "pt2e" not in hint
+    assert "no other int8 candidate" in int8_hint(None, None)

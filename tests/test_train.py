@@ -92,6 +92,13 @@ def run_main(capsys, *args):
     return rc, out, err
 
 
+def test_abbreviated_options_are_refused(capsys):
+    """argparse would take `--head mbv1` as `--headboxes mbv1` and train the plain head without a word."""
+    with pytest.raises(SystemExit) as e:
+        run_main(capsys, "--head", "mbv1")
+    assert e.value.code == 2 and "unrecognized arguments: --head mbv1" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_main(capsys, "--input", "64x4x8")

@@ -36,7 +36,7 @@ def parse_size(s: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="efficientpose_a", help="arch file (yaml/json) or shipped name")
     p.add_argument("--data", default=None,
