@@ -10,17 +10,13 @@ import warnings
 import torch
 from torch import nn
 
+from model.hooks import forward_with_hooks
+
 
 def _inputs(net: nn.Module, sample: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    seen, hooks = {}, []
-    for m in net.modules():
-        hooks.append(m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0] if args else None)))
-    try:
-        with torch.no_grad():
-            net(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = {}
+    forward_with_hooks(net, sample, [(m, lambda mod, args: seen.setdefault(mod, args[0] if args else None))
+                                     for m in net.modules()], pre=True)
     return seen
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from model import arch as archlib
 from model.arch import Arch, parse_block_op
 from model.blocks import make_block
+from model.hooks import forward_with_hooks
 from model.latency import block_key, fixed_keys, head_key, network_keys, stem_key, tail_key
 from model.net import build, init_weights
 from model.space import SearchSpace
@@ -147,13 +148,7 @@ def module_prims(module: nn.Module, sample: torch.Tensor) -> list[Prim]:
             n = out[0].numel()
             prims.append(Prim("add", 0, 2 * n, n))
 
-    hooks = [m.register_forward_hook(conv_hook) for m in module.modules() if isinstance(m, (nn.Conv2d,
-                                                                                           nn.ConvTranspose2d))]
-    hooks += [m.register_forward_hook(res_hook) for m in module.modules() if hasattr(m, "use_res")]
-    try:
-        with torch.no_grad():
-            module(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = [(m, conv_hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    hooks += [(m, res_hook) for m in module.modules() if hasattr(m, "use_res")]
+    forward_with_hooks(module, sample, hooks)
     return prims

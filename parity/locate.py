@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 import torch
 
+from model.hooks import forward_with_hooks
+
 FLOORS = {"fp32": 1e-3, "fp16": 2e-2}  # relative L2 error an op may reach without being "diverged"
 DEFAULT_FLOOR = 0.15
 
@@ -21,7 +23,7 @@ DEFAULT_FLOOR = 0.15
 def torch_tensors(net, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
     """(module name, module type, output) of every submodule's output, on one input. Outputs are copied when made:
     in-place ReLUs overwrite their input, so BN's output and ReLU's are distinct entries."""
-    out, hooks = [], []
+    out = []
 
     def hook(name):
         def fn(mod, args, y):
@@ -29,15 +31,8 @@ def torch_tensors(net, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
                 out.append((name, type(mod).__name__, y.detach().numpy().copy()))
         return fn
 
-    for name, m in net.named_modules():
-        if name:
-            hooks.append(m.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            net(torch.from_numpy(np.ascontiguousarray(x[:1], np.float32)))
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(net, torch.from_numpy(np.ascontiguousarray(x[:1], np.float32)),
+                       [(m, hook(name)) for name, m in net.named_modules() if name])
     return out
 
 
