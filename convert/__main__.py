@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 
 from .pipeline import ALL, GROUPS
 
@@ -60,16 +60,16 @@ def run(args, log=print):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m convert", description=__doc__,
-                                epilog="`python -m convert head-bench --help` for the head benchmark")
+    p = ArgumentParser(prog="python -m convert", description=__doc__,
+                       epilog="`python -m convert head-bench --help` for the head benchmark")
     add_model_args(p, "all")
     return p
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m convert head-bench",
-                                description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
-                                            "litert-torch's direct lowering and the plain head (one interleaved run).")
+    p = ArgumentParser(prog="python -m convert head-bench",
+                       description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
+                                   "litert-torch's direct lowering and the plain head (one interleaved run).")
     p.add_argument("--in-shape", default="16x12x96", help="head input HxWxC (default: EfficientPose-A's 16x12x96)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--iters", type=int, default=30)

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 from posekit.keypoints import REPO
 
 from .pipeline import Step, run_steps
@@ -62,8 +62,8 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
 
 @main_guard
 def main(argv=None):
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m demo", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="COCO tree (default: the bundled data/coco-mini)")
     p.add_argument("--device", default="pixel", help="LUT the search optimizes for (default: pixel)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")

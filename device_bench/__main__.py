@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 
 
 def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
@@ -19,10 +19,10 @@ def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(allow_abbrev=False, prog="python -m device_bench", description=__doc__)
+    ap = ArgumentParser(prog="python -m device_bench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("lut", allow_abbrev=False, help="measure a LUT (missing keys only: a killed run resumes)",
+    p = sub.add_parser("lut", help="measure a LUT (missing keys only: a killed run resumes)",
                        description="Measure per-part latency into luts/<device>.json. Devices: host (fp32 LiteRT), "
                                    "host-int8, pixel / note10 / <adb serial>[,<serial>...] (a phone over adb), "
                                    "coreml (macOS).")
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--compute-units", default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
 
-    p = sub.add_parser("predict", allow_abbrev=False, help="predict a phone profile from the published per-op tables",
+    p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
                        description="Fit a latency model on data/published-luts and predict every key of our space.")
     p.add_argument("--device", required=True, choices=("pixel", "note10"))
     p.add_argument("--space", default="default")
@@ -60,8 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", nargs="*")
     p.add_argument("--out", help="LUT file (default luts/<device>.json)")
 
-    p = sub.add_parser("bench", allow_abbrev=False,
-                       help="whole-model latency: median, p90 and a per-op profile where available")
+    p = sub.add_parser("bench", help="whole-model latency: median, p90 and a per-op profile where available")
     p.add_argument("--device", default="host", help="host | <adb serial> | pixel | note10 | coreml")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", help="a .tflite (or .mlpackage on macOS)")
@@ -76,8 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
     _common(p, clock="wall")
 
-    p = sub.add_parser("fidelity", allow_abbrev=False,
-                       help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
+    p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
     p.add_argument("--device", required=True, choices=("host", "host-int8"))
     p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
     p.add_argument("--space", default="default")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 
 from .arch import dump, load, shipped
 from .flops import count_flops
@@ -75,21 +75,21 @@ def cmd_check(args):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m model", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m model", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("info", allow_abbrev=False, help="params, MACs and FLOPs (backbone / head)")
+    i = sub.add_parser("info", help="params, MACs and FLOPs (backbone / head)")
     i.add_argument("arch", nargs="*", help="arch files or shipped names (default: all shipped)")
     i.add_argument("--family", type=int, metavar="PHI", help="also print compound-scaled archs phi = 0..PHI")
     i.add_argument("--head", choices=["plain", "mbv1", "mbv2"], help="swap the head type")
     i.add_argument("--input", type=_size, help="override the input size, HxW")
     i.set_defaults(fn=cmd_info)
-    s = sub.add_parser("scale", allow_abbrev=False, help="write a compound-scaled arch file")
+    s = sub.add_parser("scale", help="write a compound-scaled arch file")
     s.add_argument("arch")
     s.add_argument("--phi", type=float, required=True)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_scale)
-    c = sub.add_parser("check", allow_abbrev=False, help="validate arch files")
+    c = sub.add_parser("check", help="validate arch files")
     c.add_argument("arch", nargs="+")
     c.set_defaults(fn=cmd_check)
     return p

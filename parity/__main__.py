@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO
 
@@ -35,8 +35,8 @@ def int8_hint(selection: dict | None, shipped: str | None) -> str:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m parity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m parity", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, help="artifacts/<model> with manifest.json (default: the newest one)")
     p.add_argument("--data", type=Path, default=DEFAULT_COCO,
                    help="COCO tree: val2017 crops (AP) + train2017 crops (default: bundled data/coco-mini)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from functools import wraps
 
@@ -23,3 +24,12 @@ def main_guard(fn):
             return 130
 
     return run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without prefix matching: `--head mbv1` must not be read as `--headboxes mbv1`. Subcommand parsers
+    (add_subparsers) are made of this same class, so they refuse abbreviations too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)

@@ -7,11 +7,11 @@ import argparse
 import sys
 
 from convert.__main__ import add_model_args, quiet_libraries, run
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m quantize", description=__doc__)
+    p = ArgumentParser(prog="python -m quantize", description=__doc__)
     add_model_args(p, "quantized")
     return p
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 from posekit.errors import UserError
 
 DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.1}
@@ -156,11 +156,10 @@ def main(argv=None):
         from .closed_loop import main as closed_loop
 
         return closed_loop(argv[1:])
-    p = argparse.ArgumentParser(allow_abbrev=False,
-                                prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
-                                "runs/search/<device>/arch.yaml, alpha_history.png, history.json, search.log and "
-                                "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
-                                "closed-loop --help`).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
+                       "runs/search/<device>/arch.yaml, alpha_history.png, history.json, search.log and "
+                       "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
+                       "closed-loop --help`).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_search_args(p)
     p.add_argument("--out", help="output folder (default runs/search/<device>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt (after a kill)")

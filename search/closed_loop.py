@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from model.arch import Arch, load
+from posekit.cli import ArgumentParser
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 
@@ -84,9 +85,8 @@ def main(argv) -> int:
     from . import __main__ as cli
     from .loop import config_dict
 
-    p = argparse.ArgumentParser(allow_abbrev=False,
-                                prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--lut", default="host-int8", help="LUT measured on this host in int8 (luts/host-int8.json)")
     p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
     p.add_argument("--ratio", type=float, default=0.7, help="target = ratio x the reference's measured latency")

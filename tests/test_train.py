@@ -97,6 +97,11 @@ def test_abbreviated_options_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(capsys, "--head", "mbv1")
     assert e.value.code == 2 and "unrecognized arguments: --head mbv1" in capsys.readouterr().err
+    from device_bench.__main__ import parser  # subcommand parsers are made of the same class
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["lut", "--dev", "host"])
+    assert parser().parse_args(["lut", "--device", "host"]).device == "host"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -14,7 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
-from posekit.cli import main_guard
+from posekit.cli import ArgumentParser, main_guard
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO, DEFAULT_MPII
 
@@ -36,8 +36,8 @@ def parse_size(s: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="efficientpose_a", help="arch file (yaml/json) or shipped name")
     p.add_argument("--data", default=None,
                    help=f"COCO tree (train2017/, val2017/, annotations/); default {DEFAULT_COCO}")
