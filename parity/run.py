@@ -191,6 +191,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
                       f"(flat heatmaps); convert a trained checkpoint", stacklevel=1)
     stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
+    metric_set = hashlib.sha256(",".join(metrics.METRICS).encode()).hexdigest()[:6]  # new metrics: re-measure
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         rules = thresholds.get(a["precision"])
@@ -201,8 +202,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
             sha = a.get("sha256") or sha256_file(runner.path)
             eng = hashlib.sha256(runner.engine.encode()).hexdigest()[:6]  # macOS: runtime and executor differ
-            mv = hashlib.sha256(",".join(metrics.METRICS).encode()).hexdigest()[:6]  # new metrics: re-measure
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{mv}-{ref_key}")
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}")
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
                          "status": "fail", "fails": [f"could not run: {e}"]})
