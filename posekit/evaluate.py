@@ -107,6 +107,27 @@ def oks_nms(kpts: list[np.ndarray], scores, areas, thresh: float = OKS_NMS_THRES
     return keep
 
 
+def oks_agreement(ref, pred, areas, labelled=None, sigmas=None) -> np.ndarray:
+    """Per-person OKS of one runtime's keypoints against another's taken as ground truth (parity's
+    "OKS-agreement": PyTorch's decoded keypoints as the truth, the artifact's as the detection).
+
+    ref, pred: (N, J, >=2) keypoints in image pixels; areas: (N,) the person's area (COCO segmentation area, or the
+    box area when none); labelled: (N, J) bool, the joints the annotation labels (all when None); sigmas: per-joint
+    OKS sigmas (COCO's for 17 joints, 0.08 otherwise). Returns (N,) the mean over each person's labelled joints of
+    exp(-d^2 / (2 s^2 k^2)), with s^2 the area and k = 2 sigma as pycocotools; NaN for a person with none labelled.
+    """
+    ref, pred = np.asarray(ref, np.float64), np.asarray(pred, np.float64)
+    n, j = ref.shape[:2]
+    if sigmas is None:
+        sigmas = np.array(COCO_SIGMAS) / 10.0 if j == len(COCO_SIGMAS) else np.full(j, 0.08)
+    var = (np.asarray(sigmas, np.float64) * 2) ** 2
+    mask = np.ones((n, j), bool) if labelled is None else np.asarray(labelled, bool)
+    d2 = ((ref[..., :2] - pred[..., :2]) ** 2).sum(-1)
+    e = np.exp(-d2 / var[None] / (np.asarray(areas, np.float64)[:, None] + np.spacing(1)) / 2)
+    with np.errstate(invalid="ignore"):
+        return np.where(mask.any(1), (e * mask).sum(1) / np.maximum(mask.sum(1), 1), np.nan)
+
+
 def to_coco_results(kps, metas, cat_id: int = 1, nms: bool = False) -> list[dict]:
     """Per-person keypoints -> COCO results, scored box score x mean confidence of the confident joints;
     OKS NMS per image when `nms` (detection boxes give many overlapping crops of one person)."""

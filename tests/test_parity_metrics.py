@@ -90,3 +90,18 @@ def test_int8_failure_names_the_other_candidates():
     assert "static_wi8_ai16 28.3 dB (int16 activations" in hint and "--int8-candidates static_wi8_ai16" in hint
     assert "static_wi8_ai8 18.7" not in hint and "pt2e" not in hint
     assert "no other int8 candidate" in int8_hint(None, None)
+
+
+def test_oks_agreement_is_one_for_identical_keypoints_and_falls_with_distance():
+    from posekit.evaluate import oks_agreement
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 100, (3, 17, 2))
+    areas = np.full(3, 2500.0)
+    assert np.allclose(oks_agreement(ref, ref, areas), 1.0)
+    near, far = oks_agreement(ref, ref + 1.0, areas), oks_agreement(ref, ref + 10.0, areas)
+    assert (far < near).all() and (near < 1).all()
+    labelled = np.zeros((3, 17), bool)
+    labelled[0, :5] = True
+    out = oks_agreement(ref, ref + 1.0, areas, labelled)
+    assert np.isnan(out[1:]).all() and 0 < out[0] < 1
