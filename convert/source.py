@@ -114,9 +114,7 @@ def load_source(ckpt: str | None = None, arch: str | None = None, head: str | No
         if arch is None and head is None:
             head = "mbv1"  # the default model: EfficientPose-A with the MBV1 head
         if head is not None and head != a.head.type:
-            a.head.type = head
-            a.name = f"{a.name}-{head}"
-        a = a.copy()  # re-validate
+            a = a.replace(head=a.head.replace(type=head), name=f"{a.name}-{head}")
         src = Source(build(a), a, None, None, str(path), True,
                      f"random weights for {path.name} (head {a.head.type}; kaiming, BatchNorm statistics from real "
                      "crops): for conversion and parity, the heatmaps mean nothing")

@@ -23,10 +23,10 @@ def reference_points(derived: Arch, luts: dict[str, LUT]) -> list[dict]:
     input, so the comparison is of backbones under one head."""
     rows = []
     for name in ("derived",) + REFERENCE:
-        a = derived.copy() if name == "derived" else load(name)
+        a = derived if name == "derived" else load(name)
         if name != "derived" and not name.startswith("mobilenet"):
-            a.head = derived.head  # EfficientPose-A/B/C with the same slim head as the derived arch
-        a.input_size = derived.input_size
+            a = a.replace(head=derived.head)  # EfficientPose-A/B/C with the same slim head as the derived arch
+        a = a.replace(input_size=derived.input_size)
         f = count_flops(a)
         row = {"name": a.name if name != "derived" else f"derived ({a.name})", "params": f["params"],
                "gflops": f["flops"] / 1e9, "head": a.head.type}

@@ -56,7 +56,8 @@ def gather(paths: dict[str, Path], steps) -> dict:
     model_input = manifest.get("input_size")
     return {
         "arch": {"name": arch.name, "file": str(paths["arch"]), "blocks": [b.op for b in arch.blocks],
-                 "head": arch.head.to_dict(), "meta": {k: v for k, v in arch.meta.items() if k != "probs"}},
+                 "head": arch.head.to_dict(),
+                 "meta": {k: v for k, v in arch.to_dict().get("meta", {}).items() if k != "probs"}},
         "params": f["params"], "gflops": f["flops"] / 1e9, "gmacs": f["macs"] / 1e9,
         "input_size": list(arch.input_size), "model_input_size": model_input,
         "lut_latency_ms": lat,

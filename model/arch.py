@@ -19,31 +19,61 @@ An arch file (YAML or JSON) looks like::
 Block ops: ``ir_k{K}_e{E}`` is an inverted residual (1x1 expand to E x in, KxK depthwise, 1x1 linear
 project; residual when stride 1 and in == out; no expand conv when E == 1). ``skip`` is the identity
 and needs stride 1 and in == out. Layer ops (stem/tail): ``conv_k{K}`` (full conv), ``dwconv_k{K}``
-(depthwise, out == in), each followed by BN and ``act`` (default: the arch's act; ``none`` for linear).
+(depthwise, out == in), each followed by BN and ``act``. Every layer and block may set ``act`` (relu | relu6 |
+none); without it the arch's act applies (a block's act is that of its expand and depthwise convs).
+
+The objects are frozen: every constructor validates (``Arch(...)``, ``Layer(...)``, ``Head(...)``), and a change is
+a new object through ``replace()``, which validates again. An op string is decoded once, into ``Layer.spec``.
+A stage is a run of blocks of one width: it begins at a stride-2 block or a width change (``Arch.stages``); the
+search space describes its archs by the same stages.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import yaml
 
 from posekit.errors import UserError, field_error
+from posekit.io import atomic_write_text, first_line
 
-IR_RE = re.compile(r"^ir_k(?P<k>[1-9])_e(?P<e>[1-9][0-9]*)$")
-LAYER_RE = re.compile(r"^(?P<kind>conv|dwconv)_k(?P<k>[1-9])$")
+OP_RE = re.compile(r"^(?:(?P<ir>ir)_k(?P<k>[0-9]+)_e(?P<e>[0-9]+)|(?P<kind>conv|dwconv)_k(?P<lk>[0-9]+)|skip)$")
+BLOCK_KINDS = ("ir", "skip")
+LAYER_KINDS = ("conv", "dwconv")
 ACTS = ("relu", "relu6", "none")
+ARCH_ACTS = ("relu", "relu6")
 HEAD_TYPES = ("plain", "mbv1", "mbv2")
+HEAD_KERNELS = (2, 3, 4)
 HEATMAP_STRIDE = 4
 
 
+class ArchError(UserError):
+    """An invalid value, named by its field (e.g. ``blocks[3].op``); `at()` adds the file and an outer prefix."""
+
+    def __init__(self, field: str, msg: str):
+        self.field, self.msg = field, msg
+        super().__init__(f"{field}: {msg}")
+
+    def at(self, src, prefix: str = "") -> UserError:
+        return field_error(src, f"{prefix}{self.field}", self.msg)
+
+
+def check_int(v, where: str, lo: int = 1) -> int:
+    """`v` if it is an integer >= lo, else an ArchError naming `where`."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ArchError(where, f"expected an integer >= {lo}, got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
-class BlockOp:
-    """A decoded block string: kind 'ir' or 'skip', kernel and expansion for 'ir'."""
+class Op:
+    """A decoded op string: kind 'ir' | 'skip' (blocks) or 'conv' | 'dwconv' (stem/tail layers)."""
 
     kind: str
     kernel: int = 0
@@ -51,28 +81,67 @@ class BlockOp:
 
     @property
     def name(self) -> str:
-        return "skip" if self.kind == "skip" else f"ir_k{self.kernel}_e{self.expand}"
+        if self.kind == "skip":
+            return "skip"
+        return f"ir_k{self.kernel}_e{self.expand}" if self.kind == "ir" else f"{self.kind}_k{self.kernel}"
+
+    @property
+    def is_block(self) -> bool:
+        return self.kind in BLOCK_KINDS
 
 
-def parse_block_op(s: str) -> BlockOp:
-    """Decode 'ir_k5_e6' / 'skip' into a BlockOp; ValueError with the reason otherwise."""
-    if s == "skip":
-        return BlockOp("skip")
-    m = IR_RE.match(str(s))
+def decode_op(s: str) -> Op:
+    """Decode 'ir_k5_e6' / 'skip' / 'conv_k3' / 'dwconv_k3' into an Op; ValueError with the reason otherwise."""
+    m = OP_RE.match(s) if isinstance(s, str) else None
     if not m:
-        raise ValueError(f"unknown op {s!r} (expected ir_k<kernel>_e<expansion> or skip)")
-    k, e = int(m["k"]), int(m["e"])
-    if k % 2 == 0:
+        raise ValueError(f"unknown op {s!r} (expected ir_k<kernel>_e<expansion> or skip for a block, "
+                         "conv_k<kernel> or dwconv_k<kernel> for a stem/tail layer)")
+    if s == "skip":
+        return Op("skip")
+    k = int(m["k"] or m["lk"])
+    if k < 1 or k % 2 == 0:
         raise ValueError(f"op {s!r}: kernel must be odd")
-    return BlockOp("ir", k, e)
+    if m["ir"]:
+        e = int(m["e"])
+        if e < 1:
+            raise ValueError(f"op {s!r}: expansion must be >= 1")
+        return Op("ir", k, e)
+    return Op(m["kind"], k)
 
 
-@dataclass
+def parse_block_op(s: str) -> Op:
+    """Decode a block op ('ir_k5_e6' / 'skip'); ValueError for anything else."""
+    op = decode_op(s)
+    if not op.is_block:
+        raise ValueError(f"{s!r} is a stem/tail layer op, not a block (expected ir_k<kernel>_e<expansion> or skip)")
+    return op
+
+
+@dataclass(frozen=True)
 class Layer:
+    """One stem/tail layer or block: op string, output width, stride, act (None: the arch's act)."""
+
     op: str
     out: int
     stride: int = 1
-    act: str | None = None  # None: the arch's default act
+    act: str | None = None
+    spec: Op = field(init=False, repr=False, compare=False)  # `op` decoded, once
+
+    def __post_init__(self):
+        try:
+            spec = decode_op(self.op)
+        except ValueError as e:
+            raise ArchError("op", str(e)) from None
+        check_int(self.out, "out")
+        check_int(self.stride, "stride")
+        if self.stride not in (1, 2):
+            raise ArchError("stride", f"stride must be 1 or 2, got {self.stride}")
+        if self.act is not None and self.act not in ACTS:
+            raise ArchError("act", f"unknown activation {self.act!r} (one of {', '.join(ACTS)})")
+        object.__setattr__(self, "spec", spec)
+
+    def replace(self, **changes) -> Layer:
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = {"op": self.op, "out": self.out, "stride": self.stride}
@@ -81,13 +150,29 @@ class Layer:
         return d
 
 
-@dataclass
+@dataclass(frozen=True)
 class Head:
     type: str = "mbv1"
-    deconv: list[int] = field(default_factory=lambda: [64, 32])
+    deconv: tuple[int, ...] = (64, 32)
     kernel: int = 4
     sic: bool = True
     expand: int = 2  # mbv2 head only: expansion of the 1x1 before the depthwise transposed conv
+
+    def __post_init__(self):
+        if self.type not in HEAD_TYPES:
+            raise ArchError("type", f"unknown head type {self.type!r} (one of {', '.join(HEAD_TYPES)})")
+        if not isinstance(self.deconv, (list, tuple)) or not self.deconv:
+            raise ArchError("deconv", "expected a non-empty list of channel widths")
+        object.__setattr__(self, "deconv", tuple(check_int(c, f"deconv[{i}]") for i, c in enumerate(self.deconv)))
+        check_int(self.kernel, "kernel")
+        if self.kernel not in HEAD_KERNELS:
+            raise ArchError("kernel", f"transposed-conv kernel must be 2, 3 or 4, got {self.kernel}")
+        if not isinstance(self.sic, bool):
+            raise ArchError("sic", f"expected true/false, got {self.sic!r}")
+        check_int(self.expand, "expand")
+
+    def replace(self, **changes) -> Head:
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = {"type": self.type, "deconv": list(self.deconv), "kernel": self.kernel, "sic": self.sic}
@@ -96,19 +181,112 @@ class Head:
         return d
 
 
-@dataclass
+@dataclass(frozen=True)
+class Stage:
+    """`layers` blocks of width `out`; the first carries the stage's stride (the rest have stride 1)."""
+
+    layers: int
+    out: int
+    stride: int = 1
+
+    def __post_init__(self):
+        check_int(self.layers, "layers")
+        check_int(self.out, "out")
+        check_int(self.stride, "stride")
+        if self.stride not in (1, 2):
+            raise ArchError("stride", f"must be 1 or 2, got {self.stride}")
+
+
+def _freeze(v):
+    if isinstance(v, (dict, MappingProxyType)):
+        return MappingProxyType({str(k): _freeze(x) for k, x in v.items()})
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return copy.deepcopy(v)
+
+
+def _thaw(v):
+    if isinstance(v, MappingProxyType):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return copy.deepcopy(v)
+
+
+@dataclass(frozen=True)
 class Arch:
     name: str
     num_joints: int
     input_size: tuple[int, int]
-    stem: list[Layer]
-    blocks: list[Layer]
+    stem: tuple[Layer, ...]
+    blocks: tuple[Layer, ...]
     head: Head
-    tail: list[Layer] = field(default_factory=list)
+    tail: tuple[Layer, ...] = ()
     act: str = "relu"
-    meta: dict = field(default_factory=dict)  # free-form provenance / search results, kept on round trip
+    # free-form provenance / search results, kept on round trip (read-only: replace(meta={**a.meta, ...}))
+    meta: MappingProxyType = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ArchError("name", f"expected a non-empty string, got {self.name!r}")
+        check_int(self.num_joints, "num_joints")
+        size = self.input_size
+        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+            raise ArchError("input_size", f"expected [H, W], got {size!r}")
+        object.__setattr__(self, "input_size", (check_int(size[0], "input_size[0]"),
+                                                check_int(size[1], "input_size[1]")))
+        if self.act not in ARCH_ACTS:
+            raise ArchError("act", f"unknown activation {self.act!r} (relu or relu6)")
+        for part in ("stem", "blocks", "tail"):
+            layers = getattr(self, part)
+            if not isinstance(layers, (list, tuple)):
+                raise ArchError(part, f"expected a list, got {type(layers).__name__}")
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, Layer):
+                    raise ArchError(f"{part}[{i}]", f"expected a Layer, got {layer!r}")
+                if layer.spec.is_block != (part == "blocks"):
+                    raise ArchError(f"{part}[{i}].op", f"{layer.op!r} is not a {_PART_NAME[part]} op "
+                                    "(blocks: ir_k<K>_e<E> or skip; stem/tail layers: conv_k<K> or dwconv_k<K>)")
+            object.__setattr__(self, part, tuple(layers))
+        if not self.stem:
+            raise ArchError("stem", "needs at least one layer")
+        if not isinstance(self.head, Head):
+            raise ArchError("head", f"expected a Head, got {self.head!r}")
+        if not isinstance(self.meta, (dict, MappingProxyType)):
+            raise ArchError("meta", f"expected a mapping, got {type(self.meta).__name__}")
+        object.__setattr__(self, "meta", _freeze(self.meta))
+        self._check_shapes()
+
+    def _check_shapes(self):
+        c = 3
+        for part in ("stem", "blocks", "tail"):
+            for i, layer in enumerate(getattr(self, part)):
+                where = f"{part}[{i}]"
+                if layer.spec.kind == "dwconv" and layer.out != c:
+                    raise ArchError(where + ".out", f"a depthwise conv keeps its channels: in {c}, out {layer.out}")
+                if layer.spec.kind == "skip" and (layer.stride != 1 or layer.out != c):
+                    raise ArchError(where + ".op", f"skip needs stride 1 and in == out "
+                                    f"(got in {c}, out {layer.out}, stride {layer.stride})")
+                c = layer.out
+        s = self.backbone_stride
+        ups = 2 ** len(self.head.deconv)
+        if s != HEATMAP_STRIDE * ups:
+            raise ArchError("head.deconv",
+                            f"backbone output stride {s} with {len(self.head.deconv)} stride-2 deconvs gives heatmaps "
+                            f"at stride {s / ups:g}, not {HEATMAP_STRIDE}")
+        h, w = self.input_size
+        if h % s or w % s:
+            raise ArchError("input_size", f"{h}x{w} is not divisible by the backbone stride {s}")
+
+    def replace(self, **changes) -> Arch:
+        """A new Arch with `changes` applied, validated like any other (e.g. ``a.replace(input_size=(64, 48))``)."""
+        return dataclasses.replace(self, **changes)
 
     # ---- derived facts -------------------------------------------------------------------------
+    def block_act(self, layer: Layer) -> str:
+        """The activation a layer or block is built with: its own, else the arch's."""
+        return layer.act or self.act
+
     @property
     def backbone_stride(self) -> int:
         s = 1
@@ -119,6 +297,19 @@ class Arch:
     @property
     def out_channels(self) -> int:
         return (self.stem + self.blocks + self.tail)[-1].out
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The blocks as stages: a stage begins at a stride-2 block or a width change."""
+        out: list[Stage] = []
+        c = self.stem[-1].out
+        for layer in self.blocks:
+            if layer.stride != 1 or layer.out != c:
+                out.append(Stage(1, layer.out, layer.stride))
+            else:
+                out[-1] = dataclasses.replace(out[-1], layers=out[-1].layers + 1)
+            c = layer.out
+        return tuple(out)
 
     def block_shapes(self):
         """Yield (index, layer, (H, W, C_in)) for each block: the input shape it sees."""
@@ -152,54 +343,50 @@ class Arch:
             "head": self.head.to_dict(),
         }
         if self.meta:
-            d["meta"] = copy.deepcopy(self.meta)
+            d["meta"] = _thaw(self.meta)
         return d
 
-    def copy(self) -> Arch:
-        return from_dict(self.to_dict())
+
+_PART_NAME = {"stem": "stem layer", "blocks": "block", "tail": "tail layer"}
 
 
 def _down(n: int, s: int) -> int:
     return (n + s - 1) // s
 
 
-# ---- parsing and validation -----------------------------------------------------------------------
-def _req(d: dict, key: str, src, where: str):
+# ---- reading mappings (arch and search-space files) ----------------------------------------------
+def require(d: dict, key: str, src, where: str = ""):
+    """d[key], or a UserError naming the file and `where + key` as missing."""
     if not isinstance(d, dict) or key not in d:
         raise field_error(src, f"{where}{key}", "missing")
     return d[key]
 
 
-def _int(v, src, where, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise field_error(src, where, f"expected an integer >= {lo}, got {v!r}")
+def require_list(d: dict, key: str, src) -> list:
+    v = require(d, key, src)
+    if not isinstance(v, list):
+        raise field_error(src, key, f"expected a list, got {type(v).__name__}")
     return v
 
 
-def _layer(d, src, where, block: bool) -> Layer:
+def check_unknown(d: dict, known, src, where: str = ""):
+    unknown = set(d) - set(known)
+    if unknown:
+        raise field_error(src, f"{where}{sorted(unknown)[0]}", "unknown field")
+
+
+def parse_layer(d, src, where: str) -> Layer:
+    """A layer mapping ({op, out, stride, act}) or compact block string ('ir_k3_e6_c24_s2') -> Layer."""
     if isinstance(d, str):  # compact form "ir_k3_e6_c24_s2" as in timm's decoder
         d = _decode_compact(d, src, where)
     if not isinstance(d, dict):
         raise field_error(src, where, f"expected a mapping with op/out/stride, got {d!r}")
-    unknown = set(d) - {"op", "out", "stride", "act"}
-    if unknown:
-        raise field_error(src, f"{where}.{sorted(unknown)[0]}", "unknown field")
-    op = _req(d, "op", src, where + ".")
-    out = _int(_req(d, "out", src, where + "."), src, where + ".out")
-    stride = _int(d.get("stride", 1), src, where + ".stride")
-    if stride not in (1, 2):
-        raise field_error(src, where + ".stride", f"stride must be 1 or 2, got {stride}")
-    act = d.get("act")
-    if act is not None and act not in ACTS:
-        raise field_error(src, where + ".act", f"unknown activation {act!r} (one of {', '.join(ACTS)})")
-    if block:
-        try:
-            parse_block_op(op)
-        except ValueError as e:
-            raise field_error(src, where + ".op", str(e)) from None
-    elif not LAYER_RE.match(str(op)):
-        raise field_error(src, where + ".op", f"unknown layer op {op!r} (expected conv_k<K> or dwconv_k<K>)")
-    return Layer(str(op), out, stride, act)
+    check_unknown(d, ("op", "out", "stride", "act"), src, where + ".")
+    try:
+        return Layer(require(d, "op", src, where + "."), require(d, "out", src, where + "."), d.get("stride", 1),
+                     d.get("act"))
+    except ArchError as e:
+        raise e.at(src, where + ".") from None
 
 
 def _decode_compact(s: str, src, where) -> dict:
@@ -210,84 +397,32 @@ def _decode_compact(s: str, src, where) -> dict:
     return {"op": m["op"], "out": int(m["c"]), "stride": int(m["s"] or 1)}
 
 
+def parse_head(h, src) -> Head:
+    if not isinstance(h, dict):
+        raise field_error(src, "head", "expected a mapping")
+    check_unknown(h, ("type", "deconv", "kernel", "sic", "expand"), src, "head.")
+    try:
+        return Head(h.get("type", "mbv1"), h.get("deconv", [64, 32]), h.get("kernel", 4), h.get("sic", True),
+                    h.get("expand", 2))
+    except ArchError as e:
+        raise e.at(src, "head.") from None
+
+
 def from_dict(d: dict, src: str | Path | None = None) -> Arch:
     """Validate a parsed arch mapping; every fault raises UserError naming the file and field."""
     if not isinstance(d, dict):
         raise field_error(src, "<top>", "expected a mapping")
-    known = {"name", "num_joints", "input_size", "act", "stem", "blocks", "tail", "head", "meta"}
-    unknown = set(d) - known
-    if unknown:
-        raise field_error(src, sorted(unknown)[0], "unknown field")
-    name = str(d.get("name", Path(src).stem if src else "arch"))
-    num_joints = _int(_req(d, "num_joints", src, ""), src, "num_joints")
-    size = _req(d, "input_size", src, "")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        raise field_error(src, "input_size", f"expected [H, W], got {size!r}")
-    size = (_int(size[0], src, "input_size[0]"), _int(size[1], src, "input_size[1]"))
-    act = d.get("act", "relu")
-    if act not in ("relu", "relu6"):
-        raise field_error(src, "act", f"unknown activation {act!r} (relu or relu6)")
-    stem = [_layer(x, src, f"stem[{i}]", block=False) for i, x in enumerate(_list(d, "stem", src))]
-    blocks = [_layer(x, src, f"blocks[{i}]", block=True) for i, x in enumerate(_list(d, "blocks", src))]
-    tail = [_layer(x, src, f"tail[{i}]", block=False) for i, x in enumerate(d.get("tail") or [])]
-    if not stem:
-        raise field_error(src, "stem", "needs at least one layer")
-    head = _head(_req(d, "head", src, ""), src)
-    arch = Arch(name, num_joints, size, stem, blocks, head, tail, act, dict(d.get("meta") or {}))
-    _check_shapes(arch, src)
-    return arch
-
-
-def _list(d, key, src):
-    v = _req(d, key, src, "")
-    if not isinstance(v, list):
-        raise field_error(src, key, f"expected a list, got {type(v).__name__}")
-    return v
-
-
-def _head(h, src) -> Head:
-    if not isinstance(h, dict):
-        raise field_error(src, "head", "expected a mapping")
-    unknown = set(h) - {"type", "deconv", "kernel", "sic", "expand"}
-    if unknown:
-        raise field_error(src, f"head.{sorted(unknown)[0]}", "unknown field")
-    t = h.get("type", "mbv1")
-    if t not in HEAD_TYPES:
-        raise field_error(src, "head.type", f"unknown head type {t!r} (one of {', '.join(HEAD_TYPES)})")
-    deconv = h.get("deconv", [64, 32])
-    if not isinstance(deconv, list) or not deconv:
-        raise field_error(src, "head.deconv", "expected a non-empty list of channel widths")
-    deconv = [_int(c, src, f"head.deconv[{i}]") for i, c in enumerate(deconv)]
-    kernel = _int(h.get("kernel", 4), src, "head.kernel")
-    if kernel not in (2, 3, 4):
-        raise field_error(src, "head.kernel", f"transposed-conv kernel must be 2, 3 or 4, got {kernel}")
-    sic = h.get("sic", True)
-    if not isinstance(sic, bool):
-        raise field_error(src, "head.sic", f"expected true/false, got {sic!r}")
-    expand = _int(h.get("expand", 2), src, "head.expand")
-    return Head(t, deconv, kernel, sic, expand)
-
-
-def _check_shapes(a: Arch, src):
-    c = 3
-    for part in ("stem", "blocks", "tail"):
-        for i, layer in enumerate(getattr(a, part)):
-            where = f"{part}[{i}]"
-            if layer.op.startswith("dwconv") and layer.out != c:
-                raise field_error(src, where + ".out", f"a depthwise conv keeps its channels: in {c}, out {layer.out}")
-            if layer.op == "skip" and (layer.stride != 1 or layer.out != c):
-                raise field_error(src, where + ".op", f"skip needs stride 1 and in == out "
-                                  f"(got in {c}, out {layer.out}, stride {layer.stride})")
-            c = layer.out
-    s = a.backbone_stride
-    ups = 2 ** len(a.head.deconv)
-    if s != HEATMAP_STRIDE * ups:
-        raise field_error(src, "head.deconv",
-                          f"backbone output stride {s} with {len(a.head.deconv)} stride-2 deconvs gives heatmaps at "
-                          f"stride {s / ups:g}, not {HEATMAP_STRIDE}")
-    h, w = a.input_size
-    if h % s or w % s:
-        raise field_error(src, "input_size", f"{h}x{w} is not divisible by the backbone stride {s}")
+    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "blocks", "tail", "head", "meta"), src)
+    stem = [parse_layer(x, src, f"stem[{i}]") for i, x in enumerate(require_list(d, "stem", src))]
+    blocks = [parse_layer(x, src, f"blocks[{i}]") for i, x in enumerate(require_list(d, "blocks", src))]
+    tail = [parse_layer(x, src, f"tail[{i}]") for i, x in enumerate(d.get("tail") or [])]
+    head = parse_head(require(d, "head", src), src)
+    try:
+        return Arch(str(d.get("name", Path(src).stem if src else "arch")), require(d, "num_joints", src),
+                    require(d, "input_size", src), stem, blocks, head, tail, d.get("act", "relu"),
+                    d.get("meta") or {})
+    except ArchError as e:
+        raise e.at(src) from None
 
 
 # ---- files -------------------------------------------------------------------------------------------
@@ -300,8 +435,7 @@ def read_mapping(path: str | Path) -> dict:
         text = p.read_text()
         d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: malformed file: {first}") from None
+        raise UserError(f"{p}: malformed file: {first_line(e)}") from None
     if not isinstance(d, dict):
         raise UserError(f"{p}: malformed file: expected a mapping at the top level")
     return d
@@ -333,8 +467,6 @@ def shipped() -> dict[str, Path]:
 
 def dump(arch: Arch, path: str | Path, header: str | None = None) -> Path:
     """Write an arch file atomically (YAML unless the name ends .json); blocks one per line."""
-    from posekit.io import atomic_write_text
-
     p = Path(path)
     d = arch.to_dict()
     if p.suffix == ".json":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .arch import LAYER_RE, BlockOp, parse_block_op
+from .arch import Op, decode_op, parse_block_op
 
 
 def act_layer(name: str | None) -> nn.Module:
@@ -46,8 +46,9 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_res else y
 
 
-def make_block(op: str | BlockOp, cin: int, cout: int, stride: int, act: str = "relu") -> nn.Module:
-    """Build one searchable block from its string; the only place block strings become modules."""
+def make_block(op: str | Op, cin: int, cout: int, stride: int, act: str | None = "relu") -> nn.Module:
+    """Build one searchable block from its decoded op (or string); the only place block ops become modules.
+    `act` is the block's activation (after its expand and depthwise convs; the projection stays linear)."""
     op = parse_block_op(op) if isinstance(op, str) else op
     if op.kind == "skip":
         if stride != 1 or cin != cout:
@@ -56,9 +57,9 @@ def make_block(op: str | BlockOp, cin: int, cout: int, stride: int, act: str = "
     return InvertedResidual(cin, cout, stride, op.kernel, op.expand, act)
 
 
-def make_layer(op: str, cin: int, cout: int, stride: int, act: str) -> nn.Module:
+def make_layer(op: str | Op, cin: int, cout: int, stride: int, act: str | None) -> nn.Module:
     """Build a fixed stem/tail layer: conv_k{K} or dwconv_k{K}, BN, activation."""
-    m = LAYER_RE.match(op)
-    k = int(m["k"])
-    groups = cin if m["kind"] == "dwconv" else 1
-    return ConvBNAct(cin, cout, k, stride, groups=groups, act=act)
+    op = decode_op(op) if isinstance(op, str) else op
+    if op.kind not in ("conv", "dwconv"):
+        raise ValueError(f"{op.name!r} is not a stem/tail layer op")
+    return ConvBNAct(cin, cout, op.kernel, stride, groups=cin if op.kind == "dwconv" else 1, act=act)

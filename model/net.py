@@ -15,21 +15,14 @@ class Backbone(nn.Module):
     def __init__(self, arch: Arch):
         super().__init__()
         c = 3
-        stem = []
-        for layer in arch.stem:
-            stem.append(make_layer(layer.op, c, layer.out, layer.stride, layer.act or arch.act))
-            c = layer.out
-        blocks = []
-        for layer in arch.blocks:
-            blocks.append(make_block(layer.op, c, layer.out, layer.stride, arch.act))
-            c = layer.out
-        tail = []
-        for layer in arch.tail:
-            tail.append(make_layer(layer.op, c, layer.out, layer.stride, layer.act or arch.act))
-            c = layer.out
-        self.stem = nn.Sequential(*stem)
-        self.blocks = nn.Sequential(*blocks)
-        self.tail = nn.Sequential(*tail)
+        parts = {}
+        for part, make in (("stem", make_layer), ("blocks", make_block), ("tail", make_layer)):
+            modules = []
+            for layer in getattr(arch, part):
+                modules.append(make(layer.spec, c, layer.out, layer.stride, arch.block_act(layer)))
+                c = layer.out
+            parts[part] = nn.Sequential(*modules)
+        self.stem, self.blocks, self.tail = parts["stem"], parts["blocks"], parts["tail"]
         self.out_channels = c
 
     def forward(self, x):

@@ -1,8 +1,9 @@
 """Search-space files: per stage the number of layers, width and stride, and the candidate ops.
 
 A space fixes everything but the op of each searchable layer; `arch_for(choices)` turns one op per layer into
-an Arch. The first layer of a stage carries the stride and width change, so `skip` is never a candidate there.
-The LUT keys of a space are those of its layers at the space's nominal input size (the deployment size),
+an Arch. The first layer of a stage carries the stride and width change, so `skip` is never a candidate there;
+a space's stages are exactly the `Arch.stages` of each arch it makes (a stage must begin with a stride or width
+change). The LUT keys of a space are those of its layers at the space's nominal input size (the deployment size),
 whatever input a search trains the supernet at.
 """
 
@@ -10,96 +11,109 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from posekit.errors import field_error
 
-from .arch import Arch, Layer, _head, _int, _layer, _list, _req, from_dict, parse_block_op, read_mapping
+from .arch import (
+    Arch,
+    ArchError,
+    Head,
+    Layer,
+    Stage,
+    check_int,
+    check_unknown,
+    parse_block_op,
+    parse_head,
+    parse_layer,
+    read_mapping,
+    require,
+    require_list,
+)
+from .latency import block_key, fixed_keys
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchLayer:
     index: int
     cin: int
     cout: int
     stride: int
     in_hw: tuple[int, int]
-    candidates: list[str]
+    candidates: tuple[str, ...]
 
 
+@dataclass(frozen=True)
 class SearchSpace:
-    def __init__(self, d: dict, src=None):
-        self.src = src
-        self.name = str(d.get("name", Path(src).stem if src else "space"))
-        self.num_joints = _int(_req(d, "num_joints", src, ""), src, "num_joints")
-        size = _req(d, "input_size", src, "")
-        self.input_size = (int(size[0]), int(size[1]))
-        self.act = d.get("act", "relu")
-        self.stem = [_layer(x, src, f"stem[{i}]", block=False) for i, x in enumerate(_list(d, "stem", src))]
-        self.head = _head(_req(d, "head", src, ""), src)
-        self.candidates = [str(c) for c in _list(d, "candidates", src)]
-        for i, c in enumerate(self.candidates):
-            try:
-                parse_block_op(c)
-            except ValueError as e:
-                raise field_error(src, f"candidates[{i}]", str(e)) from None
-        self.stages = []
-        for i, s in enumerate(_list(d, "stages", src)):
-            n = _int(_req(s, "layers", src, f"stages[{i}]."), src, f"stages[{i}].layers")
-            out = _int(_req(s, "out", src, f"stages[{i}]."), src, f"stages[{i}].out")
-            stride = _int(s.get("stride", 1), src, f"stages[{i}].stride")
-            if stride not in (1, 2):
-                raise field_error(src, f"stages[{i}].stride", f"must be 1 or 2, got {stride}")
-            self.stages.append((n, out, stride))
+    name: str
+    num_joints: int
+    input_size: tuple[int, int]
+    act: str
+    stem: tuple[Layer, ...]
+    stages: tuple[Stage, ...]
+    candidates: tuple[str, ...]
+    head: Head
+    src: str | Path | None = field(default=None, compare=False)
+    _layers: tuple[SearchLayer, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        src = self.src
+        for name in ("stem", "stages", "candidates"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.stem:
+            raise field_error(src, "stem", "needs at least one layer")
+        h, w = self.input_size
+        c = self.stem[-1].out
+        for layer in self.stem:
+            h, w = -(-h // layer.stride), -(-w // layer.stride)
+        out = []
+        for i, st in enumerate(self.stages):
+            if st.stride == 1 and st.out == c:
+                raise field_error(src, f"stages[{i}]", f"a stage begins with a stride or width change (stride 1 and "
+                                  f"width {c} continue the stage before); merge it into the previous stage")
+            for j in range(st.layers):
+                s = st.stride if j == 0 else 1
+                cands = tuple(x for x in self.candidates if x != "skip" or (s == 1 and c == st.out))
+                if not cands:
+                    raise field_error(src, "candidates", f"layer {len(out)} changes shape (stride {s}, "
+                                      f"{c} -> {st.out} channels), so it needs a candidate other than skip")
+                out.append(SearchLayer(len(out), c, st.out, s, (h, w), cands))
+                h, w, c = -(-h // s), -(-w // s), st.out
+        object.__setattr__(self, "_layers", tuple(out))
         # Validate by building one arch of the space: shapes, stride and head must fit.
-        from_dict(self.arch_for(self._first_choices()).to_dict(), src)
+        try:
+            self.arch_for(self._first_choices())
+        except ArchError as e:
+            raise e.at(src) from None
 
     # ---- layers and archs --------------------------------------------------------------------------
     def layers(self) -> list[SearchLayer]:
-        h, w = self.input_size
-        c = 3
-        for layer in self.stem:
-            h, w, c = -(-h // layer.stride), -(-w // layer.stride), layer.out
-        out = []
-        for n, cout, stride in self.stages:
-            for j in range(n):
-                s = stride if j == 0 else 1
-                cands = [x for x in self.candidates if x != "skip" or (s == 1 and c == cout)]
-                if not cands:
-                    raise field_error(self.src, "candidates", f"layer {len(out)} changes shape (stride {s}, "
-                                      f"{c} -> {cout} channels), so it needs a candidate other than skip")
-                out.append(SearchLayer(len(out), c, cout, s, (h, w), cands))
-                h, w, c = -(-h // s), -(-w // s), cout
-        return out
+        return list(self._layers)
 
     def arch_for(self, choices: list[str], name: str | None = None, meta: dict | None = None) -> Arch:
-        layers = self.layers()
-        if len(choices) != len(layers):
-            raise ValueError(f"{len(choices)} choices for {len(layers)} layers")
+        if len(choices) != len(self._layers):
+            raise ValueError(f"{len(choices)} choices for {len(self._layers)} layers")
         blocks = []
-        for layer, op in zip(layers, choices):
+        for layer, op in zip(self._layers, choices):
             if op not in layer.candidates:
-                raise ValueError(f"layer {layer.index}: {op!r} is not a candidate here ({layer.candidates})")
+                raise ValueError(f"layer {layer.index}: {op!r} is not a candidate here ({list(layer.candidates)})")
             blocks.append(Layer(op, layer.cout, layer.stride))
-        return Arch(name or f"{self.name}-derived", self.num_joints, self.input_size,
-                    [Layer(x.op, x.out, x.stride, x.act) for x in self.stem], blocks, self.head, [], self.act,
-                    dict(meta or {}))
+        return Arch(name or f"{self.name}-derived", self.num_joints, self.input_size, self.stem, blocks, self.head,
+                    (), self.act, meta or {})
 
     def _first_choices(self) -> list[str]:
-        return [layer.candidates[0] for layer in self.layers()]
+        return [layer.candidates[0] for layer in self._layers]
 
     def random_choices(self, rng: random.Random) -> list[str]:
-        return [rng.choice(layer.candidates) for layer in self.layers()]
+        return [rng.choice(layer.candidates) for layer in self._layers]
 
     def lut_keys(self) -> list[str]:
         """Every LUT key this space can ask for: each (layer, candidate) plus the fixed parts."""
-        from .latency import block_key, fixed_keys
-
         keys = []
-        for layer in self.layers():
+        for layer in self._layers:
             for op in layer.candidates:
                 keys.append(block_key(op, (*layer.in_hw, layer.cin), layer.cout, layer.stride))
         any_arch = self.arch_for(self._first_choices())
@@ -111,6 +125,43 @@ class SearchSpace:
         return hashlib.sha256("\n".join(self.lut_keys()).encode()).hexdigest()[:16]
 
 
+def space_from_dict(d: dict, src=None) -> SearchSpace:
+    """Validate a parsed search-space mapping; every fault raises UserError naming the file and field."""
+    if not isinstance(d, dict):
+        raise field_error(src, "<top>", "expected a mapping")
+    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "stages", "candidates", "head"), src)
+    stem = [parse_layer(x, src, f"stem[{i}]") for i, x in enumerate(require_list(d, "stem", src))]
+    candidates = [str(c) for c in require_list(d, "candidates", src)]
+    for i, c in enumerate(candidates):
+        try:
+            parse_block_op(c)
+        except ValueError as e:
+            raise field_error(src, f"candidates[{i}]", str(e)) from None
+    stages = []
+    for i, st in enumerate(require_list(d, "stages", src)):
+        where = f"stages[{i}]."
+        if not isinstance(st, dict):
+            raise field_error(src, f"stages[{i}]", f"expected a mapping with layers/out/stride, got {st!r}")
+        check_unknown(st, ("layers", "out", "stride"), src, where)
+        try:
+            stages.append(Stage(require(st, "layers", src, where), require(st, "out", src, where),
+                                st.get("stride", 1)))
+        except ArchError as e:
+            raise e.at(src, where) from None
+    try:
+        size = require(d, "input_size", src)
+        if not (isinstance(size, list) and len(size) == 2):
+            raise ArchError("input_size", f"expected [H, W], got {size!r}")
+        size = (check_int(size[0], "input_size[0]"), check_int(size[1], "input_size[1]"))
+        if not stem:
+            raise ArchError("stem", "needs at least one layer")
+    except ArchError as e:
+        raise e.at(src) from None
+    return SearchSpace(str(d.get("name", Path(src).stem if src else "space")), require(d, "num_joints", src), size,
+                       d.get("act", "relu"), tuple(stem), tuple(stages), tuple(candidates),
+                       parse_head(require(d, "head", src), src), src)
+
+
 def resolve_space(path: str | Path) -> Path:
     p = Path(path)
     if p.exists() or p.suffix:
@@ -120,4 +171,4 @@ def resolve_space(path: str | Path) -> Path:
 
 def load_space(path: str | Path = "default") -> SearchSpace:
     p = resolve_space(path)
-    return SearchSpace(read_mapping(p), src=p)
+    return space_from_dict(read_mapping(p), src=p)

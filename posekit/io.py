@@ -1,10 +1,12 @@
-"""Write files so that nothing half-written is ever seen: write to a temp name beside the target, then rename."""
+"""Write files so that nothing half-written is ever seen: write to a temp name beside the target, then rename.
+Also the one-line form of an exception (`first_line`) that every error message quotes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,14 +28,10 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
-            import shutil
-
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
@@ -59,3 +57,9 @@ def sha256_file(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    lines = str(e).strip().splitlines()
+    return lines[0].strip() if lines else type(e).__name__

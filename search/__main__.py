@@ -135,7 +135,8 @@ def run_search(cfg, quiet: bool = False):
     times = None
     if cfg.time_steps:
         times = s.step_times(arch)
-        arch.meta["step_times_s"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in times.items()}
+        arch = arch.replace(meta={**arch.meta, "step_times_s": {k: (round(v, 4) if isinstance(v, float) else v)
+                                                                for k, v in times.items()}})
     path = derive.write(arch, out / "arch.yaml", s.cost)
     layers = [x.candidates for x in s.space.layers()]
     plot_history(s.history, layers, out / "alpha_history.png", f"p per layer over epochs ({s.cost.device})")

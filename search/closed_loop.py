@@ -29,9 +29,7 @@ def ref_arch(name: str, space) -> Arch:
     a = load(name)
     if a.stem != space.stem or len(a.blocks) != len(space.layers()):
         raise UserError(f"--ref {name}: its stem/blocks do not match search space {space.name}")
-    a.head = space.head
-    a.name = f"{a.name}-{space.head.type}"
-    return a
+    return a.replace(head=space.head, name=f"{a.name}-{space.head.type}")
 
 
 def calib_batches(input_size, n: int = 8) -> list[torch.Tensor]:

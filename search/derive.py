@@ -124,7 +124,7 @@ def reference_costs(cost: CostModel, archs=("efficientpose_a",)) -> dict[str, fl
     for name in archs:
         a = load(name)
         for head in ("mbv1", a.head.type):
-            a.head.type = head
+            a = a.replace(head=a.head.replace(type=head))
             if not lut.missing(network_keys(a)):
                 out[f"{name} ({head} head)"] = lut.latency(a)
                 break

@@ -1,13 +1,18 @@
 """The shared network package: arch files, builder, heads, FLOPs, scaling, search space, LUT keys."""
 
+import dataclasses
 import json
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from model import build, dump, from_dict, load, shipped
+import model.cli as model_cli
+from model import Arch, Head, Layer, Op, Stage, build, dump, from_dict, load, shipped
 from model.flops import count_flops
 from model.latency import LUT, load_lut, network_keys
 from model.scaling import compound_scale
@@ -18,11 +23,8 @@ PUBLISHED_PARAMS = {"efficientpose_a": 1.30e6, "efficientpose_b": 3.25e6, "effic
 
 
 def small(name="efficientpose_a", head=None, size=(64, 48)):
-    a = load(name)
-    a.input_size = size
-    if head:
-        a.head.type = head
-    return a
+    a = load(name).replace(input_size=size)
+    return a.replace(head=a.head.replace(type=head)) if head else a
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
@@ -101,23 +103,30 @@ def test_bad_arch_file_names_file_and_field(tmp_path, field, mutate):
     assert str(path) in str(e.value) and field in str(e.value)
 
 
-def test_cli_reports_one_line_and_exit_2(tmp_path, root):
+def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
     d = load("efficientpose_a").to_dict()
     d["blocks"][3]["op"] = "ir_k4_e6"
     (tmp_path / "bad.json").write_text(json.dumps(d))
     (tmp_path / "broken.yaml").write_text("blocks: [oops\n")
     for name, what in (("bad.json", "blocks[3].op"), ("broken.yaml", "malformed"), ("missing.yaml", "no such file")):
         path = tmp_path / name
-        r = subprocess.run([sys.executable, "-m", "model", "check", str(path)], cwd=root, capture_output=True,
-                           text=True)
-        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-        assert str(path) in r.stderr and what in r.stderr and "Traceback" not in r.stderr
+        assert model_cli.main(["check", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+        assert str(path) in err and what in err
 
 
-def test_info_cli_prints_family(root):
-    r = subprocess.run([sys.executable, "-m", "model", "info", "efficientpose_a", "--family", "1"], cwd=root,
-                       capture_output=True, text=True, check=True)
-    assert "phi=1" in r.stdout and "GMAC" in r.stdout
+def test_info_cli_prints_family(capsys):
+    assert model_cli.main(["info", "efficientpose_a", "--family", "1", "--head", "mbv1", "--input", "128x96"]) == 0
+    out = capsys.readouterr().out
+    assert "phi=1" in out and "GMAC" in out and " 128x96 " in out
+
+
+def test_python_m_model_runs(root):
+    """The one spawned interpreter: `python -m model` is wired to the same main."""
+    r = subprocess.run([sys.executable, "-m", "model", "check", "efficientpose_a"], cwd=root, capture_output=True,
+                       text=True, check=True)
+    assert "efficientpose_a: ok" in r.stdout
 
 
 def test_search_space_layers_and_archs():
@@ -149,3 +158,83 @@ def test_lut_sum_and_clear_errors(tmp_path):
         load_lut(path)
     with pytest.raises(UserError, match="make lut DEVICE=nosuch"):
         load_lut("nosuch")
+
+
+def test_arch_is_frozen_and_replace_revalidates():
+    a = load("efficientpose_a")
+    for obj, attr, value in ((a, "input_size", (64, 48)), (a.head, "type", "mbv1"), (a.blocks[0], "op", "skip"),
+                             (a, "blocks", [])):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, attr, value)
+    with pytest.raises(TypeError):
+        a.meta["reported"] = {}  # meta is read-only too, nested mappings included
+    with pytest.raises(TypeError):
+        a.meta["reported"]["coco"] = 1
+    with pytest.raises(AttributeError):
+        a.blocks.append(a.blocks[0])
+    b = a.replace(input_size=(64, 48), head=a.head.replace(type="mbv1"))
+    assert (b.input_size, b.head.type, a.input_size, a.head.type) == ((64, 48), "mbv1", (256, 192), "plain")
+    with pytest.raises(UserError, match="input_size: 250x192 is not divisible"):
+        a.replace(input_size=(250, 192))
+    with pytest.raises(UserError, match="head.deconv"):
+        a.replace(head=a.head.replace(deconv=[64]))
+    assert from_dict(b.to_dict()) == b and from_dict(b.to_dict()).meta == a.meta
+
+
+def test_every_construction_path_validates():
+    a = load("efficientpose_a")
+    stem, head = a.stem, a.head
+    with pytest.raises(UserError, match=r"blocks\[1\]\.op: .*dwconv_k3.* is not a block op"):
+        Arch("x", 17, (64, 48), stem, [a.blocks[0], Layer("dwconv_k3", 24)] + list(a.blocks[2:]), head)
+    with pytest.raises(UserError, match=r"stem\[0\]\.op: .*skip.* is not a stem layer op"):
+        Arch("x", 17, (64, 48), [Layer("skip", 3)], a.blocks, head)
+    with pytest.raises(UserError, match="op: op 'ir_k4_e6': kernel must be odd"):
+        Layer("ir_k4_e6", 24)
+    with pytest.raises(UserError, match="stride must be 1 or 2"):
+        Layer("ir_k3_e6", 24, 3)
+    with pytest.raises(UserError, match="act: unknown activation 'gelu'"):
+        Layer("ir_k3_e6", 24, 1, "gelu")
+    with pytest.raises(UserError, match="type: unknown head type 'fpn'"):
+        Head("fpn")
+    with pytest.raises(UserError, match="num_joints: expected an integer >= 1"):
+        a.replace(num_joints=0)
+    with pytest.raises(UserError, match="act: unknown activation 'none'"):
+        a.replace(act="none")  # the arch default must be a real activation; a layer may say none
+    with pytest.raises(UserError, match=r"blocks\[0\]\.op: skip needs stride 1"):
+        a.replace(blocks=(a.blocks[0].replace(op="skip"),) + a.blocks[1:])
+    s = load_space("default")
+    with pytest.raises(ValueError, match="not a candidate"):
+        s.arch_for(["skip"] * len(s.layers()))
+    assert compound_scale(a, 1).replace() == compound_scale(a, 1)  # scaling builds through the same constructor
+    assert all(isinstance(x.spec, Op) and x.spec.name == x.op for x in a.stem + a.blocks)  # decoded once
+
+
+def test_block_act_is_built_as_written():
+    a = load("efficientpose_a").replace(input_size=(64, 48))
+    blocks = list(a.blocks)
+    blocks[1] = blocks[1].replace(act="relu6")
+    blocks[2] = blocks[2].replace(act="none")
+    b = from_dict(a.replace(blocks=blocks).to_dict())  # and it round-trips through the file form
+    assert [x.act for x in b.blocks[:3]] == [None, "relu6", "none"]
+    net = build(b)
+
+    def acts(m):
+        return [type(x).__name__ for x in m.modules() if isinstance(x, (torch.nn.ReLU, torch.nn.ReLU6))]
+
+    assert acts(net.backbone.blocks[0]) == ["ReLU", "ReLU"]
+    assert acts(net.backbone.blocks[1]) == ["ReLU6", "ReLU6"]
+    assert acts(net.backbone.blocks[2]) == []
+    assert acts(build(a.replace(act="relu6")).backbone.blocks[0]) == ["ReLU6", "ReLU6"]
+    assert compound_scale(b, 1).blocks[1].act == "relu6"
+
+
+def test_one_notion_of_stages(tmp_path):
+    s = load_space("default")
+    assert s.stages == (Stage(4, 24, 2), Stage(6, 32, 2), Stage(8, 64, 2), Stage(8, 96, 1))
+    assert s.arch_for(s.random_choices(random.Random(0))).stages == s.stages
+    assert load("efficientpose_a").stages == s.stages  # EfficientPose-A is an arch of the default space
+    d = yaml.safe_load((Path(__file__).resolve().parent.parent / "model/spaces/default.yaml").read_text())
+    d["stages"].insert(1, {"layers": 2, "out": 24, "stride": 1})  # continues the stage before: not a stage
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(UserError, match=r"s\.yaml: stages\[1\]: a stage begins with a stride or width change"):
+        load_space(tmp_path / "s.yaml")
