@@ -16,8 +16,6 @@ THREADS ?= 1
 TESTS   ?= tests
 
 opt = $(if $(2),$(1) $(2))
-# A stage whose issue has not landed prints "not built yet" and fails.
-need = @test -f $(1)/__main__.py || { echo "$(1): not built yet (see the issue tracker)"; exit 1; }
 
 .PHONY: setup test lint demo search train lut convert quantize parity-test bench fidelity info clean help
 
@@ -42,39 +40,30 @@ info: $(STAMP)
 	$(PY) -m model info $(or $(ARCH),efficientpose_a) $(call opt,--family,$(PHI))
 
 demo: $(STAMP)
-	$(call need,demo)
 	$(PY) -m demo $(call opt,--data,$(DATA))
 
 search: $(STAMP)
-	$(call need,search)
 	$(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--input,$(INPUT))
 
 train: $(STAMP)
-	$(call need,train)
 	$(PY) -m train --arch $(or $(ARCH),efficientpose_a) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--input,$(INPUT))
 
 lut: $(STAMP)
-	$(call need,device_bench)
 	$(PY) -m device_bench lut --device $(DEVICE) --threads $(THREADS)
 
 fidelity: $(STAMP)
-	$(call need,device_bench)
 	$(PY) -m device_bench fidelity --device $(DEVICE) --threads $(THREADS)
 
 bench: $(STAMP)
-	$(call need,device_bench)
 	$(PY) -m device_bench bench --device $(or $(filter-out pixel,$(DEVICE)),host) $(call opt,--model,$(MODEL)) $(call opt,--model-dir,$(MODEL_DIR)) --threads $(THREADS)
 
 convert: $(STAMP)
-	$(call need,convert)
 	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
 
 quantize: $(STAMP)
-	$(call need,quantize)
 	$(PY) -m quantize $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
 
 parity-test: $(STAMP)
-	$(call need,parity)
 	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA))
 
 clean:

@@ -1,17 +1,20 @@
-"""Small real artifacts for the parity tests, made with the libraries directly (coremltools, posekit.litert,
-torch.onnx): a tiny arch at 64x48, its checkpoint, and a manifest in the convert stage's format. Plus the two ways to
+"""Small real artifacts for the parity tests: a tiny arch at 64x48, its checkpoint, Core ML models made with
+coremltools directly, and the convert stage's artifacts made by its CLI. Plus the two ways to
 break an artifact on purpose: flip one weight tensor's sign in a .tflite, change one scale in Core ML weights."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model.arch import from_dict
+from model.checkpoint import save_checkpoint
 from model.net import build
 
 INPUT = (64, 48)
@@ -73,63 +76,6 @@ def compress(mlmodel, how: str, path: Path):
             global_config=cto.OpPalettizerConfig(nbits=nbits, mode="uniform", weight_threshold=0)))
     m.save(str(path))
     return m
-
-
-def _entry(root: Path, file: str, fmt: str, precision: str, layout: str = "NCHW", quantizer=None) -> dict:
-    from posekit.io import sha256_file
-
-    p = root / file
-    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-    shape = [1, 3, *INPUT] if layout == "NCHW" else [1, *INPUT, 3]
-    oshape = [1, 17, INPUT[0] // 4, INPUT[1] // 4] if layout == "NCHW" else [1, INPUT[0] // 4, INPUT[1] // 4, 17]
-    return {"file": file, "format": fmt, "precision": precision, "quantizer": quantizer, "size_bytes": size,
-            "sha256": sha256_file(p),
-            "inputs": [{"name": "image", "shape": shape, "dtype": "float32", "layout": layout, "kind": "tensor",
-                        "quantization": None, "normalization_folded": False}],
-            "outputs": [{"name": "heatmaps", "shape": oshape, "dtype": "float32", "layout": layout,
-                         "quantization": None}]}
-
-
-def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
-    from posekit.io import atomic_write_json, sha256_file
-    from posekit.keypoints import MEAN, STD, keypoint_info
-
-    info = keypoint_info(17)
-    atomic_write_json(root / "manifest.json", {
-        "schema_version": 1, "model": arch.name, "created": "test", "tool_versions": {},
-        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch_file": None,
-                   "arch_sha256": None},
-        "arch": arch.to_dict(), "num_joints": 17, "keypoint_names": info["names"], "skeleton": info["skeleton"],
-        "flip_pairs": info["flip_pairs"], "heatmap_stride": 4, "input_size": list(INPUT),
-        "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD)},
-        "artifacts": entries})
-
-
-def make_artifacts(root: Path, head: str = "mbv1") -> list[dict]:
-    """checkpoint + tflite fp32 (NHWC) + onnx fp32 + Core ML mlprogram fp32 and int8-weights; returns the entries."""
-    from model.checkpoint import save_checkpoint
-    from posekit.litert import to_tflite
-
-    root.mkdir(parents=True, exist_ok=True)
-    net = tiny_net(head)
-    arch = tiny_arch(head)
-    ckpt = save_checkpoint(root / "model.pt", net, arch)
-    x = torch.zeros(1, 3, *INPUT)
-    (root / "tflite").mkdir(exist_ok=True)
-    to_tflite(net, x, root / "tflite/model_fp32.tflite", "fp32")
-    (root / "onnx").mkdir(exist_ok=True)
-    torch.onnx.export(net, (x,), str(root / "onnx/model.onnx"), input_names=["image"], output_names=["heatmaps"],
-                      dynamo=False, opset_version=17)
-    (root / "coreml").mkdir(exist_ok=True)
-    m = coreml_convert(net, root / "coreml/model_fp32.mlpackage", "fp32")
-    compress(m, "int8-weights", root / "coreml/model_int8w.mlpackage")
-    entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC", "litert-torch"),
-               _entry(root, "onnx/model.onnx", "onnx", "fp32"),
-               _entry(root, "coreml/model_fp32.mlpackage", "coreml-mlprogram", "fp32"),
-               _entry(root, "coreml/model_int8w.mlpackage", "coreml-mlprogram", "int8-weights",
-                      quantizer="coremltools linear_quantize_weights")]
-    write_manifest(root, arch, entries, ckpt)
-    return entries
 
 
 # ---------------------------------------------------------------------------------------- deliberately broken copies
@@ -227,16 +173,7 @@ def add_broken(root: Path) -> dict:
 
 def convert_artifacts(root: Path, head: str = "mbv1") -> Path:
     """The convert stage's own artifacts of the tiny net (its CLI, as a user runs it): tflite fp32, onnx, Core ML
-    fp32 (image input, normalization folded) and int8-weights. Falls back to `make_artifacts` without the stage."""
-    import importlib.util
-    import subprocess
-    import sys
-
-    from model.checkpoint import save_checkpoint
-
-    if importlib.util.find_spec("convert") is None:
-        make_artifacts(root, head)
-        return root
+    fp32 (image input, normalization folded) and int8-weights."""
     ckpt = save_checkpoint(root.parent / f"{root.name}.pt", tiny_net(head), tiny_arch(head))
     repo = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-m", "convert", "--ckpt", str(ckpt), "--out", str(root), "--targets",
