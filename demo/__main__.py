@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from model.space import SPACE_DIR
 from posekit.cli import ArgumentParser, main_guard
-from posekit.keypoints import REPO
+from posekit.paths import ARTIFACTS, DEFAULT_COCO, LUTS, RUNS
 
 from .pipeline import Step, run_steps
 from .report import gather, print_table, table, write_html
@@ -29,8 +30,8 @@ AP_SPLIT = "train2017"
 
 def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[list[Step], dict[str, Path]]:
     py = sys.executable
-    space = REPO / "model" / "spaces" / "default.yaml"
-    lut = REPO / "luts" / f"{device}.json"
+    space = SPACE_DIR / "default.yaml"
+    lut = LUTS / f"{device}.json"
     quick_lut = out / "luts" / "host-quick.json"
     arch = out / "search" / "arch.yaml"
     ckpt = out / "train" / "best.pt"
@@ -38,7 +39,7 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
     parity = artifacts / "parity" / "report.json"
     bench = out / "bench.json"
     data_args = ["--data", data] if data else []
-    data_in = [Path(data)] if data else [REPO / "data" / "coco-mini"]
+    data_in = [Path(data)] if data else [DEFAULT_COCO]
     table_ = [
         Step("lut", [py, "-m", "device_bench", "lut", "--device", "host", "--quick", "--out", str(quick_lut)],
              [space], [quick_lut]),
@@ -66,8 +67,9 @@ def main(argv=None):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="COCO tree (default: the bundled data/coco-mini)")
     p.add_argument("--device", default="pixel", help="LUT the search optimizes for (default: pixel)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts/demo"), help="artifacts folder")
+    p.add_argument("--out", type=Path, default=RUNS / "demo", help="run folder (default runs/demo)")
+    p.add_argument("--artifacts", type=Path, default=ARTIFACTS / "demo", help="artifacts folder (default "
+                   "artifacts/demo)")
     p.add_argument("--force", action="store_true", help="redo every step")
     args = p.parse_args(argv)
     t0 = time.monotonic()

@@ -40,6 +40,7 @@ from types import MappingProxyType
 
 import yaml
 
+from posekit import heatmap
 from posekit.errors import UserError, field_error
 from posekit.io import atomic_write_text, first_line
 
@@ -50,7 +51,7 @@ ACTS = ("relu", "relu6", "none")
 ARCH_ACTS = ("relu", "relu6")
 HEAD_TYPES = ("plain", "mbv1", "mbv2")
 HEAD_KERNELS = (2, 3, 4)
-HEATMAP_STRIDE = 4
+HEATMAP_STRIDE = heatmap.STRIDE  # heatmaps at input / 4: the convention posekit.heatmap defines
 
 
 class ArchError(UserError):

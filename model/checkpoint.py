@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from posekit.errors import UserError
-from posekit.io import atomic_path
+from posekit.io import atomic_path, first_line
 
 from .arch import Arch, from_dict
 from .net import PoseNet
@@ -49,8 +49,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt / non-torch file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: not a loadable checkpoint: {first}") from None
+        raise UserError(f"{p}: not a loadable checkpoint: {first_line(e)}") from None
     if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
         raise UserError(f"{p}: not a posenas checkpoint (needs 'arch' and 'model'; format {FORMAT})")
     return ckpt
@@ -64,5 +63,5 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseNet, Arch, dict]:
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{path}: model: weights do not match the arch: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{path}: model: weights do not match the arch: {first_line(e)}") from None
     return net.eval(), arch, ckpt

@@ -76,6 +76,12 @@ def decode(heatmaps):
     return coords, maxvals.astype(np.float32)
 
 
+def joints_mse(pred, target, weight):
+    """The heatmap loss of training and search: SimpleBaseline's JointsMSELoss (EfficientPose Eq. 7), 0.5 x the mean
+    squared error over the labelled joints. pred/target tensors (N, J, h, w), weight (N, J, 1) of 0/1."""
+    return 0.5 * ((pred - target) ** 2 * weight[..., None]).mean()
+
+
 def flip_back(heatmaps, flip_pairs):
     """Heatmaps predicted on a horizontally flipped input -> heatmaps of the original input (N, J, h, w)."""
     out = np.asarray(heatmaps)[..., ::-1].copy()

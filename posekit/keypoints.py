@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_COCO = REPO / "data" / "coco-mini"  # the bundled real COCO subset (data/SOURCES.md)
-DEFAULT_MPII = REPO / "data" / "mpii-mini"
+from posekit.paths import DEFAULT_COCO, DEFAULT_MPII, REPO  # noqa: F401  (stages still import them from here)
 
 # Input normalization of every network here: RGB in [0, 1], then (x - mean) / std (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model.space import load_space
 from posekit.errors import UserError
+from posekit.heatmap import joints_mse as heatmap_loss
 from posekit.io import atomic_path, atomic_write_json
 
 from .cost import CostModel, load_cost, log_tau
@@ -64,12 +65,6 @@ class Config:
         """What a resumed run must share with the run it continues."""
         return {k: getattr(self, k) for k in ("device", "space", "data", "input_size", "batch_size", "seed", "limit",
                                               "drop_path", "w_optim", "temperature")}
-
-
-def heatmap_loss(pred, target, weight):
-    """SimpleBaseline's JointsMSELoss: 0.5 * MSE over the joints that are labelled (target weight 1)."""
-    w = weight.unsqueeze(-1)
-    return 0.5 * ((pred - target) ** 2 * w).mean()
 
 
 class Search:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # before any project import: the checkout under test, not an installed copy
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 

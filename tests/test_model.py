@@ -5,7 +5,6 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,11 @@ import yaml
 
 import model.cli as model_cli
 from model import Arch, Head, Layer, Op, Stage, build, dump, from_dict, load, shipped
+from model.arch import HEATMAP_STRIDE
 from model.flops import count_flops
 from model.latency import LUT, load_lut, network_keys
 from model.scaling import compound_scale
-from model.space import load_space
+from model.space import SPACE_DIR, load_space
 from posekit.errors import UserError
 
 PUBLISHED_PARAMS = {"efficientpose_a": 1.30e6, "efficientpose_b": 3.25e6, "efficientpose_c": 5.00e6}
@@ -40,7 +40,7 @@ def test_heatmaps_at_stride_4_for_every_head(name, head):
     net = build(a).eval()
     with torch.no_grad():
         y = net(torch.randn(2, 3, *a.input_size))
-    assert y.shape == (2, a.num_joints, a.input_size[0] // 4, a.input_size[1] // 4)
+    assert y.shape == (2, a.num_joints, a.input_size[0] // HEATMAP_STRIDE, a.input_size[1] // HEATMAP_STRIDE)
 
 
 def test_mbv1_head_has_fewer_flops_than_plain():
@@ -233,7 +233,7 @@ def test_one_notion_of_stages(tmp_path):
     assert s.stages == (Stage(4, 24, 2), Stage(6, 32, 2), Stage(8, 64, 2), Stage(8, 96, 1))
     assert s.arch_for(s.random_choices(random.Random(0))).stages == s.stages
     assert load("efficientpose_a").stages == s.stages  # EfficientPose-A is an arch of the default space
-    d = yaml.safe_load((Path(__file__).resolve().parent.parent / "model/spaces/default.yaml").read_text())
+    d = yaml.safe_load((SPACE_DIR / "default.yaml").read_text())
     d["stages"].insert(1, {"layers": 2, "out": 24, "stride": 1})  # continues the stage before: not a stage
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
     with pytest.raises(UserError, match=r"s\.yaml: stages\[1\]: a stage begins with a stride or width change"):

@@ -21,14 +21,10 @@ from model.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from posekit.data import CocoPose, MpiiPose
 from posekit.errors import UserError
 from posekit.evaluate import evaluate_model, evaluate_mpii
+from posekit.heatmap import joints_mse as weighted_mse
 from posekit.io import atomic_write_json, atomic_write_text
 from train import dist
 from train.plots import plot_curves
-
-
-def weighted_mse(pred, target, weight):
-    """Eq. 7: sum over labelled joints of ||P_j - G_j||^2, as a mean (SimpleBaseline's JointsMSELoss scale)."""
-    return 0.5 * ((pred - target) ** 2 * weight[..., None]).mean()
 
 
 def lr_factor(cfg: dict):
