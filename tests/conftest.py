@@ -9,6 +9,15 @@ sys.path.insert(0, str(ROOT))  # before any project import: the checkout under t
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
+SLOW_TIMEOUT_S = 900  # the per-test limit of @pytest.mark.slow tests (the default is `timeout` in pyproject.toml)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -17,21 +17,26 @@ def _bn_random(bn):
     return bn
 
 
-@pytest.mark.parametrize("kernel", [2, 3, 4])
-def test_fold_bn_grouped_deconv_is_exact_where_torch_is_not(kernel):
+def _grouped_deconv_bn(kernel):
     torch.manual_seed(0)
     unit = randomize(DeconvBNAct(8, 8, kernel, groups=8)).eval()
-    deconv, bn = unit[0], unit[1]
     x = torch.randn(2, 8, 5, 4)
-    ref = bn(deconv(x))
+    return unit[0], unit[1], x, unit[1](unit[0](x))
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4])
+def test_fold_bn_grouped_deconv_is_exact(kernel):
+    deconv, bn, x, ref = _grouped_deconv_bn(kernel)
     assert (fold_bn(deconv, bn)(x) - ref).abs().max() <= 1e-5
-    # the known trap this module exists for: torch's own fusion treats the weight's dim 1 as all output channels
-    # when groups > 1, so its module is wrong or does not even run
-    try:
-        wrong = (fuse_conv_bn_eval(deconv, bn, transpose=True)(x) - ref).abs().max() > 1e-2
-    except RuntimeError:
-        wrong = True
-    assert wrong
+
+
+@pytest.mark.xfail(strict=False, raises=(AssertionError, RuntimeError),
+                   reason="canary: torch's fuse_conv_bn_eval(transpose=True) treats the weight's dim 1 as all output "
+                          "channels when groups > 1 (the trap model.deploy.fold_bn exists for); an XPASS means torch "
+                          "fixed it and fold_bn's grouped case could defer to torch")
+def test_torch_fuses_grouped_deconv_bn():
+    deconv, bn, x, ref = _grouped_deconv_bn(4)
+    assert (fuse_conv_bn_eval(deconv, bn, transpose=True)(x) - ref).abs().max() <= 1e-5
 
 
 def test_fold_bn_dense_and_grouped_conv():
