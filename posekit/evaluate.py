@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +154,7 @@ _WARNED: set = set()
 
 def _coco_dataset(root, split, input_size, boxes, num_joints, limit=None):
     """The eval dataset; its skip summary is warned once per process (a trainer evaluates every epoch)."""
-    import warnings
-
-    from posekit.data import CocoPose
+    from posekit.data import CocoPose  # posekit.data imports torch: deferred so scoring alone stays light
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
