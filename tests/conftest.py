@@ -21,3 +21,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core host, two spinning OpenMP threads make small convs ~10x slower."""
+    import torch  # here, not at the top: collecting tests that never use torch stays light
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

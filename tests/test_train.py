@@ -41,15 +41,6 @@ def tiny_run(tmp_path_factory):
     return out, r
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy 2-core host, two spinning OpenMP threads make small convs ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_checkpoint_round_trip(tmp_path, one_thread):
     arch = with_input(load("efficientpose_a"), (64, 48))
     net = build(arch).eval()
