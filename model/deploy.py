@@ -10,13 +10,14 @@ Rewrites of a depthwise ConvTranspose2d (stride s, kernel k, padding p), all exa
   RESHAPE, TRANSPOSE, RESHAPE.
 - "phases": the same taps as s*s separate depthwise convs, concatenated, then a pixel shuffle.
 
-Measured (`python -m convert head-bench`: EfficientPose-A's MBV1 head, in 16x12x96, fp32, XNNPACK, 1 thread,
-thread CPU time, 7 interleaved rounds, shared 2-core x86 host): subpixel 1.09 ms (12 ops), phases 0.88 ms (28 ops,
-2 CONCATENATION), zeros 2.70 ms, dense 6.78 ms, direct lowering ("none", 160 SLICE + 160 TRANSPOSE_CONV) 7.58 ms,
-plain head 3.71 ms. subpixel ships: phases is a little faster here but adds CONCATENATION ops and 2.3x the ops.
 - "zeros": zero insertion (stride-s upsampling with zeros) then a stride-1 depthwise conv with the flipped kernel.
 - "dense": one dense ConvTranspose2d with a block-diagonal weight (C times the MACs, one TRANSPOSE_CONV).
 - "none": leave the ConvTranspose2d (litert-torch's direct lowering; the baseline of the bench).
+
+Measured once (`python -m convert head-bench`: EfficientPose-A's MBV1 head, in 16x12x96, fp32, XNNPACK, 1 thread,
+thread CPU time, 7 interleaved rounds, shared 2-core x86 host): subpixel 1.09 ms (12 ops), phases 0.88 ms (28 ops,
+2 CONCATENATION), zeros 2.70 ms, dense 6.78 ms, direct lowering ("none", 160 SLICE + 160 TRANSPOSE_CONV) 7.58 ms,
+plain head 3.71 ms. subpixel ships: phases is a little faster here but adds CONCATENATION ops and 2.3x the ops.
 """
 
 from __future__ import annotations
