@@ -36,7 +36,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 
 import yaml
 
@@ -198,16 +197,29 @@ class Stage:
             raise ArchError("stride", f"must be 1 or 2, got {self.stride}")
 
 
+class FrozenDict(dict):
+    """A dict that refuses changes (`Arch.meta`, nested mappings included); reading, json, pickle and deepcopy work
+    as for a dict, so an Arch still travels to a spawned process or inside a deep-copied network."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("arch data is read-only: make a new arch with arch.replace(meta={**arch.meta, ...})")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return FrozenDict, (dict(self),)
+
+
 def _freeze(v):
-    if isinstance(v, (dict, MappingProxyType)):
-        return MappingProxyType({str(k): _freeze(x) for k, x in v.items()})
+    if isinstance(v, dict):
+        return FrozenDict({str(k): _freeze(x) for k, x in v.items()})
     if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
     return copy.deepcopy(v)
 
 
 def _thaw(v):
-    if isinstance(v, MappingProxyType):
+    if isinstance(v, dict):
         return {k: _thaw(x) for k, x in v.items()}
     if isinstance(v, tuple):
         return [_thaw(x) for x in v]
@@ -225,7 +237,7 @@ class Arch:
     tail: tuple[Layer, ...] = ()
     act: str = "relu"
     # free-form provenance / search results, kept on round trip (read-only: replace(meta={**a.meta, ...}))
-    meta: MappingProxyType = field(default_factory=dict, hash=False)
+    meta: FrozenDict = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -253,7 +265,7 @@ class Arch:
             raise ArchError("stem", "needs at least one layer")
         if not isinstance(self.head, Head):
             raise ArchError("head", f"expected a Head, got {self.head!r}")
-        if not isinstance(self.meta, (dict, MappingProxyType)):
+        if not isinstance(self.meta, dict):
             raise ArchError("meta", f"expected a mapping, got {type(self.meta).__name__}")
         object.__setattr__(self, "meta", _freeze(self.meta))
         self._check_shapes()

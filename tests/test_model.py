@@ -1,7 +1,9 @@
 """The shared network package: arch files, builder, heads, FLOPs, scaling, search space, LUT keys."""
 
+import copy
 import dataclasses
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -179,6 +181,9 @@ def test_arch_is_frozen_and_replace_revalidates():
     with pytest.raises(UserError, match="head.deconv"):
         a.replace(head=a.head.replace(deconv=[64]))
     assert from_dict(b.to_dict()) == b and from_dict(b.to_dict()).meta == a.meta
+    # a frozen arch still travels: pickled to a spawned worker, deep-copied inside a network, dumped as JSON
+    assert pickle.loads(pickle.dumps(a)) == a and copy.deepcopy(build(b)).arch == b
+    assert json.loads(json.dumps(a.meta)) == a.to_dict()["meta"]
 
 
 def test_every_construction_path_validates():
