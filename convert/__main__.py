@@ -4,19 +4,22 @@ the MBV1 head's deconv rewrites (see model/deploy.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from posekit.cli import ArgumentParser, main_guard
+from posekit.lock import folder_lock
 
-from .pipeline import ALL, GROUPS
+from .targets import BY_NAME, GROUPS
 
 
 def quiet_libraries():
     """The converters log a lot that is not for the user (absl C++ logs, coremltools' missing macOS runtime on
-    Linux, torchao's optional kernels): keep warnings and errors of our own visible, drop theirs."""
+    Linux, torchao's optional kernels): drop their Python log records below ERROR; what they print on fds 1/2 goes
+    to <out>/convert.log during a run (convert/worker.py: chatter_to)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GLOG_minloglevel", "2")
     for name in ("coremltools", "torchao", "absl", "torch.utils._pytree", "torch.export", "torch.onnx"):
@@ -35,12 +38,14 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
                                                           "zero point in the manifest); default float32 I/O")
     p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e"),
-                   help="int8 quantizers to build and score by SQNR on held-out crops (default: the two ai-edge-"
-                        "quantizer recipes; pt2e costs a second conversion); the best fully-integer one with int8 "
-                        "activations ships, all scores go to manifest.json")
+                   help="int8 quantizers to build and score on held-out crops by OKS-agreement with the float "
+                        "model (SQNR as tie-break) (default: the two ai-edge-quantizer recipes; pt2e costs a second "
+                        "conversion); the best fully-integer one with int8 activations ships, all scores go to "
+                        "manifest.json")
     p.add_argument("--jobs", type=int, default=2, help="processes: 2 runs Core ML + ONNX beside TFLite (default 2)")
     p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
-                   help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(ALL)} (default {default_targets})")
+                   help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(BY_NAME)} (default "
+                        f"{default_targets}; the registry: convert/targets.py)")
 
 
 def run(args, log=print):
@@ -52,10 +57,14 @@ def run(args, log=print):
 
         raise UserError(f"--calib {args.calib}: needs at least 1 crop")
     targets = expand_targets(args.targets)
-    src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
-    out = args.out or Path("artifacts") / src.name
-    log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
-    convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log)
+    with contextlib.ExitStack() as stack:
+        if args.out:  # one writer per folder: refuse at once, before loading the model
+            stack.enter_context(folder_lock(args.out, "an artifact folder"))
+        src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
+        out = args.out or Path("artifacts") / src.name
+        log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
+        convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log,
+                locked=bool(args.out))
     return 0
 
 

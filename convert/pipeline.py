@@ -1,5 +1,9 @@
 """One conversion run: resolve the model, build the deploy graph, write each requested artifact (atomically, each
-recorded in a resumable state file as it lands), then the manifest last."""
+recorded in a resumable state file as it lands), then the manifest last, checked against the files.
+
+The float graphs are written here through the shared layer's exporters (posekit.litert, posekit.export_coreml,
+posekit.export_onnx); the quantized ones by quantize/ (calibration crops, recipes, candidate selection, Core ML
+weight compression). One writer per folder (posekit/lock.py); third-party output goes to <out>/convert.log."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -17,28 +22,22 @@ from tqdm import tqdm
 from model.arch import dump
 from model.checkpoint import save_checkpoint
 from model.deploy import deploy_model
+from posekit import manifest
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
+from posekit.lock import folder_lock
 
-from . import manifest
-from .source import Source, calibration_batches, eval_batches
+from . import targets as registry
+from .source import Source
+from .worker import chatter_to, die_with_parent, net_bytes, net_from_bytes
 
-TFLITE = ("fp32", "fp16", "int8", "int8-dynamic")
-COREML = ("fp32", "fp16", "fp32-tensor", "int8-weights", "palettized-8bit", "palettized-6bit", "neuralnetwork")
-ALL = [f"tflite-{p}" for p in TFLITE] + [f"coreml-{k}" for k in COREML] + ["onnx"]
-QUANTIZED = ["tflite-fp16", "tflite-int8", "tflite-int8-dynamic", "coreml-int8-weights", "coreml-palettized-8bit",
-             "coreml-palettized-6bit"]
-GROUPS = {"all": ALL, "quantized": QUANTIZED, "tflite": ALL[:4], "coreml": ALL[4:11], "onnx": ["onnx"]}
 STATE = ".convert-state.json"
+LOG = "convert.log"
 
 
 def expand_targets(names) -> list[str]:
-    out = []
-    for n in names:
-        if n not in GROUPS and n not in ALL:
-            raise UserError(f"--targets {n!r}: unknown (one of {', '.join(list(GROUPS) + ALL)})")
-        out += [t for t in GROUPS.get(n, [n]) if t not in out]
-    return out
+    """--targets values -> target names (registry order)."""
+    return [t.name for t in registry.expand(names)]
 
 
 def _key(src: Source, target: str, opts: dict) -> str:
@@ -69,15 +68,37 @@ def _save_source(src: Source, out: Path) -> None:
     src.checkpoint, src.checkpoint_sha256 = str(path), sha256_file(path)
 
 
-def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: str | None = None,
-            int8_io: bool = False, candidates=None, jobs: int = 2, log=print) -> Path:
-    """Write `targets` into `out` and then the manifest. With jobs > 1, Core ML and ONNX run in a second process
-    while TFLite converts in this one (each converter is single-threaded Python/MLIR work)."""
-    from .tflite import DEFAULT_CANDIDATES
+def _stale_temps(out: Path) -> None:
+    """Temp files of a killed run (posekit.io.atomic_path names them .<name>.<random><suffix>; int8 candidates
+    .cand-*): nobody else writes here while we hold the lock, so they are removed."""
+    import shutil
 
+    known = [out / t.file for t in registry.TARGETS] + [out / n for n in (
+        "manifest.json", "arch.yaml", "source.pt", STATE, "tflite/model_int8_io.tflite")]
+    for p in known:
+        if p.parent.is_dir():
+            for tmp in [*p.parent.glob(f".{p.name}.*"), *p.parent.glob(".cand-*")]:
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: str | None = None,
+            int8_io: bool = False, candidates=None, jobs: int = 2, log=print, locked: bool = False) -> Path:
+    """Write `targets` into `out` and then the manifest, holding `out`'s lock; third-party output goes to
+    <out>/convert.log, `log` gets our progress. With jobs > 1, Core ML and ONNX run in a second process while
+    TFLite converts in this one (each converter is single-threaded Python/MLIR work). locked: the caller holds
+    `out`'s lock already."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext() if locked else folder_lock(out, "an artifact folder"):
+        with chatter_to(out / LOG) as (say, term):
+            return _convert(src, out, targets, calib, data, int8_io, candidates, jobs, say if log is print else log,
+                            term)
+
+
+def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, term) -> Path:
+    from quantize.select import DEFAULT_CANDIDATES
+
     t0 = time.perf_counter()
+    _stale_temps(out)
     arch_file = dump(src.arch, out / "arch.yaml", header=f"arch of the converted model (from {src.arch_origin})")
     if src.random_init or src.checkpoint is None or src.input_override:
         _save_source(src, out)
@@ -85,12 +106,11 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
     state_path = out / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     net = deploy_model(src.net)
-    h, w = src.arch.input_size
-    sample = torch.randn(1, 3, h, w)
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
     entries, extra, todo = [], {}, []
     for target in targets:
-        key = _key(src, target, opts if target.startswith("tflite-int8") else {})
+        t = registry.get(target)
+        key = _key(src, target, opts if t.exporter == "tflite-int8" else {})
         prev = state.get(target)
         if prev and prev["key"] == key and all((out / e["file"]).exists() and sha256_file(out / e["file"]) ==
                                                e["sha256"] for e in prev["entries"]):
@@ -105,7 +125,10 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
     if len(todo) < len(targets):
         log(f"  resumed {len(targets) - len(todo)} finished artifact(s) from {state_path}")
 
+    bar = tqdm(total=len(todo), desc="convert", unit="artifact", disable=None, file=term)
+
     def done(target, key, new, new_extra, secs):
+        bar.clear()
         log(f"  {target}: {', '.join(e['file'] for e in new)} ({secs:.1f} s)")
         entries.extend(new)
         extra.update(new_extra)
@@ -113,22 +136,27 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
         atomic_write_json(state_path, state)
         bar.update()
 
-    remote = [(t, k) for t, k in todo if not t.startswith("tflite")] if jobs > 1 else []
+    remote = [(t, k) for t, k in todo if registry.get(t).in_worker] if jobs > 1 else []
     local = [x for x in todo if x not in remote]
-    bar = tqdm(total=len(todo), desc="convert", unit="artifact", disable=None)
+    h, w = src.arch.input_size
     with contextlib.ExitStack() as stack:
         futs = {}
         if remote:
-            ex = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
-            futs = {ex.submit(_timed, t, net, src.arch, out, sample, None, opts): (t, k) for t, k in remote}
+            ex = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                         initializer=die_with_parent, initargs=(os.getpid(),)))
+            blob = net_bytes(src.net, src.arch)  # plain bytes, not the module (see convert/worker.py)
+            futs = {ex.submit(_remote, t, blob, str(out), dict(opts)): (t, k) for t, k in remote}
         lazy = {}
 
         def batches(kind):
+            from quantize.calibration import calibration_batches, eval_batches
+
             if kind not in lazy:
-                fn, n = (calibration_batches, calib) if kind == "calib" else (eval_batches, 8)
-                lazy[kind] = fn(src.arch, data, n)
+                lazy[kind] = (calibration_batches(src.arch, data, calib) if kind == "calib" else
+                              eval_batches(src.arch, data, 8))
             return lazy[kind]
 
+        sample = torch.randn(1, 3, h, w)
         for target, key in local:
             done(target, key, *_timed(target, net, src.arch, out, sample, batches, opts, log))
         for fut in as_completed(futs):
@@ -140,54 +168,92 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
     if keep and "int8_selection" in old:
         extra = {"int8_selection": old["int8_selection"], **extra}
     path = manifest.write(out, head, entries, keep, **extra)
+    bad = manifest.mismatched(out)
+    if bad:  # cannot happen while one writer holds the folder; checked so that it never passes silently
+        raise UserError(f"{path}: sha256 differs from the file for {', '.join(bad)}")
     log(f"wrote {path} ({len(todo)} new, {len(entries)} in this run's targets) in {time.perf_counter() - t0:.1f} s")
     return path
 
 
+def _remote(target: str, blob: bytes, out: str, opts: dict):
+    """Worker side: rebuild the net from plain bytes, deploy it, export one target."""
+    net, arch = net_from_bytes(blob)
+    h, w = arch.input_size
+    return _timed(target, deploy_model(net), arch, Path(out), torch.randn(1, 3, h, w), None, opts, lambda m: None)
+
+
 def _timed(target, net, arch, out, sample, batches, opts, log=print):
     t = time.perf_counter()
-    new, extra = _one(target, net, arch, out, sample, batches, opts, log)
+    new, extra = _one(registry.get(target), net, arch, out, sample, batches, opts, log)
     return new, extra, time.perf_counter() - t
 
 
-def _one(target, net, arch, out, sample, batches, opts, log):
+def _tflite_fp32(t, net, arch, out, sample, batches, opts, log):
     from posekit import litert
 
-    from . import coreml, onnx, tflite
+    fp32 = out / registry.get("tflite-fp32").file
+    if t.name == "tflite-fp32" or not opts["_fp32_fresh"]:
+        _guard(lambda: litert.to_tflite(net, sample, fp32), "tflite", net, sample)
+        opts["_fp32_fresh"] = True
+    return fp32
 
-    fmt, _, kind = target.partition("-")
-    if fmt == "tflite":
-        fp32 = out / "tflite" / "model_fp32.tflite"
-        if kind == "fp32" or not opts["_fp32_fresh"]:
-            _guard(lambda: litert.to_tflite(net, sample, fp32), "tflite", net, sample)
-            opts["_fp32_fresh"] = True
-        entries, extra = [], {}
-        if kind == "fp32":
-            ins, outs = tflite.io_entries(fp32)
-            entries.append(manifest.artifact(out, fp32, "tflite", "fp32", None, ins, outs))
-        elif kind == "int8":
-            path = out / "tflite" / ("model_int8_io.tflite" if opts["int8_io"] else "model_int8.tflite")
-            sel = tflite.export_int8(net, sample, path, fp32, batches("calib"), batches("eval"), opts["int8_io"],
-                                     opts["candidates"], log)
-            split = "train2017" if arch.num_joints == 17 else "valid"
-            sel["calibration"] = f"{len(batches('calib'))} person crops, {opts['data'] or 'bundled data'} {split}"
-            ins, outs = tflite.io_entries(path)
-            entries.append(manifest.artifact(out, path, "tflite", "int8", sel["chosen"], ins, outs))
-            extra["int8_selection"] = sel
-        else:
-            path = out / "tflite" / f"model_{kind.replace('-', '_')}.tflite"
-            litert.quantize_tflite(fp32, path, kind)
-            q = {"fp16": "ai-edge-quantizer float_casting (fp16 weights)",
-                 "int8-dynamic": "ai-edge-quantizer dynamic_wi8_afp32"}[kind]
-            ins, outs = tflite.io_entries(path)
-            entries.append(manifest.artifact(out, path, "tflite", kind, q, ins, outs))
-        return entries, extra
-    if fmt == "coreml":
-        res = _guard(lambda: list(coreml.export_coreml(net, arch, out, [kind], log)), "coreml", net, sample)
-        return [manifest.artifact(out, p, f, prec, q, ins, outs) for p, f, prec, q, ins, outs in res], {}
-    path, ins, outs, info = _guard(lambda: onnx.export_onnx(net, arch, out / "onnx" / "model.onnx"), "onnx",
-                                   net, sample)
-    return [manifest.artifact(out, path, "onnx", "fp32", None, ins, outs, **info)], {}
+
+def _export_tflite(t, net, arch, out, sample, batches, opts, log):
+    fp32 = _tflite_fp32(t, net, arch, out, sample, batches, opts, log)
+    return [_entry(out, t, fp32)], {}
+
+
+def _export_tflite_quant(t, net, arch, out, sample, batches, opts, log):
+    from quantize.tflite import quantize_tflite
+
+    fp32 = _tflite_fp32(t, net, arch, out, sample, batches, opts, log)
+    path = quantize_tflite(fp32, out / t.file, t.kind)
+    q = {"fp16": "ai-edge-quantizer float_casting (fp16 weights)",
+         "int8-dynamic": "ai-edge-quantizer dynamic_wi8_afp32"}[t.kind]
+    return [_entry(out, t, path, q)], {}
+
+
+def _export_tflite_int8(t, net, arch, out, sample, batches, opts, log):
+    from quantize.select import export_int8
+
+    fp32 = _tflite_fp32(t, net, arch, out, sample, batches, opts, log)
+    path = out / (t.file.replace(".tflite", "_io.tflite") if opts["int8_io"] else t.file)
+    sel = export_int8(net, sample, path, fp32, batches("calib"), batches("eval"), opts["int8_io"],
+                      opts["candidates"], log)
+    split = "train2017" if arch.num_joints == 17 else "valid"
+    sel["calibration"] = f"{len(batches('calib'))} person crops, {opts['data'] or 'bundled data'} {split}"
+    return [_entry(out, t, path, sel["chosen"])], {"int8_selection": sel}
+
+
+def _export_coreml(t, net, arch, out, sample, batches, opts, log):
+    from . import coreml
+
+    res = _guard(lambda: list(coreml.export_coreml(net, arch, out, [t.kind], log)), "coreml", net, sample)
+    return [manifest.artifact(out, p, f, prec, q, ins, outs) for p, f, prec, q, ins, outs in res], {}
+
+
+def _export_onnx(t, net, arch, out, sample, batches, opts, log):
+    from posekit.export_onnx import export_onnx
+
+    path, ins, outs, info = _guard(lambda: export_onnx(net, arch, out / t.file), "onnx", net, sample)
+    return [manifest.artifact(out, path, t.format, t.precision, None, ins, outs, **info)], {}
+
+
+EXPORTERS = {"tflite": _export_tflite, "tflite-quant": _export_tflite_quant, "tflite-int8": _export_tflite_int8,
+             "coreml": _export_coreml, "onnx": _export_onnx}
+
+
+def _entry(out: Path, t, path: Path, quantizer: str | None = None) -> dict:
+    from posekit.litert import io_details
+
+    d = io_details(path)
+    ins = [{**x, "layout": "NHWC", "kind": "tensor", "normalization_folded": False} for x in d["inputs"]]
+    outs = [{**x, "layout": "NHWC"} for x in d["outputs"]]
+    return manifest.artifact(out, path, t.format, t.precision, quantizer, ins, outs)
+
+
+def _one(t, net, arch, out, sample, batches, opts, log):
+    return EXPORTERS[t.exporter](t, net, arch, out, sample, batches, opts, log)
 
 
 def _guard(fn, what, net, sample):

@@ -1,9 +1,9 @@
 """What to convert: a checkpoint, an arch file, or the default (the demo's trained checkpoint when it exists, else
-EfficientPose-A with the MBV1 head, randomly initialized), plus real calibration crops from the bundled data."""
+EfficientPose-A with the MBV1 head, randomly initialized; its BatchNorm statistics from real crops, quantize's
+calibration crops)."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,8 @@ from model.arch import Arch
 from model.net import PoseNet, build
 from posekit.errors import UserError
 from posekit.io import sha256_file
-from posekit.keypoints import DEFAULT_COCO, DEFAULT_MPII, REPO
+from posekit.keypoints import REPO
+from quantize.calibration import calibration_batches, recalibrate_bn
 
 DEMO_CKPT = REPO / "runs" / "demo" / "train" / "best.pt"
 DEFAULT_ARCH = "efficientpose_a"
@@ -52,23 +53,6 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return module
-
-
-@torch.no_grad()
-def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
-    """Set every BatchNorm's running statistics to their average over `batches` (real crops), so a randomly
-    initialized net has the activation ranges of a trained one and int8 parity means something."""
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    net.train()
-    for b in batches:
-        net(b)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 0.1
-    return net.eval()
 
 
 @torch.no_grad()
@@ -130,28 +114,3 @@ def load_source(ckpt: str | None = None, arch: str | None = None, head: str | No
         recalibrate_bn(randomize(src.net), calibration_batches(src.arch, data, 8))
         damp_residuals(src.net)
     return src
-
-
-def calibration_batches(arch: Arch, data: str | None = None, n: int = 32, split: str | None = None):
-    """n real person crops (1, 3, H, W), normalized, from the COCO (17 joints) or MPII (16) data; the training
-    split by default so that parity can evaluate on val. Evenly spread over the dataset, deterministic."""
-    from posekit.data import CocoPose, MpiiPose
-
-    with warnings.catch_warnings():  # persons without labelled joints are skipped: fine for calibration crops
-        warnings.simplefilter("ignore", UserWarning)
-        if arch.num_joints == 17:
-            ds = CocoPose(data or DEFAULT_COCO, split or "train2017", arch.input_size, train=False)
-        elif arch.num_joints == 16:
-            ds = MpiiPose(data or DEFAULT_MPII, split or "valid", arch.input_size, train=False)
-        else:
-            raise UserError(f"calibration data: no bundled dataset with {arch.num_joints} joints (give --data)")
-    if len(ds) == 0:
-        raise UserError(f"{data}: no person crops for calibration")
-    idx = sorted({int(i * len(ds) / n) for i in range(min(n, len(ds)))})
-    return [torch.as_tensor(ds[i]["image"])[None].float() for i in idx]
-
-
-def eval_batches(arch: Arch, data: str | None = None, n: int = 8):
-    """Held-out crops (the val split) to measure quantized parity on."""
-    split = "val2017" if arch.num_joints == 17 else "valid"
-    return calibration_batches(arch, data, n, split)

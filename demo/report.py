@@ -10,6 +10,7 @@ from pathlib import Path
 from model import load
 from model.flops import count_flops
 from model.latency import load_lut, network_keys
+from posekit import manifest as manifest_file
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, atomic_write_text
 
@@ -35,7 +36,7 @@ def gather(paths: dict[str, Path], steps) -> dict:
     for d, lut in luts.items():
         miss = lut.missing(network_keys(arch))
         lat[d] = None if miss else round(lut.latency(arch), 3)
-    manifest = _json(paths["manifest"])
+    manifest = manifest_file.read(paths["manifest"].parent) or {}  # the one manifest reader (absent: {})
     parity = _json(paths["parity"])
     bench = _json(paths["bench"])
     rows = parity.get("rows", [])

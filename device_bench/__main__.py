@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-visit", type=int, default=5, help="timed runs per key per round (host, coreml)")
     p.add_argument("--chunk", type=int, default=12, help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
+    p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
     _common(p)
     a = p.add_argument_group("android")
     a.add_argument("--adb", help="adb binary (default: adb on PATH)")
@@ -85,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-visit", type=int, default=3)
     p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
     p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
+    p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
     _common(p)
     return ap
 

@@ -9,7 +9,6 @@ per-part latencies from that LUT (each part measured alone).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from model.arch import from_dict
@@ -21,20 +20,10 @@ from .timing import check_clock, round_robin, summary
 
 
 def _tflite_artifacts(model_dir: Path) -> tuple[dict, list[dict]]:
-    mf = model_dir / "manifest.json"
-    if not mf.is_file():
-        raise UserError(f"{model_dir}: no manifest.json (write artifacts with `make convert`)")
-    try:
-        manifest = json.loads(mf.read_text())
-        arts = [a for a in manifest["artifacts"] if a.get("format") == "tflite"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{mf}: malformed manifest ({e})") from None
-    if not arts:
-        raise UserError(f"{mf}: lists no tflite artifact")
-    for a in arts:
-        if not (model_dir / a["file"]).is_file():
-            raise UserError(f"{mf}: artifact {a['file']} is missing on disk")
-    return manifest, arts
+    from posekit import manifest as manifest_file
+
+    manifest = manifest_file.load(model_dir, formats=("tflite",))  # the one reader: schema, files on disk
+    return manifest, manifest["artifacts"]
 
 
 def _print_table(rows: list[tuple[str, dict]]) -> None:
@@ -175,8 +164,9 @@ def bench_coreml(args) -> list[tuple[str, dict]]:
         paths = [Path(args.model)]
     else:
         d = Path(args.model_dir)
-        manifest = json.loads((d / "manifest.json").read_text())
-        paths = [d / a["file"] for a in manifest["artifacts"] if a["format"].startswith("coreml")]
+        from posekit import manifest as manifest_file
+
+        paths = [d / a["file"] for a in manifest_file.load(d, formats=("coreml",))["artifacts"]]
     runners = {}
     for p in paths:
         for unit in COMPUTE_UNITS:

@@ -31,10 +31,10 @@ def sample_archs(space, n: int, seed: int = 0):
     return [space.arch_for(space.random_choices(rng), name=f"{space.name}-rand{seed}-{i}") for i in range(n)]
 
 
-def convert_net(arch, precision: str) -> Path:
+def convert_net(arch, precision: str, data: str | None = None) -> Path:
     """The deployed whole network as .tflite, cached. int8 is quantized from the cached fp32 file with the same
-    ai-edge-quantizer recipe `posekit.litert.to_tflite` applies after its own fp32 conversion (the same bytes out,
-    one torch conversion less per network)."""
+    ai-edge-quantizer recipe `quantize.tflite.to_tflite` applies after its own fp32 conversion (the same bytes out,
+    one torch conversion less per network), calibrated on quantize's real crops (`data`: dataset root)."""
     import torch
 
     def tag(p):
@@ -46,14 +46,14 @@ def convert_net(arch, precision: str) -> Path:
                            OUT / "nets" / "fp32" / f"{tag('fp32')}.tflite", "fp32")
     if precision == "fp32":
         return fp32
-    from posekit import litert
+    from quantize.calibration import calibration_batches
+    from quantize.tflite import quantize_tflite
 
-    path = OUT / "nets" / precision / f"{tag(precision)}.tflite"
+    path = OUT / "nets" / precision / f"{tag(f'{precision}|crops {data}')}.tflite"
     if not path.exists():
-        # int8 kernels' speed does not depend on the calibration values: random batches will do
-        calib = [torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+        calib = calibration_batches(arch, data, 4)  # what ships is calibrated on real crops: so is what is timed
         with host.quiet_fds():
-            litert.quantize_tflite(fp32, path, "int8", calib)  # writes atomically
+            quantize_tflite(fp32, path, "int8", calib)  # writes atomically
     return path
 
 
@@ -118,7 +118,7 @@ def run_fidelity(args) -> dict:
     pred = np.array([lut.latency(a) for a in archs])
     runners = {}
     for a in tqdm(archs, desc=f"convert {args.n} nets ({precision})", unit="net"):
-        runners[a.name] = host.runner(convert_net(a, precision), threads, xnnpack)
+        runners[a.name] = host.runner(convert_net(a, precision, args.data), threads, xnnpack)
     samples = round_robin(runners, rounds=args.rounds, per_visit=args.per_visit, desc="timing nets", leave=True,
                           clock=clock)
     meas = np.array([np.median(samples[a.name]) for a in archs])

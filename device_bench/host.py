@@ -1,6 +1,6 @@
 """Host backend: each part made deployable (`model.deploy.deploy_model`: BN folded, depthwise transposed convs
-rewritten, i.e. what ships), converted with litert-torch (`posekit.litert.to_tflite`, fp32 or int8) and timed with
-the ai_edge_litert Interpreter (XNNPACK or the builtin kernels), interleaved across ops.
+rewritten, i.e. what ships), converted with litert-torch (`quantize.tflite.to_tflite`, fp32 or int8 calibrated on
+real crops) and timed with the ai_edge_litert Interpreter (XNNPACK or the builtin kernels), interleaved across ops.
 
 Converted parts are cached under runs/lut-cache, and the LUT is saved after every chunk of keys, so a killed run
 converts and measures only what is missing when started again.
@@ -63,7 +63,7 @@ def quiet_fds():
 
 def tflite_for(module, sample, path: Path, precision: str, calib=None) -> Path:
     """Deploy + convert, cached at `path` (written atomically, so a killed conversion leaves nothing)."""
-    from posekit.litert import to_tflite
+    from quantize.tflite import to_tflite
 
     if not path.exists():
         with quiet_fds():
@@ -71,10 +71,16 @@ def tflite_for(module, sample, path: Path, precision: str, calib=None) -> Path:
     return path
 
 
-def convert_part(part: Part, precision: str, cache: Path = CACHE) -> Path:
-    tag = hashlib.sha1(f"{part.key}|{precision}|{sorted(versions().items())}".encode()).hexdigest()[:16]
+def convert_part(part: Part, precision: str, cache: Path = CACHE, data: str | None = None) -> Path:
+    from quantize.calibration import part_batches
+
+    calib = None
+    if precision == "int8":  # quantize's one calibration source: real crops (from --data), at the part's shape
+        h, w, c = part.in_hwc
+        calib = part_batches((c, h, w), CALIB_BATCHES, data)
+    real = f"|crops {data}" if precision == "int8" else ""
+    tag = hashlib.sha1(f"{part.key}|{precision}|{sorted(versions().items())}{real}".encode()).hexdigest()[:16]
     path = cache / precision / f"{tag}.tflite"
-    calib = [part.sample(seed=i) for i in range(CALIB_BATCHES)] if precision == "int8" else None
     try:
         return tflite_for(part.module(), part.sample(), path, precision, calib)
     except UserError as e:
@@ -94,7 +100,7 @@ def runner(path: Path, threads: int, xnnpack: bool) -> Callable[[], None]:
 
 def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnpack: bool = True,
             rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache: Path = CACHE,
-            clock: str = "wall") -> list[str]:
+            clock: str = "wall", data: str | None = None) -> list[str]:
     """Measure every part the LUT lacks; saves after each chunk. Returns the keys measured by this run."""
     todo = [k for k in parts if k not in lut.entries]
     done = []
@@ -108,7 +114,7 @@ def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnp
         runners = {}
         for k in keys:
             bar.set_postfix_str(f"convert {k[:40]}")
-            runners[k] = runner(convert_part(parts[k], precision, cache), threads, xnnpack)
+            runners[k] = runner(convert_part(parts[k], precision, cache, data), threads, xnnpack)
         bar.set_postfix_str("timing")
         samples = round_robin(runners, rounds=rounds, per_visit=per_visit, seed=i, clock=clock)
         for k in keys:

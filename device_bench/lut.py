@@ -46,8 +46,8 @@ def run_host(args, space, parts, arch_names) -> LUT:
         runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
         provenance="measured", archs=arch_names, clock=clock,
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
-        quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
-                  f"calibration batches" if precision == "int8" else None,
+        quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
+                  f"calibration crops at each part's shape" if precision == "int8" else None,
         timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
                 "clock": "wall-clock latency" if clock == "wall" else "thread CPU time (= latency on an idle "
                                                                            "core, 1 thread)",
@@ -55,7 +55,7 @@ def run_host(args, space, parts, arch_names) -> LUT:
     lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
     done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
                         per_visit=args.per_visit, chunk=args.chunk,
-                        cache=Path(args.cache) if args.cache else host.CACHE, clock=clock)
+                        cache=Path(args.cache) if args.cache else host.CACHE, clock=clock, data=args.data)
     _report(lut, parts, done)
     return lut
 

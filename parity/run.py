@@ -26,21 +26,9 @@ LOW_AP = 0.3
 
 
 def read_manifest(model_dir: Path) -> dict:
-    path = model_dir / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{path}: no manifest (run `make convert` first, or pass --model-dir artifacts/<model>)")
-    try:
-        man = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    for key in ("artifacts", "input_size", "num_joints"):
-        if key not in man:
-            raise UserError(f"{path}: {key}: missing")
-    for i, a in enumerate(man["artifacts"]):
-        for key in ("file", "format", "precision", "inputs", "outputs"):
-            if key not in a:
-                raise UserError(f"{path}: artifacts[{i}].{key}: missing")
-    return man
+    from posekit import manifest
+
+    return manifest.load(model_dir)  # the one reader: schema-validated, every listed file on disk
 
 
 def _resolve(p: str, model_dir: Path) -> Path:

@@ -4,7 +4,7 @@ measured int8 latency, convert the derived arch to int8 TFLite and time it with 
     python -m search closed-loop [--lut host-int8] [--ref efficientpose_a] [--ratio 0.7] [search options]
 
 The reference is EfficientPose-A's blocks with the search space's stem and head (the part the search cannot change
-is then the same in both), converted by `posekit.litert.to_tflite(deploy_model(net), ..., precision="int8")` and
+is then the same in both), converted by `quantize.tflite.to_tflite(deploy_model(net), ..., precision="int8")` and
 timed by `posekit.litert.interpreter` (XNNPACK, --runtime-threads, interleaved A/B repeats, median). Latency
 does not depend on the weight values, so both networks keep their initial weights (calibrated on real crops).
 Writes <out>/closed_loop.json and the two .tflite files (`make bench MODEL=<file>` re-times them).
@@ -32,18 +32,17 @@ def ref_arch(name: str, space) -> Arch:
     return a.replace(head=space.head, name=f"{a.name}-{space.head.type}")
 
 
-def calib_batches(input_size, n: int = 8) -> list[torch.Tensor]:
-    """Real crops from the bundled val images (what convert calibrates on too)."""
-    from posekit.data import CocoPose
+def calib_batches(input_size, n: int = 8, data: str | None = None) -> list[torch.Tensor]:
+    """Real crops from --data (default the bundled COCO): quantize's one calibration source, as convert's."""
+    from quantize.calibration import calibration_batches
 
-    ds = CocoPose(split="val2017", input_size=input_size, train=False)
-    return [ds[i]["image"][None] for i in range(min(n, len(ds)))]
+    return calibration_batches(tuple(input_size), data, n)
 
 
 def to_int8(arch: Arch, path: Path, calib) -> Path:
     from model.deploy import deploy_model
     from model.net import build
-    from posekit.litert import to_tflite
+    from quantize.tflite import to_tflite
 
     torch.manual_seed(0)
     net = build(arch).eval()
@@ -111,7 +110,7 @@ def main(argv) -> int:
     if clock == "cpu" and threads != 1:
         raise UserError(f"--clock cpu measures one thread's CPU time; the runtime uses {threads} threads")
     ref = ref_arch(a.ref, space)
-    calib = calib_batches(space.input_size)
+    calib = calib_batches(space.input_size, data=a.data)
     print(f"converting {ref.name} to int8 ...", flush=True)
     ref_tfl = to_int8(ref, out / f"{ref.name}_int8.tflite", calib)
     ref_ms = a.ref_ms or time_tflite([ref_tfl], threads, a.repeats, clock=clock)[0]

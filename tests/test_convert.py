@@ -37,9 +37,9 @@ def _reference(out):
 def test_manifest_validates_and_lists_every_target(converted):
     import jsonschema
 
-    from convert.manifest import SCHEMA
-    from convert.pipeline import ALL
+    from convert.targets import TARGETS
     from posekit.io import sha256_file
+    from posekit.manifest import SCHEMA
 
     out, m, _ = converted
     jsonschema.validate(m, json.loads(SCHEMA.read_text()))
@@ -48,7 +48,7 @@ def test_manifest_validates_and_lists_every_target(converted):
     assert {("coreml-mlprogram", p) for p in ("fp32", "fp16", "int8-weights", "palettized-8bit",
                                               "palettized-6bit")} <= kinds
     assert ("coreml-neuralnetwork", "fp32") in kinds and ("onnx", "fp32") in kinds
-    assert len(m["artifacts"]) == len(ALL)
+    assert len(m["artifacts"]) == len(TARGETS)
     for a in m["artifacts"]:
         assert sha256_file(out / a["file"]) == a["sha256"]
     assert m["source"]["random_init"] is True and m["source"]["checkpoint_sha256"] == sha256_file(out / "source.pt")
@@ -63,7 +63,7 @@ def test_manifest_validates_and_lists_every_target(converted):
 
 @pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
 def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(converted):
-    from convert.source import eval_batches
+    from quantize.calibration import eval_batches
 
     out, m, _ = converted
     net, arch = _reference(out)

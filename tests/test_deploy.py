@@ -95,6 +95,8 @@ def test_mbv1_head_tflite_has_no_slice_concat_or_transpose_conv(tmp_path):
     y = litert.run(it, x.permute(0, 2, 3, 1).numpy())
     ref = net(x).permute(0, 2, 3, 1).detach().numpy()
     assert abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
-    int8 = litert.quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
+    from quantize.tflite import quantize_tflite
+
+    int8 = quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
     assert litert.float_compute_ops(int8) == {}
     assert not {"SLICE", "CONCATENATION"} & set(litert.op_counts(int8))

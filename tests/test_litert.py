@@ -1,4 +1,5 @@
-"""posekit/litert.py on one real block (EfficientPose-A's ir_k7_e3 at a small spatial size): fp32 parity, the int8
+"""posekit/litert.py (fp32) and quantize/tflite.py (quantized) on one real block (EfficientPose-A's ir_k7_e3 at a
+small spatial size): fp32 parity, the int8
 flavours, int8 I/O, both kernel sets, the op census and bad arguments."""
 
 import numpy as np
@@ -10,6 +11,7 @@ from model.blocks import InvertedResidual
 from model.deploy import deploy_model
 from posekit import litert
 from posekit.errors import UserError
+from quantize import tflite as qtflite
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def test_fp32_matches_and_both_kernel_sets_run(block):
 @pytest.mark.parametrize("precision", ["fp16", "int8-dynamic", "int8"])
 def test_quantized_flavours(block, precision):
     net, x, calib, fp32, d = block
-    q = litert.quantize_tflite(fp32, d / f"{precision}.tflite", precision, calib)
+    q = qtflite.quantize_tflite(fp32, d / f"{precision}.tflite", precision, calib)
     floats = litert.float_compute_ops(q)
-    assert (floats == {}) == (precision == "int8"), floats
+    assert (floats == {}) == (precision == "int8") == qtflite.fully_integer(q), floats
     y = litert.run(litert.interpreter(q), x.permute(0, 2, 3, 1).numpy())
     ref = _ref(net, x)
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.98
@@ -52,7 +54,7 @@ def test_quantized_flavours(block, precision):
 
 def test_int8_io_records_scale_and_zero_point(block):
     net, x, calib, fp32, d = block
-    q = litert.quantize_tflite(fp32, d / "io.tflite", "int8", calib, int8_io=True)
+    q = qtflite.quantize_tflite(fp32, d / "io.tflite", "int8", calib, int8_io=True)
     io = litert.io_details(q)
     for t in io["inputs"] + io["outputs"]:
         assert t["dtype"] == "int8" and t["quantization"]["scale"] > 0
@@ -66,7 +68,7 @@ def test_calibration_covers_every_sample_not_a_moving_average(block):
     widen it (a moving average of per-sample ranges would keep it near the typical sample's and clip)."""
     net, x, calib, fp32, d = block
     wide = calib[:-1] + [calib[-1] * 6.0]
-    q = litert.quantize_tflite(fp32, d / "wide.tflite", "int8", wide, int8_io=True)
+    q = qtflite.quantize_tflite(fp32, d / "wide.tflite", "int8", wide, int8_io=True)
     qp = litert.io_details(q)["inputs"][0]["quantization"]
     lo, hi = (-128 - qp["zero_point"]) * qp["scale"], (127 - qp["zero_point"]) * qp["scale"]
     data = torch.cat(wide)
@@ -75,7 +77,7 @@ def test_calibration_covers_every_sample_not_a_moving_average(block):
 
 def test_pt2e_flow_quantizes_the_convs(block):
     net, x, calib, _, d = block
-    q = litert.to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
+    q = qtflite.to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
     dt = litert.op_dtypes(q)
     assert dt.get("CONV_2D:int8") == 2 and dt.get("DEPTHWISE_CONV_2D:int8") == 1
 
@@ -87,5 +89,12 @@ def test_pt2e_flow_quantizes_the_convs(block):
 def test_bad_arguments(block, tmp_path, kw, msg):
     net, x, _, _, _ = block
     with pytest.raises(UserError, match=msg):
-        litert.to_tflite(net, x, tmp_path / "bad.tflite", **kw)
+        qtflite.to_tflite(net, x, tmp_path / "bad.tflite", **kw)
     assert not (tmp_path / "bad.tflite").exists()
+
+
+def test_posekit_litert_writes_fp32_only(block, tmp_path):
+    net, x, _, _, _ = block
+    with pytest.raises(UserError, match="quantize.tflite"):
+        litert.to_tflite(net, x, tmp_path / "q.tflite", "int8")
+    assert not (tmp_path / "q.tflite").exists()

@@ -1,5 +1,6 @@
-"""artifacts/<model>/manifest.json: what every artifact is and how to feed it (read by parity, device_bench, demo).
-Validated against manifest.schema.json before it is written (atomically, after every artifact)."""
+"""artifacts/<model>/manifest.json, the one reader and writer: what every artifact is and how to feed it (written by
+convert/quantize; read by parity, device_bench, demo through `load`). Validated against manifest.schema.json when it
+is written (atomically, after the artifacts) and when it is read."""
 
 from __future__ import annotations
 
@@ -54,17 +55,18 @@ def header(source, arch_file: Path) -> dict:
     }
 
 
-def validate(manifest: dict) -> None:
+def validate(manifest: dict, path="manifest.json") -> None:
     import jsonschema
 
     try:
         jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
     except jsonschema.ValidationError as e:
         where = "/".join(str(x) for x in e.absolute_path) or "<top>"
-        raise UserError(f"manifest.json: {where}: {e.message}") from None
+        raise UserError(f"{path}: {where}: {e.message}") from None
 
 
 def read(outdir: Path) -> dict | None:
+    """The manifest in `outdir` as written (not validated), or None when there is none (convert merging into it)."""
     p = Path(outdir) / "manifest.json"
     if not p.is_file():
         return None
@@ -72,6 +74,39 @@ def read(outdir: Path) -> dict | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{p}: malformed json: {e}") from None
+
+
+def load(model_dir: Path, formats=None) -> dict:
+    """The one reader for consumers: artifacts/<model>/manifest.json validated against the schema, each listed
+    artifact present on disk. formats: keep only artifacts of these formats (e.g. ("tflite",)), and fail when none
+    is listed. Every problem is one UserError naming the file and the field."""
+    model_dir = Path(model_dir)
+    p = model_dir / "manifest.json"
+    if not p.is_file():
+        raise UserError(f"{p}: no manifest.json (run `make convert` first, or pass --model-dir artifacts/<model>)")
+    m = read(model_dir)
+    for i, a in enumerate(m.get("artifacts") or [] if isinstance(m, dict) else []):
+        if isinstance(a, dict) and isinstance(a.get("file"), str) and not (model_dir / a["file"]).exists():
+            raise UserError(f"{p}: artifacts[{i}].file: {a['file']} is missing on disk")
+    validate(m, p)
+    if formats is not None:
+        fmts = tuple(formats)
+        m = {**m, "artifacts": [a for a in m["artifacts"] if a["format"].startswith(fmts)]}
+        if not m["artifacts"]:
+            raise UserError(f"{p}: artifacts: lists no {' / '.join(fmts)} artifact")
+    return m
+
+
+def mismatched(model_dir: Path, m: dict | None = None) -> list[str]:
+    """Files whose sha256 on disk differs from the manifest's (or that are missing): [] when every entry matches."""
+    model_dir = Path(model_dir)
+    m = read(model_dir) if m is None else m
+    bad = []
+    for a in (m or {}).get("artifacts", []):
+        f = model_dir / a["file"]
+        if not f.exists() or sha256_file(f) != a["sha256"]:
+            bad.append(a["file"])
+    return bad
 
 
 def write(outdir: Path, head: dict, artifacts: list[dict], keep: list[dict] = (), **extra) -> Path:

@@ -1,5 +1,5 @@
-"""ONNX artifact: torch.onnx export (TorchScript exporter, opset 17; the dynamo exporter needs onnxscript, which is
-not installed), simplified by onnxsim, checked by onnx.checker and run once in onnxruntime."""
+"""The ONNX format, shared layer: torch.onnx export (TorchScript exporter, opset 17; the dynamo exporter needs
+onnxscript, which is not installed), simplified by onnxsim, checked by onnx.checker and run once in onnxruntime."""
 
 from __future__ import annotations
 

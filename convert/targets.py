@@ -1,0 +1,73 @@
+"""The target registry: every artifact convert/quantize can write, as data (name, format, precision, file,
+exporter, groups). `--targets`, the pipeline's dispatch and the manifest entries all read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from posekit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # what --targets takes
+    format: str  # manifest "format"
+    precision: str  # manifest "precision"
+    file: str  # path under artifacts/<model>/
+    exporter: str  # convert/pipeline.py EXPORTERS key
+    groups: tuple[str, ...]  # the --targets groups it belongs to ("all" is implicit)
+    kind: str = ""  # exporter argument (Core ML variant, quantization recipe)
+
+    @property
+    def quantized(self) -> bool:
+        return "quantized" in self.groups
+
+    @property
+    def in_worker(self) -> bool:
+        """Run in the second process (Core ML, ONNX) while TFLite converts in the main one."""
+        return self.exporter in ("coreml", "onnx")
+
+
+def _t(name, fmt, precision, file, exporter, groups, kind=""):
+    return Target(name, fmt, precision, file, exporter, tuple(groups.split()), kind)
+
+
+TARGETS = [
+    _t("tflite-fp32", "tflite", "fp32", "tflite/model_fp32.tflite", "tflite", "tflite"),
+    _t("tflite-fp16", "tflite", "fp16", "tflite/model_fp16.tflite", "tflite-quant", "tflite quantized", "fp16"),
+    _t("tflite-int8", "tflite", "int8", "tflite/model_int8.tflite", "tflite-int8", "tflite quantized"),
+    _t("tflite-int8-dynamic", "tflite", "int8-dynamic", "tflite/model_int8_dynamic.tflite", "tflite-quant",
+       "tflite quantized", "int8-dynamic"),
+    _t("coreml-fp32", "coreml-mlprogram", "fp32", "coreml/model_fp32.mlpackage", "coreml", "coreml", "fp32"),
+    _t("coreml-fp16", "coreml-mlprogram", "fp16", "coreml/model_fp16.mlpackage", "coreml", "coreml", "fp16"),
+    _t("coreml-fp32-tensor", "coreml-mlprogram", "fp32", "coreml/model_fp32_tensor.mlpackage", "coreml", "coreml",
+       "fp32-tensor"),
+    _t("coreml-int8-weights", "coreml-mlprogram", "int8-weights", "coreml/model_int8w.mlpackage", "coreml",
+       "coreml quantized", "int8-weights"),
+    _t("coreml-palettized-8bit", "coreml-mlprogram", "palettized-8bit", "coreml/model_pal8.mlpackage", "coreml",
+       "coreml quantized", "palettized-8bit"),
+    _t("coreml-palettized-6bit", "coreml-mlprogram", "palettized-6bit", "coreml/model_pal6.mlpackage", "coreml",
+       "coreml quantized", "palettized-6bit"),
+    _t("coreml-neuralnetwork", "coreml-neuralnetwork", "fp32", "coreml/model.mlmodel", "coreml", "coreml",
+       "neuralnetwork"),
+    _t("onnx", "onnx", "fp32", "onnx/model.onnx", "onnx", "onnx"),
+]
+BY_NAME = {t.name: t for t in TARGETS}
+GROUPS = {"all": [t.name for t in TARGETS]}
+for _target in TARGETS:
+    for _g in _target.groups:
+        GROUPS.setdefault(_g, []).append(_target.name)
+
+
+def get(name: str) -> Target:
+    return BY_NAME[name]
+
+
+def expand(names) -> list[Target]:
+    """--targets values (group or target names) -> targets in registry order, each once."""
+    want = []
+    for n in names:
+        if n not in GROUPS and n not in BY_NAME:
+            raise UserError(f"--targets {n!r}: unknown (one of {', '.join(list(GROUPS) + list(BY_NAME))})")
+        want += GROUPS.get(n, [n])
+    return [t for t in TARGETS if t.name in want]

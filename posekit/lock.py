@@ -1,0 +1,36 @@
+"""One writer per output folder: an exclusive flock on `<dir>/.lock` held for the whole run, with the holder's pid
+and command line written in it so that a second writer can name it. The kernel drops the lock when the holder
+dies (kill -9 included): a stale .lock file never blocks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+from posekit.errors import UserError
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str = "this folder"):
+    """Hold the folder's lock, or fail at once with a UserError naming the holder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{folder}: {what} is being written by {holder} (wait for it to finish, or give another "
+                            f"--out)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join([os.path.basename(sys.executable), *sys.argv])}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
