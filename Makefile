@@ -12,6 +12,7 @@ MODEL   ?=
 MODEL_DIR ?=
 TARGET_MS ?=
 CALIB   ?=
+TARGETS ?=
 THREADS ?= 1
 TESTS   ?= tests
 
@@ -67,11 +68,11 @@ bench: $(STAMP)
 
 convert: $(STAMP)
 	$(call need,convert)
-	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
+	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))
 
 quantize: $(STAMP)
 	$(call need,quantize)
-	$(PY) -m quantize $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
+	$(PY) -m quantize run $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))
 
 parity-test: $(STAMP)
 	$(call need,parity)

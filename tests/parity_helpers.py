@@ -91,14 +91,17 @@ def _entry(root: Path, file: str, fmt: str, precision: str, layout: str = "NCHW"
 
 
 def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
+    from model.arch import dump
     from posekit.io import atomic_write_json, sha256_file
     from posekit.keypoints import MEAN, STD, keypoint_info
+    from posekit.manifest import tool_versions
 
     info = keypoint_info(17)
+    arch_file = dump(arch, root / "arch.yaml")
     atomic_write_json(root / "manifest.json", {
-        "schema_version": 1, "model": arch.name, "created": "test", "tool_versions": {},
-        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch_file": None,
-                   "arch_sha256": None},
+        "schema_version": 1, "model": arch.name, "created": "test", "tool_versions": tool_versions(),
+        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch_file": str(arch_file),
+                   "arch_sha256": sha256_file(arch_file)},
         "arch": arch.to_dict(), "num_joints": 17, "keypoint_names": info["names"], "skeleton": info["skeleton"],
         "flip_pairs": info["flip_pairs"], "heatmap_stride": 4, "input_size": list(INPUT),
         "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD)},
@@ -213,6 +216,8 @@ BROKEN = {("tflite", "fp32"): ("broken_fp32.tflite", flip_tflite_weight_sign),
 def add_broken(root: Path) -> dict:
     """Broken copies of the tflite fp32, onnx fp32 and Core ML int8-weights artifacts, added to the manifest.
     Returns {format: (broken file, what was changed)}."""
+    from posekit.io import sha256_file
+
     man = json.loads((root / "manifest.json").read_text())
     out = {}
     for a in list(man["artifacts"]):
@@ -220,7 +225,7 @@ def add_broken(root: Path) -> dict:
             name, fn = BROKEN[a["format"], a["precision"]]
             dst = str(Path(a["file"]).parent / name)
             out[a["format"]] = (dst, fn(root / a["file"], root / dst))
-            man["artifacts"].append({**a, "file": dst, "sha256": None})
+            man["artifacts"].append({**a, "file": dst, "sha256": sha256_file(root / dst)})
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
     return out
 
