@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@command -v python3.11 >/dev/null || { echo "setup: python3.11 is required"; exit 1; }
 	test -x $(PY) || python3.11 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,tf]'
 	@touch $@
 
 test: $(STAMP)
