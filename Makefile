@@ -12,6 +12,7 @@ MODEL   ?=
 MODEL_DIR ?=
 TARGET_MS ?=
 CALIB   ?=
+TARGETS ?=
 THREADS ?= 1
 TESTS   ?= tests
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml
 	@command -v python3.11 >/dev/null || { echo "setup: python3.11 is required"; exit 1; }
 	test -x $(PY) || python3.11 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,tf]'
 	@touch $@
 
 test: $(STAMP)
@@ -58,10 +59,10 @@ bench: $(STAMP)
 	$(PY) -m device_bench bench --device $(or $(filter-out pixel,$(DEVICE)),host) $(call opt,--model,$(MODEL)) $(call opt,--model-dir,$(MODEL_DIR)) --threads $(THREADS)
 
 convert: $(STAMP)
-	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
+	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))
 
 quantize: $(STAMP)
-	$(PY) -m quantize $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
+	$(PY) -m quantize run $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))
 
 parity-test: $(STAMP)
 	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA))

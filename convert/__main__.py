@@ -37,11 +37,11 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
                                                           "zero point in the manifest); default float32 I/O")
-    p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e"),
+    p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e", "tf"),
                    help="int8 quantizers to build and score on held-out crops by OKS-agreement with the float "
                         "model (SQNR as tie-break) (default: the two ai-edge-quantizer recipes; pt2e costs a second "
-                        "conversion); the best fully-integer one with int8 activations ships, all scores go to "
-                        "manifest.json")
+                        "conversion; tf: the TensorFlow path, `tf` extra); the best fully-integer one with int8 "
+                        "activations ships, all scores go to manifest.json")
     p.add_argument("--jobs", type=int, default=2, help="processes: 2 runs Core ML + ONNX beside TFLite (default 2)")
     p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
                    help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(BY_NAME)} (default "

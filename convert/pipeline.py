@@ -107,6 +107,8 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     net = deploy_model(src.net)
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
+    if "tflite-tf-int8" in targets and "tf" not in opts["candidates"]:
+        opts["candidates"].append("tf")  # the TensorFlow int8 is scored among the int8 candidates
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
@@ -219,7 +221,7 @@ def _export_tflite_int8(t, net, arch, out, sample, batches, opts, log):
     fp32 = _tflite_fp32(t, net, arch, out, sample, batches, opts, log)
     path = out / (t.file.replace(".tflite", "_io.tflite") if opts["int8_io"] else t.file)
     sel = export_int8(net, sample, path, fp32, batches("calib"), batches("eval"), opts["int8_io"],
-                      opts["candidates"], log)
+                      opts["candidates"], log, arch=arch)
     split = "train2017" if arch.num_joints == 17 else "valid"
     sel["calibration"] = f"{len(batches('calib'))} person crops, {opts['data'] or 'bundled data'} {split}"
     return [_entry(out, t, path, sel["chosen"])], {"int8_selection": sel}
@@ -239,7 +241,15 @@ def _export_onnx(t, net, arch, out, sample, batches, opts, log):
     return [manifest.artifact(out, path, t.format, t.precision, None, ins, outs, **info)], {}
 
 
-EXPORTERS = {"tflite": _export_tflite, "tflite-quant": _export_tflite_quant, "tflite-int8": _export_tflite_int8,
+def _export_tflite_tf(t, net, arch, out, sample, batches, opts, log):
+    from quantize import tf
+
+    path = tf.to_tflite(net, arch, batches("calib"), out / t.file, t.kind)  # same crops as every int8 candidate
+    return [_entry(out, t, path, tf.NAME[t.kind])], {}
+
+
+EXPORTERS = {"tflite": _export_tflite, "tflite-tf": _export_tflite_tf, "tflite-quant": _export_tflite_quant,
+             "tflite-int8": _export_tflite_int8,
              "coreml": _export_coreml, "onnx": _export_onnx}
 
 

@@ -51,9 +51,12 @@ TARGETS = [
     _t("coreml-neuralnetwork", "coreml-neuralnetwork", "fp32", "coreml/model.mlmodel", "coreml", "coreml",
        "neuralnetwork"),
     _t("onnx", "onnx", "fp32", "onnx/model.onnx", "onnx", "onnx"),
+    # the second TFLite path, through TensorFlow (the optional `tf` extra): not in "all"
+    _t("tflite-tf-fp32", "tflite", "fp32", "tflite/model_tf_fp32.tflite", "tflite-tf", "tf", "fp32"),
+    _t("tflite-tf-int8", "tflite", "int8", "tflite/model_tf_int8.tflite", "tflite-tf", "tf", "int8"),
 ]
 BY_NAME = {t.name: t for t in TARGETS}
-GROUPS = {"all": [t.name for t in TARGETS]}
+GROUPS = {"all": [t.name for t in TARGETS if "tf" not in t.groups]}
 for _target in TARGETS:
     for _g in _target.groups:
         GROUPS.setdefault(_g, []).append(_target.name)

@@ -9,26 +9,14 @@ with `Can't pickle local object 'WeakValueDictionary.__init__.<locals>.remove'`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import os
-import signal
 import sys
 from pathlib import Path
 
 import torch
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Executor initializer: the kernel SIGKILLs this process when its parent dies (Linux). If the parent is already
-    gone (it died between fork and here), exit at once."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
+from posekit.proc import die_with_parent  # noqa: F401 (the executor's initializer)
 
 
 def net_bytes(net, arch) -> bytes:

@@ -116,6 +116,10 @@ def run_fidelity(args) -> dict:
               f"clock={clock})")
     archs = sample_archs(space, args.n, args.seed)
     pred = np.array([lut.latency(a) for a in archs])
+    if precision == "int8":  # a --data without crops fails before any conversion
+        from quantize.calibration import calibration_batches
+
+        calibration_batches(archs[0], args.data, 4)
     runners = {}
     for a in tqdm(archs, desc=f"convert {args.n} nets ({precision})", unit="net"):
         runners[a.name] = host.runner(convert_net(a, precision, args.data), threads, xnnpack)

@@ -23,7 +23,8 @@ SUBCOMMANDS = {"run": (run_parser, run)}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m quantize", description=__doc__)
+    p = ArgumentParser(prog="python -m quantize", description=__doc__,
+                       epilog="`python -m quantize run --help`: the options of run (--targets, --calib, --data, ...)")
     sub = p.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (build, _) in SUBCOMMANDS.items():
         build(sub.add_parser(name, description=__doc__, help=(build.__doc__ or name).splitlines()[0]))
@@ -34,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv[:1] or argv[0] not in SUBCOMMANDS:  # `python -m quantize --ckpt ...` = `python -m quantize run ...`
+    # `python -m quantize --ckpt ...` = `python -m quantize run --ckpt ...`; `--help` alone lists the subcommands
+    if argv not in (["-h"], ["--help"]) and (not argv[:1] or argv[0] not in SUBCOMMANDS):
         argv = ["run", *argv]
     a = parser().parse_args(argv)
     return SUBCOMMANDS[a.command][1](a)

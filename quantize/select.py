@@ -19,10 +19,11 @@ from posekit import litert
 
 from . import tflite as qtflite
 
-# name -> (quantizer, recipe). PT2E is opt-in (--int8-candidates ... pt2e): it costs a second full conversion, and
+# name -> (quantizer, recipe). "tf": the TensorFlow path (quantize/tf.py, the optional `tf` extra). PT2E is opt-in
+# (--int8-candidates ... pt2e): it costs a second full conversion, and
 # measured on EfficientPose-A it leaves the 22 residual ADDs in float, so the full-integer rule never ships it.
 CANDIDATES = {"static_wi8_ai8": ("aeq", "static_wi8_ai8"), "static_wi8_ai16": ("aeq", "static_wi8_ai16"),
-              "pt2e": ("pt2e", None)}
+              "pt2e": ("pt2e", None), "tf": ("tf", None)}
 DEFAULT_CANDIDATES = ("static_wi8_ai8", "static_wi8_ai16")
 # Two candidates whose mean OKS-agreement differs by less than this are tied; SQNR decides between them.
 OKS_TIE = 0.005
@@ -30,7 +31,10 @@ METRIC = "mean OKS-agreement of decoded keypoints vs fp32 PyTorch (ties within {
 
 
 def quantizer_name(quantizer: str, recipe: str | None) -> str:
-    return {"aeq": f"ai-edge-quantizer {recipe}", "pt2e": "litert-torch pt2e"}.get(quantizer, quantizer)
+    from .tf import NAME
+
+    return {"aeq": f"ai-edge-quantizer {recipe}", "pt2e": "litert-torch pt2e", "tf": NAME["int8"]}.get(quantizer,
+                                                                                                      quantizer)
 
 
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
@@ -81,16 +85,21 @@ def choose(scores: list[dict]) -> dict:
     return max((s for s in ok if s["oks_agreement"] >= top - OKS_TIE), key=lambda s: s["sqnr_db"])
 
 
-def candidate(name: str, net, sample, fp32: Path, calib, tmp: Path, int8_io: bool) -> Path:
-    """Build one named candidate at `tmp` (an ai-edge-quantizer recipe on the fp32 bytes, or PT2E)."""
+def candidate(name: str, net, sample, fp32: Path, calib, tmp: Path, int8_io: bool, arch=None) -> Path:
+    """Build one named candidate at `tmp` (an ai-edge-quantizer recipe on the fp32 bytes, PT2E, or the TensorFlow
+    path, which needs the arch)."""
     quantizer, recipe = CANDIDATES[name]
+    if quantizer == "tf":
+        from . import tf
+
+        return tf.to_tflite(net, arch, calib, tmp, "int8")
     if quantizer == "aeq":
         return qtflite.quantize_tflite(fp32, tmp, "int8", calib, int8_io=int8_io, recipe=recipe)
     return qtflite.to_tflite(net, sample, tmp, "int8", calib, quantizer="pt2e")
 
 
 def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool, candidates=DEFAULT_CANDIDATES,
-                log=print, extra: dict[str, Callable[[Path], Path]] | None = None) -> dict:
+                log=print, extra: dict[str, Callable[[Path], Path]] | None = None, arch=None) -> dict:
     """Build each int8 candidate, score it, move the chosen one to `out`; returns the selection record.
 
     extra: more candidates, name -> build(tmp_path) -> path (e.g. the TensorFlow converter's int8 file), scored and
@@ -100,10 +109,10 @@ def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool,
     builds = {}
     for c in candidates:
         quantizer, recipe = CANDIDATES[c]
-        if int8_io and quantizer == "pt2e":
+        if int8_io and quantizer in ("pt2e", "tf"):
             continue
         builds[quantizer_name(quantizer, recipe)] = (lambda tmp, c=c: candidate(c, net, sample, fp32, calib, tmp,
-                                                                                  int8_io))
+                                                                                  int8_io, arch))
     builds.update(extra or {})
     scores = []
     for i, (name, build) in enumerate(builds.items()):

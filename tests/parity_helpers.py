@@ -159,6 +159,8 @@ BROKEN = {("tflite", "fp32"): ("broken_fp32.tflite", flip_tflite_weight_sign),
 def add_broken(root: Path) -> dict:
     """Broken copies of the tflite fp32, onnx fp32 and Core ML int8-weights artifacts, added to the manifest.
     Returns {format: (broken file, what was changed)}."""
+    from posekit.io import sha256_file
+
     man = json.loads((root / "manifest.json").read_text())
     out = {}
     for a in list(man["artifacts"]):
@@ -166,7 +168,7 @@ def add_broken(root: Path) -> dict:
             name, fn = BROKEN[a["format"], a["precision"]]
             dst = str(Path(a["file"]).parent / name)
             out[a["format"]] = (dst, fn(root / a["file"], root / dst))
-            man["artifacts"].append({**a, "file": dst, "sha256": None})
+            man["artifacts"].append({**a, "file": dst, "sha256": sha256_file(root / dst)})
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
     return out
 

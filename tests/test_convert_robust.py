@@ -158,3 +158,35 @@ def test_worker_dies_with_its_parent(tmp_path):
     while _alive(child) and time.monotonic() - t < 5:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+@pytest.mark.slow  # ONNX -> onnx2tf -> TFLiteConverter in a TensorFlow process, plus the int8 candidates
+def test_tensorflow_path_agrees_with_pytorch_and_is_an_int8_candidate(tiny_arch_file, root, tmp_path):
+    pytest.importorskip("tensorflow")  # the `tf` extra, which `make test` installs
+    pytest.importorskip("onnx2tf")
+    import numpy as np
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from posekit import litert, manifest
+    from quantize.calibration import eval_batches
+    from quantize.tflite import fully_integer
+
+    out = tmp_path / "art"
+    r = _convert(root, tiny_arch_file, out, "tflite-int8", "tflite-tf-fp32", "tflite-tf-int8")
+    stdout, stderr = r.communicate()
+    assert r.returncode == 0, stderr[-3000:]
+    m = manifest.load(out)
+    arts = {a["file"]: a for a in m["artifacts"]}
+    assert {"tflite/model_tf_fp32.tflite", "tflite/model_tf_int8.tflite"} <= set(arts)
+    net, arch, _ = load_checkpoint(out / "source.pt")
+    x = eval_batches(arch, n=2)
+    with torch.no_grad():
+        ref = np.concatenate([net(b).permute(0, 2, 3, 1).numpy() for b in x])
+    it = litert.interpreter(out / "tflite/model_tf_fp32.tflite")
+    y = np.concatenate([litert.run(it, b.permute(0, 2, 3, 1).numpy()) for b in x])
+    assert np.abs(y - ref).max() <= 1e-4 * np.ptp(ref)  # two independent converters agree with PyTorch
+    assert fully_integer(out / "tflite/model_tf_int8.tflite")
+    tf_cand = [c for c in m["int8_selection"]["candidates"] if c["quantizer"].startswith("tensorflow")]
+    assert len(tf_cand) == 1 and tf_cand[0]["fully_integer"] and 0 < tf_cand[0]["oks_agreement"] <= 1
+    assert manifest.mismatched(out) == []

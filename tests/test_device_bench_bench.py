@@ -18,15 +18,26 @@ def artifacts(tmp_path_factory):
     """A real artifacts folder: one block as fp32 and int8 tflite, with a manifest in the contract's form."""
     d = tmp_path_factory.mktemp("artifacts") / "block"
     part = select_parts("default", with_shipped=False)[1][KEY]
+    from types import SimpleNamespace
+
+    from model.arch import dump, load
+    from posekit import manifest
+    from posekit.litert import io_details
+
     arts = []
     for precision in ("fp32", "int8"):
         src = host.convert_part(part, precision, cache=d.parent / "cache")
         dst = d / "tflite" / f"model_{precision}.tflite"
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(src.read_bytes())
-        arts.append({"file": f"tflite/model_{precision}.tflite", "format": "tflite", "precision": precision,
-                     "size_bytes": dst.stat().st_size})
-    (d / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": "block", "artifacts": arts}))
+        io = io_details(dst)
+        arts.append(manifest.artifact(d, dst, "tflite", precision, None, [
+            {**x, "layout": "NHWC", "kind": "tensor", "normalization_folded": False} for x in io["inputs"]],
+            [{**x, "layout": "NHWC"} for x in io["outputs"]]))
+    arch = load("efficientpose_a")  # the manifest's header (the contract's form); the artifacts are one block
+    src = SimpleNamespace(arch=arch, checkpoint=None, checkpoint_sha256=None, arch_origin="test",
+                          random_init=True, note="one block")
+    manifest.write(d, manifest.header(src, dump(arch, d / "arch.yaml")), arts)
     return d
 
 

@@ -114,7 +114,10 @@ def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_p
     man = json.loads((d / "manifest.json").read_text())
     entry = next(a for a in man["artifacts"] if a["format"] == "coreml-mlprogram")
     entry["inputs"][0].update(kind="tensor", dtype="float32", normalization_folded=False)
-    man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage", "sha256": None})
+    from posekit.io import sha256_file
+
+    man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage",
+                             "sha256": sha256_file(d / "coreml/gelu.mlpackage")})
     (d / "manifest.json").write_text(json.dumps(man))
     rc, out = _main(["--model-dir", str(d), "--crops", "2", "--only", "gelu"], capsys)
     assert rc == 1
