@@ -12,19 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, finite_float, hxw, main_guard, nonneg_int
 
 from .arch import dump, load, shipped
 from .flops import count_flops
 from .scaling import ALPHA, BETA, GAMMA, compound_scale
-
-
-def _size(s: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in s.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x192, got {s!r}") from None
 
 
 def _row(name, arch, f) -> str:
@@ -74,19 +66,19 @@ def cmd_check(args):
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m model", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="params, MACs and FLOPs (backbone / head)")
     i.add_argument("arch", nargs="*", help="arch files or shipped names (default: all shipped)")
-    i.add_argument("--family", type=int, metavar="PHI", help="also print compound-scaled archs phi = 0..PHI")
+    i.add_argument("--family", type=nonneg_int, metavar="PHI", help="also print compound-scaled archs phi = 0..PHI")
     i.add_argument("--head", choices=["plain", "mbv1", "mbv2"], help="swap the head type")
-    i.add_argument("--input", type=_size, help="override the input size, HxW")
+    i.add_argument("--input", type=hxw, help="override the input size, HxW")
     i.set_defaults(fn=cmd_info)
     s = sub.add_parser("scale", help="write a compound-scaled arch file")
     s.add_argument("arch")
-    s.add_argument("--phi", type=float, required=True)
+    s.add_argument("--phi", type=finite_float, required=True)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_scale)
     c = sub.add_parser("check", help="validate arch files")
@@ -95,9 +87,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+parser = build_parser  # the old name
+
+
 @main_guard
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.fn(args)
 
 

@@ -36,6 +36,11 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def error(self, message):
+        """One line, `<prog>: error: <what>`, exit 2: argparse's message without its many-line usage block (which
+        buries the one line that matters; --help prints it)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
 
 # ---- option types: every option is validated when parsed ------------------------------------------------------
 # Each is an argparse `type=`: a bad value becomes argparse's own one-line `error: argument --x: ...`, exit 2.
@@ -48,7 +53,7 @@ def _number(kind, s, what):
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
     if kind is float and not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r} (not finite)")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
     return v
 
 
@@ -183,3 +188,21 @@ def existing_dir(s: str) -> Path:
 
 
 existing_dir.bad = ["/nonexistent/folder"]
+
+
+def lut_device(s: str) -> str:
+    """A search cost: `flops`, a device whose luts/<device>.json exists, or a LUT file (search, demo, closed-loop).
+    The LUT's contents are checked when it is read (model.latency.load_lut)."""
+    if s == "flops":
+        return s
+    from model.latency import resolve_lut  # lazy: posekit does not import model at import time
+
+    p = resolve_lut(s)
+    if not p.is_file():
+        known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
+        raise argparse.ArgumentTypeError(f"{s}: no LUT {p} (devices with a LUT: {', '.join(known + ['flops'])}; or "
+                                         "a LUT file; `make lut DEVICE=...` builds one)")
+    return s
+
+
+lut_device.bad = ["tpu", "/nonexistent/lut.json"]
