@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard the existing file's entries")
     p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per key (host, coreml)")
     p.add_argument("--per-visit", type=positive_int, default=5, help="timed runs per key per round (host, coreml)")
-    p.add_argument("--chunk", type=positive_int, default=12, help="keys timed together; the LUT is saved after each chunk")
+    p.add_argument("--chunk", type=positive_int, default=12,
+                   help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
     _common(p)
     a = p.add_argument_group("android")

@@ -155,8 +155,8 @@ def torch_device(s: str) -> str:
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise argparse.ArgumentTypeError(f"{s}: this machine has no CUDA GPU (torch "
-                                             f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})")
+            build = "" if torch.version.cuda else ", a CPU-only build"
+            raise argparse.ArgumentTypeError(f"{s}: this machine has no CUDA GPU (torch {torch.__version__}{build})")
         if index and int(index) >= n:
             raise argparse.ArgumentTypeError(f"{s}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
     if kind == "mps":

@@ -49,7 +49,6 @@ from posekit.transforms import (  # noqa: F401  (re-exported: other stages impor
     to_image,
 )
 
-
 SKIP_NAMES = 3  # skipped records named in the summary warning, per reason
 _NUMBER = (int, float)
 

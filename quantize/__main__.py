@@ -10,16 +10,19 @@ from convert.__main__ import add_model_args, quiet_libraries, run
 from posekit.cli import ArgumentParser, main_guard
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m quantize", description=__doc__)
     add_model_args(p, "quantized")
     return p
 
 
+parser = build_parser  # the old name
+
+
 @main_guard
 def main(argv=None):
     quiet_libraries()
-    return run(parser().parse_args(argv))
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

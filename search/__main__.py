@@ -46,18 +46,23 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--data", help="COCO tree with train2017/ and annotations/ (default: bundled data/coco-mini)")
     p.add_argument("--epochs", type=positive_int, help=f"total epochs (demo {DEMO['epochs']}, --full {FULL['epochs']})")
     p.add_argument("--warmup-epochs", type=nonneg_int, help="epochs of weight steps only before alpha is searched")
-    p.add_argument("--input", type=hxw_type(16), help="HxW the supernet trains at (demo 128x96; the LUT is always at the space's size)")
+    p.add_argument("--input", type=hxw_type(16),
+                   help="HxW the supernet trains at (demo 128x96; the LUT is always at the space's size)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lam", type=nonneg_float, default=0.005, help="lambda of the cost term (Eq. 7); 0 = accuracy only")
-    p.add_argument("--tau", type=float_range(1.0, lo_open=True), default=math.e, help="base of the log in lambda * log_tau(cost) (Eq. 7)")
+    p.add_argument("--tau", type=float_range(1.0, lo_open=True), default=math.e,
+                   help="base of the log in lambda * log_tau(cost) (Eq. 7)")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="p = softmax(alpha / temperature)")
-    p.add_argument("--target-ms", type=positive_float, help="target latency on the device (calibrated when the LUT has a "
+    p.add_argument("--target-ms", type=positive_float,
+                   help="target latency on the device (calibrated when the LUT has a "
                    "calibration): lambda is adjusted during the search so the derived arch lands near it")
-    p.add_argument("--lam-rate", type=positive_float, default=0.05, help="step of the lambda update towards --target-ms")
+    p.add_argument("--lam-rate", type=positive_float, default=0.05,
+                   help="step of the lambda update towards --target-ms")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=positive_float, default=1e-3)
     p.add_argument("--alpha-lr", type=positive_float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")
-    p.add_argument("--drop-path", type=float_range(0.0, 1.0, hi_open=True), default=0.5, help="probability of dropping a candidate in a w step")
+    p.add_argument("--drop-path", type=float_range(0.0, 1.0, hi_open=True), default=0.5,
+                   help="probability of dropping a candidate in a w step")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--limit", type=positive_int, help="use only the first N persons of the data (quick runs)")
     p.add_argument("--threads", type=nonneg_int, help="torch CPU threads (demo 1: on a busy 2-core machine OpenMP "

@@ -86,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lut", default="host-int8", type=lut_device, help="LUT measured on this host in int8 (luts/host-int8.json)")
+    p.add_argument("--lut", default="host-int8", type=lut_device,
+                   help="LUT measured on this host in int8 (luts/host-int8.json)")
     p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
-    p.add_argument("--ratio", type=positive_float, default=0.7, help="target = ratio x the reference's measured latency")
+    p.add_argument("--ratio", type=positive_float, default=0.7,
+                   help="target = ratio x the reference's measured latency")
     p.add_argument("--ref-ms", type=positive_float, help="use this reference latency instead of measuring it")
-    p.add_argument("--tolerance", type=positive_float, default=0.15, help="pass when |measured - target| <= tol x target")
-    p.add_argument("--runtime-threads", type=positive_int, help="interpreter threads (default: the LUT header's, else 1)")
+    p.add_argument("--tolerance", type=positive_float, default=0.15,
+                   help="pass when |measured - target| <= tol x target")
+    p.add_argument("--runtime-threads", type=positive_int,
+                   help="interpreter threads (default: the LUT header's, else 1)")
     p.add_argument("--repeats", type=positive_int, default=50)
     p.add_argument("--clock", choices=("wall", "cpu"), help="timing clock (default: the LUT header's, else wall)")
     p.add_argument("--out", default="runs/search/closed-loop")

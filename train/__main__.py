@@ -70,15 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", help="default train2017 (COCO) / train (MPII)")
     p.add_argument("--val-split",
                    help="split scored each eval: default val2017 / valid (train2017 to check an overfit)")
-    p.add_argument("--boxes", default="gt", type=boxes_arg, help="COCO eval person boxes: gt or a detection results json")
-    p.add_argument("--headboxes", type=existing_file, help="MPII head boxes for PCKh@0.5: gt_valid.mat or a json of [x1, y1, x2, y2]")
+    p.add_argument("--boxes", default="gt", type=boxes_arg,
+                   help="COCO eval person boxes: gt or a detection results json")
+    p.add_argument("--headboxes", type=existing_file,
+                   help="MPII head boxes for PCKh@0.5: gt_valid.mat or a json of [x1, y1, x2, y2]")
     p.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="scale/rotation/flip/half-body augmentation (default on)")
-    p.add_argument("--scale-factor", type=float_range(0.0, 1.0, hi_open=True), default=0.35, help="augmentation: random scale 1 +- this")
-    p.add_argument("--rot-factor", type=float_range(0.0, 180.0), default=45.0, help="augmentation: rotation sigma in degrees (p=0.6)")
+    p.add_argument("--scale-factor", type=float_range(0.0, 1.0, hi_open=True), default=0.35,
+                   help="augmentation: random scale 1 +- this")
+    p.add_argument("--rot-factor", type=float_range(0.0, 180.0), default=45.0,
+                   help="augmentation: rotation sigma in degrees (p=0.6)")
     p.add_argument("--half-body", type=fraction, default=0.3, help="augmentation: half-body crop probability")
-    p.add_argument("--sigma", type=positive_float, help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
+    p.add_argument("--sigma", type=positive_float,
+                   help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
                                                "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
     p.add_argument("--eval-every", type=positive_int, default=1, help="epochs between evaluations (the last always)")
     p.add_argument("--limit", type=positive_int, help="use only the first N training persons (smoke tests)")
@@ -86,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep decoded images in memory (default: on for trees of <= 2000 images)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto", type=torch_device, help="auto | cpu | cuda[:N] | mps (one this machine has)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads per process (default: torch's; 1 on a busy host)")
+    p.add_argument("--device", default="auto", type=torch_device,
+                   help="auto | cpu | cuda[:N] | mps (one this machine has)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads per process (default: torch's; 1 on a busy host)")
     p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
