@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, hxw, hxw_type, main_guard, positive_int
+from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, positive_int
 
 from .pipeline import ALL, GROUPS
 
@@ -30,7 +30,8 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--head", choices=("plain", "mbv1", "mbv2"), help="switch the head type of --arch")
     p.add_argument("--input", type=hxw, help="override the input size, HxW (e.g. 128x96)")
     p.add_argument("--calib", type=positive_int, default=32, help="calibration crops for static int8 (default 32)")
-    p.add_argument("--data", help="dataset root for calibration crops (default: bundled data/coco-mini or mpii-mini)")
+    p.add_argument("--data", type=data_dir,
+                   help="dataset root for calibration crops (default: bundled data/coco-mini or mpii-mini)")
     p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
                                                           "zero point in the manifest); default float32 I/O")
@@ -54,6 +55,10 @@ def run(args, log=print):
         raise UserError(f"--calib {args.calib}: needs at least 1 crop")
     targets = expand_targets(args.targets)
     src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
+    if "tflite-int8" in targets:  # bad calibration data is refused before any file is written
+        from posekit.data import check_pose_data
+
+        check_pose_data(src.arch.num_joints, args.data)
     out = args.out or Path("artifacts") / src.name
     log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
     convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log)

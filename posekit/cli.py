@@ -206,3 +206,11 @@ def lut_device(s: str) -> str:
 
 
 lut_device.bad = ["tpu", "/nonexistent/lut.json"]
+
+
+def data_dir(s: str) -> str:
+    """A dataset folder that exists, kept as the text given (it is written into configs and manifests)."""
+    return str(existing_dir(s)) and s
+
+
+data_dir.bad = existing_dir.bad

@@ -440,3 +440,18 @@ class MpiiPose(TopDown):
         self._finish_index(self.ann_file, limit)
         self.gt = self.gt[: len(self.samples)]
 
+
+
+def check_pose_data(num_joints: int, root=None):
+    """Read and check the annotation files (and that their images exist) that calibration and held-out crops will
+    come from, as convert's calibration_batches / eval_batches pick them, so that a stage refuses bad data before
+    it writes anything (convert: no arch.yaml or model_fp32.tflite left without a manifest)."""
+    with warnings.catch_warnings():  # skipped persons are fine for calibration crops
+        warnings.simplefilter("ignore", UserWarning)
+        if num_joints == 17:
+            for split in ("train2017", "val2017"):
+                CocoPose(root or DEFAULT_COCO, split, (64, 48), train=False, num_joints=num_joints)
+        elif num_joints == 16:
+            MpiiPose(root or DEFAULT_MPII, "valid", (64, 64), train=False, num_joints=num_joints)
+        else:
+            raise UserError(f"calibration data: no bundled dataset with {num_joints} joints (give --data)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from posekit.cli import (
     ArgumentParser,
+    data_dir,
     float_range,
     hxw_type,
     lut_device,
@@ -43,7 +44,8 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
         p.add_argument("--device", required=True, type=lut_device,
                        help="pixel | note10 | host | host-int8 (luts/<device>.json) | flops | path/to/lut.json")
     p.add_argument("--space", default="default", help="search-space file or shipped name (model/spaces)")
-    p.add_argument("--data", help="COCO tree with train2017/ and annotations/ (default: bundled data/coco-mini)")
+    p.add_argument("--data", type=data_dir,
+                   help="COCO tree with train2017/ and annotations/ (default: bundled data/coco-mini)")
     p.add_argument("--epochs", type=positive_int, help=f"total epochs (demo {DEMO['epochs']}, --full {FULL['epochs']})")
     p.add_argument("--warmup-epochs", type=nonneg_int, help="epochs of weight steps only before alpha is searched")
     p.add_argument("--input", type=hxw_type(16),
