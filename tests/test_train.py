@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +121,50 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_existing_run_needs_resume(tiny_run, capsys):
     rc, _, err = run_main(capsys, *TINY, "--out", str(tiny_run[0]))
     assert rc == 2 and "--resume" in err
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tiny_run, tmp_path, capsys, one_thread):
+    """Issue 16: `--resume --epochs 3` on a finished 2-epoch run trains epoch 3 (it used to train nothing)."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    rc, stdout, err = run_main(capsys, "--resume", "--epochs", "3", "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    assert "after epoch 2/3" in stdout and epochs(out) == [1, 2, 3]
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["epoch"] == 3 and ck["config"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--epochs", "3", "--arch", "efficientpose_b"], "--arch efficientpose_b: the run in"),
+    (["--epochs", "3", "--input", "128x96"], "--input 128x96: the run in"),
+    (["--epochs", "3", "--lr", "0.1"], "--lr 0.1: the run in"),
+    (["--epochs", "3", "--batch-size", "4"], "--batch-size 4: the run in"),
+    (["--epochs", "1"], "--epochs 1: the run in"),
+    ([], "the run has finished its 2 epochs: nothing to resume"),
+], ids=["arch", "input", "lr", "batch-size", "fewer epochs", "finished"])
+def test_resume_refuses_what_it_cannot_honour(tiny_run, capsys, args, msg):
+    out = tiny_run[0]
+    before = (out / "last.pt").stat().st_mtime_ns
+    rc, _, err = run_main(capsys, "--resume", "--out", str(out), *args)
+    assert rc == 2 and err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_same_options_is_accepted(tiny_run, capsys):
+    """Repeating the run's own options (the command line that made it) is not a change."""
+    from train.__main__ import build_parser, config, given_options
+
+    argv = ["--arch", "efficientpose_a", *TINY, "--epochs", "3", "--resume", "--out", str(tiny_run[0])]
+    p = build_parser()
+    a = p.parse_args(argv)
+    a.given = given_options(p, argv)
+    cfg = config(a)
+    assert cfg["epochs"] == 3 and cfg["input"] == [64, 48] and cfg["resume"]
+
+
+def test_resume_without_a_run_fails(tmp_path, capsys):
+    rc, _, err = run_main(capsys, "--resume", "--out", str(tmp_path / "none"))
+    assert rc == 2 and "last.pt: nothing to resume" in err and not (tmp_path / "none").exists()
 
 
 def test_sigkill_then_resume_finishes_all_epochs(tmp_path):

@@ -194,7 +194,7 @@ def config(a: argparse.Namespace) -> dict:
     for k in cfg:
         v = getattr(a, k)
         if v is not None:
-            cfg[k] = v
+            cfg[k] = list(v) if k == "input" else v
     out = a.out
     if out is None:
         name = load(a.arch).name
