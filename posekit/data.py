@@ -53,7 +53,7 @@ SKIP_NAMES = 3  # skipped records named in the summary warning, per reason
 _NUMBER = (int, float)
 
 
-def _numbers(v, n: int | None, file, field: str, what: str = "numbers") -> list:
+def check_numbers(v, n: int | None, file, field: str, what: str = "numbers") -> list:
     """v as a list of n finite JSON numbers (n None: any length), else a UserError naming file and field."""
     if not isinstance(v, (list, tuple)):
         raise UserError(f"{file}: {field}: expected a list of {n or ''}{' ' if n else ''}{what}, got "
@@ -274,8 +274,8 @@ class CocoPose(TopDown):
                 if key not in d:
                     raise UserError(f"{det_file}: [{i}].{key}: missing")
             image_id, cat = d["image_id"], d.get("category_id", self.cat_id)
-            box = _numbers(d["bbox"], 4, det_file, f"[{i}].bbox")
-            score = _numbers([d.get("score", 1.0)], 1, det_file, f"[{i}].score")[0]
+            box = check_numbers(d["bbox"], 4, det_file, f"[{i}].bbox")
+            score = check_numbers([d.get("score", 1.0)], 1, det_file, f"[{i}].score")[0]
             if cat != self.cat_id or score < thresh:
                 continue
             if image_id not in self.coco.imgs:
@@ -363,7 +363,7 @@ def check_coco(d: dict, ann_file):
         if cat not in joints:
             raise UserError(f"{ann_file}: {where}.category_id: {cat} is not in categories")
         need("annotations", i, a, "bbox", lambda v: True, "")
-        box = _numbers(a["bbox"], 4, ann_file, f"{where}.bbox")
+        box = check_numbers(a["bbox"], 4, ann_file, f"{where}.bbox")
         if box[2] < 0 or box[3] < 0:
             raise UserError(f"{ann_file}: {where}.bbox: negative width or height {box[2:]}")
         k = joints[cat]
@@ -374,7 +374,7 @@ def check_coco(d: dict, ann_file):
                 n = f"{len(kps) // 3} joints" if len(kps) % 3 == 0 else "not a multiple of 3"
                 raise UserError(f"{ann_file}: {where}.keypoints: {len(kps)} values ({n}), expected {3 * k} "
                                 f"({k} joints x (x, y, v) as categories' keypoints names)")
-            _numbers(kps, 3 * k, ann_file, f"{where}.keypoints", "values")
+            check_numbers(kps, 3 * k, ann_file, f"{where}.keypoints", "values")
         for key in ("area", "score"):
             if key in a and not (type(a[key]) in _NUMBER and math.isfinite(a[key])):
                 raise UserError(f"{ann_file}: {where}.{key}: expected a finite number, got {json.dumps(a[key])[:40]}")
@@ -416,12 +416,12 @@ class MpiiPose(TopDown):
             if len(rows) != num_joints:
                 raise UserError(f"{f}: [{i}].joints: the data has {len(rows)} joints, the model {num_joints} "
                                 "(num_joints mismatch)")
-            joints = np.asarray([_numbers(r, 2, f, f"[{i}].joints[{j}]") for j, r in enumerate(rows)],
+            joints = np.asarray([check_numbers(r, 2, f, f"[{i}].joints[{j}]") for j, r in enumerate(rows)],
                                 np.float32).reshape(-1, 2) - 1
-            vis = np.asarray(_numbers(e.get("joints_vis", [1] * num_joints), num_joints, f, f"[{i}].joints_vis"),
+            vis = np.asarray(check_numbers(e.get("joints_vis", [1] * num_joints), num_joints, f, f"[{i}].joints_vis"),
                              np.float32)
-            c = np.asarray(_numbers(e["center"], 2, f, f"[{i}].center"), np.float32) - 1
-            s = _numbers([e["scale"]], 1, f, f"[{i}].scale")[0]
+            c = np.asarray(check_numbers(e["center"], 2, f, f"[{i}].center"), np.float32) - 1
+            s = check_numbers([e["scale"]], 1, f, f"[{i}].scale")[0]
             if s <= 0:
                 raise UserError(f"{f}: [{i}].scale: expected a positive number, got {s}")
             path = self.root / "images" / name

@@ -125,7 +125,7 @@ AUG_KEYS = {"scale_factor": "scale_factor", "rot_factor": "rot_factor", "half_bo
 def resume_config(a: argparse.Namespace) -> dict:
     """--resume: the run's saved config, with the options a resumed run can honour (more --epochs extends it,
     evaluation and runtime options) and a one-line refusal naming any other option that differs from the run's."""
-    from model import load
+    from model import from_dict, load
     from model.checkpoint import read_checkpoint
     from train.loop import with_input
 
@@ -137,15 +137,21 @@ def resume_config(a: argparse.Namespace) -> dict:
     saved, done, given = ck.get("config"), int(ck.get("epoch", 0)), a.given
     if not isinstance(saved, dict):
         raise UserError(f"{last}: config: missing (not a checkpoint written by python -m train)")
+    need = set(PRESETS["quick"]) | {"preset", "dataset", "data", "arch", "train_split", "val_split", "optimizer",
+                                    "weight_decay", "steps", "seed", "augment", "aug", "boxes", "eval_every"}
+    miss = sorted(need - set(saved))
+    if miss:
+        raise UserError(f"{last}: config: {', '.join(miss)} missing (not a checkpoint written by python -m train)")
+    size = list(from_dict(ck["arch"], src=f"{last}: arch").input_size)
 
     def refuse(opt, value, theirs):
         raise UserError(f"--{opt.replace('_', '-')} {value}: the run in {out} was trained with {theirs}; a resumed "
                         "run cannot change it (start a new run with another --out)")
 
-    if "arch" in given and with_input(load(a.arch), ck["arch"]["input_size"]).to_dict() != ck["arch"]:
+    if "arch" in given and with_input(load(a.arch), size).to_dict() != ck["arch"]:
         refuse("arch", a.arch, f"{saved.get('arch')} (its arch.yaml differs)")
-    if "input" in given and list(a.input) != list(ck["arch"]["input_size"]):
-        refuse("input", "x".join(map(str, a.input)), "x".join(map(str, ck["arch"]["input_size"])))
+    if "input" in given and list(a.input) != size:
+        refuse("input", "x".join(map(str, a.input)), "x".join(map(str, size)))
     for dest in sorted(given - RESUME_FREE - {"arch", "input"}):
         mine = getattr(a, dest)
         theirs = saved.get("aug", {}).get(AUG_KEYS[dest]) if dest in AUG_KEYS else saved.get(dest)
