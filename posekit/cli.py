@@ -18,6 +18,10 @@ def main_guard(fn):
     def run(argv=None):
         try:
             return fn(argv)
+        except SystemExit as e:  # argparse: --help (0) or a bad option (2, its one line already printed)
+            if isinstance(e.code, int) or e.code is None:
+                return e.code or 0
+            raise
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -37,9 +41,9 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        """One line, `<prog>: error: <what>`, exit 2: argparse's message without its many-line usage block (which
-        buries the one line that matters; --help prints it)."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        """One line, `error: <what> (<prog> --help)`, exit 2, as every other bad input: argparse's message without
+        its many-line usage block (which buries the one line that matters; --help prints it)."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 # ---- option types: every option is validated when parsed ------------------------------------------------------
@@ -200,8 +204,9 @@ def lut_device(s: str) -> str:
     p = resolve_lut(s)
     if not p.is_file():
         known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
-        raise argparse.ArgumentTypeError(f"{s}: no LUT {p} (devices with a LUT: {', '.join(known + ['flops'])}; or "
-                                         "a LUT file; `make lut DEVICE=...` builds one)")
+        raise argparse.ArgumentTypeError(f"no LUT for device '{s}' (no {p}; devices with a LUT: "
+                                         f"{', '.join(known + ['flops'])}; or a LUT file; `make lut DEVICE=...` "
+                                         "builds one)")
     return s
 
 
