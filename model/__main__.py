@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import ArgumentParser, finite_float, hxw, main_guard, nonneg_int
+from posekit.cli import ArgumentParser, float_range, hxw, int_range, main_guard
 
 from .arch import dump, load, shipped
 from .flops import count_flops
@@ -26,6 +26,7 @@ def _row(name, arch, f) -> str:
             f"{f['flops'] / 1e9:>7.3f}")
 
 
+MAX_PHI = 8  # phi 8: 784x592 input, 25M params; phi 40 would take minutes to count and gigabytes to build
 HEADER = (f"{'arch':<34} {'input':<8} {'head':<5} {'blk':>3} {'Mparam':>7} {'bb':>7} {'head':>7} "
           f"{'GMAC':>7} {'bb':>7} {'head':>7} {'GFLOP':>7}")
 
@@ -72,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="params, MACs and FLOPs (backbone / head)")
     i.add_argument("arch", nargs="*", help="arch files or shipped names (default: all shipped)")
-    i.add_argument("--family", type=nonneg_int, metavar="PHI", help="also print compound-scaled archs phi = 0..PHI")
+    i.add_argument("--family", type=int_range(0, MAX_PHI), metavar="PHI",
+                   help="also print compound-scaled archs phi = 0..PHI")
     i.add_argument("--head", choices=["plain", "mbv1", "mbv2"], help="swap the head type")
     i.add_argument("--input", type=hxw, help="override the input size, HxW")
     i.set_defaults(fn=cmd_info)
     s = sub.add_parser("scale", help="write a compound-scaled arch file")
     s.add_argument("arch")
-    s.add_argument("--phi", type=finite_float, required=True)
+    s.add_argument("--phi", type=float_range(-MAX_PHI, MAX_PHI), required=True)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_scale)
     c = sub.add_parser("check", help="validate arch files")

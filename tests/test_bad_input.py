@@ -79,3 +79,12 @@ def test_coco_file_with_mpii_sized_persons_names_the_joint_count(tmp_path, capsy
     rc = main(["--data", str(root), "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2 and "keypoints: 48 values (16 joints), expected 51 (17 joints" in line, line
+
+
+def test_train_names_a_missing_val_split_before_training(tmp_path, capsys):
+    from train.__main__ import main
+
+    rc = main(["--val-split", "nosuch", "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "--val-split nosuch: no " in line and "person_keypoints_nosuch.json" in line
+    assert not (tmp_path / "run").exists()

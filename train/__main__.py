@@ -194,6 +194,12 @@ def config(a: argparse.Namespace) -> dict:
                         "one (annot/<split>.json, images/)")
     a.train_split = a.train_split or {"coco": "train2017", "mpii": "train"}[kind]
     a.val_split = a.val_split or {"coco": "val2017", "mpii": "valid"}[kind]
+    splits = [("--val-split", a.val_split)] + ([] if a.eval else [("--train-split", a.train_split)])
+    for opt, split in splits:
+        f = (data / "annotations" / f"person_keypoints_{split}.json" if kind == "coco"
+             else data / "annot" / f"{split}.json")
+        if not f.is_file():  # found now, not after the first epoch
+            raise UserError(f"{opt} {split}: no {f}")
     bundled = data.resolve() in (DEFAULT_COCO.resolve(), DEFAULT_MPII.resolve())
     preset = a.preset or ("quick" if bundled else "full")
     cfg = dict(PRESETS[preset])
