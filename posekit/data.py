@@ -296,15 +296,16 @@ class CocoPose(TopDown):
                              "joints": joints, "score": float(score), "area": float(area)})
 
 
-def load_coco(ann_file):
-    """A pycocotools COCO index from a keypoints json, with a one-line UserError for a malformed file."""
+def load_coco(ann_file, evaluation: bool = False):
+    """A pycocotools COCO index from a keypoints json, with a one-line UserError for a malformed file (evaluation:
+    also the fields COCOeval reads: area, num_keypoints)."""
     from pycocotools.coco import COCO
 
     d = read_json(ann_file)
     for key in ("images", "annotations", "categories"):
         if not isinstance(d, dict) or not isinstance(d.get(key), list):
             raise UserError(f"{ann_file}: {key}: missing or not a list (not a COCO keypoints file)")
-    check_coco(d, ann_file)
+    check_coco(d, ann_file, evaluation)
     coco = COCO()  # built from the parsed dict: no prints, and our own error messages
     coco.dataset = d
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
@@ -312,7 +313,7 @@ def load_coco(ann_file):
     return coco
 
 
-def check_coco(d: dict, ann_file):
+def check_coco(d: dict, ann_file, evaluation: bool = False):
     """Every record a reader of a COCO keypoints file uses, checked once: a UserError names the file, the record
     (images[i] (id N), annotations[i] (id N), categories[i]) and the field."""
 
@@ -375,7 +376,9 @@ def check_coco(d: dict, ann_file):
                 raise UserError(f"{ann_file}: {where}.keypoints: {len(kps)} values ({n}), expected {3 * k} "
                                 f"({k} joints x (x, y, v) as categories' keypoints names)")
             check_numbers(kps, 3 * k, ann_file, f"{where}.keypoints", "values")
-        for key in ("area", "score"):
+        for key in ("area", "num_keypoints") if evaluation else ():
+            need("annotations", i, a, key, lambda v: True, "")
+        for key in ("area", "score", "num_keypoints"):
             if key in a and not (type(a[key]) in _NUMBER and math.isfinite(a[key])):
                 raise UserError(f"{ann_file}: {where}.{key}: expected a finite number, got {json.dumps(a[key])[:40]}")
 

@@ -32,7 +32,7 @@ def coco_eval(results: list[dict], ann_file, img_ids=None) -> dict:
 
     if not results:
         return dict.fromkeys(COCO_STATS, 0.0)
-    gt = load_coco(ann_file)
+    gt = load_coco(ann_file, evaluation=True)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
         dt = gt.loadRes([dict(r) for r in results])
         ev = COCOeval(gt, dt, iouType="keypoints")

@@ -88,3 +88,13 @@ def test_train_names_a_missing_val_split_before_training(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2 and "--val-split nosuch: no " in line and "person_keypoints_nosuch.json" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_val_split_without_the_fields_cocoeval_reads_is_named_before_training(tmp_path, capsys):
+    from train.__main__ import main
+
+    root, f, ann_id = bad_tree(tmp_path, split="val2017", edit=lambda a: a.pop("num_keypoints"))
+    rc = main(["--data", str(root), "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and f"{f}: annotations[" in line and f"(id {ann_id}).num_keypoints: missing" in line, line
+    assert not (tmp_path / "run").exists()

@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads per process (default: torch's; 1 on a busy host)")
     p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (more --epochs extends it; an option that "
+                        "would change the run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
     p.add_argument("--eval", type=existing_file, metavar="CKPT",
                    help="only evaluate this checkpoint on --val-split (flip test on) and write --results")
@@ -200,6 +202,10 @@ def config(a: argparse.Namespace) -> dict:
              else data / "annot" / f"{split}.json")
         if not f.is_file():  # found now, not after the first epoch
             raise UserError(f"{opt} {split}: no {f}")
+    if kind == "coco" and not a.eval:
+        from posekit.data import load_coco
+
+        load_coco(data / "annotations" / f"person_keypoints_{a.val_split}.json", evaluation=True)  # checked now
     bundled = data.resolve() in (DEFAULT_COCO.resolve(), DEFAULT_MPII.resolve())
     preset = a.preset or ("quick" if bundled else "full")
     cfg = dict(PRESETS[preset])
