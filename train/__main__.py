@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half-body", type=fraction, default=0.3, help="augmentation: half-body crop probability")
     p.add_argument("--sigma", type=positive_float,
                    help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
-                                               "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
+                        "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
     p.add_argument("--eval-every", type=positive_int, default=1, help="epochs between evaluations (the last always)")
     p.add_argument("--limit", type=positive_int, help="use only the first N training persons (smoke tests)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
@@ -120,7 +120,7 @@ def given_options(p: argparse.ArgumentParser, argv) -> set[str]:
 
 # what a resumed run takes from the command line; every other option must match the run's own or is refused
 RESUME_FREE = {"epochs", "eval_every", "workers", "device", "cache", "val_split", "boxes", "headboxes", "flip_test",
-               "no_progress", "threads", "out", "resume", "given", "results"}
+               "no_progress", "threads", "out", "resume", "results"}
 AUG_KEYS = {"scale_factor": "scale_factor", "rot_factor": "rot_factor", "half_body": "half_body_prob"}
 
 
@@ -136,7 +136,7 @@ def resume_config(a: argparse.Namespace) -> dict:
     if not last.is_file():
         raise UserError(f"{last}: nothing to resume (no last.pt in {out}); run without --resume to start it")
     ck = read_checkpoint(last)
-    saved, done, given = ck.get("config"), int(ck.get("epoch", 0)), a.given
+    saved, done, given = ck.get("config"), int(ck.get("epoch", 0)), getattr(a, "given", set())
     if not isinstance(saved, dict):
         raise UserError(f"{last}: config: missing (not a checkpoint written by python -m train)")
     need = set(PRESETS["quick"]) | {"preset", "dataset", "data", "arch", "train_split", "val_split", "optimizer",
