@@ -57,7 +57,7 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--temperature", type=positive_float, default=1.0, help="p = softmax(alpha / temperature)")
     p.add_argument("--target-ms", type=positive_float,
                    help="target latency on the device (calibrated when the LUT has a "
-                   "calibration): lambda is adjusted during the search so the derived arch lands near it")
+                        "calibration): lambda is adjusted during the search so the derived arch lands near it")
     p.add_argument("--lam-rate", type=positive_float, default=0.05,
                    help="step of the lambda update towards --target-ms")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
