@@ -108,6 +108,9 @@ fraction = float_range(0.0, 1.0)  # a probability
 seed_int = int_range(0, 2**32 - 1)  # numpy's seed range
 
 
+MAX_SIDE = 4096  # a network input larger than this is a typo (100000x100000 would only end in an out-of-memory kill)
+
+
 def parse_hxw(s, multiple: int = 1) -> tuple[int, int]:
     """'256x192' (or an (H, W) pair) -> (256, 192): the one HxW parser of every stage. ValueError when malformed,
     not positive, or not a multiple of `multiple` (the backbone's output stride)."""
@@ -117,6 +120,8 @@ def parse_hxw(s, multiple: int = 1) -> tuple[int, int]:
         raise ValueError(f"expected HxW, e.g. 256x192, got {s!r}") from None
     if h <= 0 or w <= 0:
         raise ValueError(f"expected a positive HxW, e.g. 256x192, got {s!r}")
+    if max(h, w) > MAX_SIDE:
+        raise ValueError(f"{h}x{w}: larger than {MAX_SIDE} a side")
     if h % multiple or w % multiple:
         raise ValueError(f"{h}x{w}: H and W must be multiples of {multiple} (the backbone's output stride)")
     return h, w
@@ -139,7 +144,7 @@ def hxw_type(multiple: int = 1, n: int = 2):
         return v
 
     parse.__name__ = "HxW" if n == 2 else "HxWxC"
-    parse.bad = ["abc", "64x4x8", "0x48", "-64x48", "64x"] if n == 2 else ["abc", "16x12", "16x0x96"]
+    parse.bad = ["abc", "64x4x8", "0x48", "-64x48", "64x", "8192x8192"] if n == 2 else ["abc", "16x12", "16x0x96"]
     if multiple > 1:
         parse.bad = parse.bad + [f"{multiple + 1}x{multiple}"]
     return parse
