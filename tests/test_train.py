@@ -237,3 +237,29 @@ def test_overfit_efficientpose_a_reaches_ap_07_on_its_train_images(tmp_path):
           "--no-flip-test", "--eval-every", "1000", "--out", str(out), "--no-progress")
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["AP"] >= 0.7, last
+
+
+class _Payload:
+    """Unpickling this runs Path.touch(marker): what a hostile checkpoint would do with os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_hostile_checkpoint_is_refused_and_nothing_in_it_runs(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    arch = with_input(load("efficientpose_a"), (64, 48))
+    torch.save({"format": "posenas-checkpoint/1", "arch": arch.to_dict(), "model": build(arch).state_dict(),
+                "config": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="evil.pt: not a loadable checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "run").mkdir()
+    shutil.copy(tmp_path / "evil.pt", tmp_path / "run" / "last.pt")
+    for args in (["--eval", str(tmp_path / "evil.pt")], ["--resume", "--out", str(tmp_path / "run"), "--epochs", "9"]):
+        rc, _, err = run_main(capsys, *args)
+        assert rc == 2 and err.startswith("error: ") and "not a loadable checkpoint" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not marker.exists()
