@@ -69,12 +69,13 @@ def damp_residuals(net: nn.Module, gain: float = 0.2) -> nn.Module:
     return net
 
 
-def _size(s: str) -> tuple[int, int]:
+def _size(s) -> tuple[int, int]:
+    from posekit.cli import parse_hxw  # the one HxW parser (the CLI has already checked it)
+
     try:
-        h, w = (int(v) for v in s.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise UserError(f"--input {s!r}: expected HxW, e.g. 256x192") from None
+        return parse_hxw(s)
+    except ValueError as e:
+        raise UserError(f"--input: {e}") from None
 
 
 def load_source(ckpt: str | None = None, arch: str | None = None, head: str | None = None,

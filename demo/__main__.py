@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from model.space import SPACE_DIR
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, existing_dir, lut_device, main_guard
 from posekit.paths import ARTIFACTS, DEFAULT_COCO, LUTS, RUNS
 
 from .pipeline import Step, run_steps
@@ -61,19 +61,23 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
     return table_, paths
 
 
-@main_guard
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m demo", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="COCO tree (default: the bundled data/coco-mini)")
-    p.add_argument("--device", default="pixel", help="LUT the search optimizes for (default: pixel)")
+    p.add_argument("--data", type=existing_dir, help="COCO tree (default: the bundled data/coco-mini)")
+    p.add_argument("--device", default="pixel", type=lut_device, help="LUT the search optimizes for (default: pixel)")
     p.add_argument("--out", type=Path, default=RUNS / "demo", help="run folder (default runs/demo)")
     p.add_argument("--artifacts", type=Path, default=ARTIFACTS / "demo", help="artifacts folder (default "
                    "artifacts/demo)")
     p.add_argument("--force", action="store_true", help="redo every step")
-    args = p.parse_args(argv)
+    return p
+
+
+@main_guard
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     t0 = time.monotonic()
-    table_, paths = steps(args.out, args.artifacts, args.data, args.device)
+    table_, paths = steps(args.out, args.artifacts, str(args.data) if args.data else None, args.device)
     run_steps(table_, args.out / "logs", force=args.force)
     s = gather(paths, table_)
     rows = table(s)

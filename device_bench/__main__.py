@@ -5,11 +5,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, main_guard, nonneg_int, positive_int, seed_int
+
+
+def cpu_mask(s: str) -> str:
+    """--taskset: a non-zero hexadecimal CPU mask such as f0."""
+    try:
+        assert int(s, 16) > 0
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"expected a non-zero hexadecimal CPU mask such as f0, got {s!r}") from None
+    return s
+
+
+cpu_mask.bad = ["0", "xyz"]
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+def compute_units(s: str) -> str:
+    """--compute-units: a comma list of Core ML compute units."""
+    bad = [u for u in s.split(",") if u not in COMPUTE_UNITS]
+    if bad or not s:
+        raise argparse.ArgumentTypeError(f"{','.join(bad) or s!r}: expected a comma list of {', '.join(COMPUTE_UNITS)}")
+    return s
+
+
+compute_units.bad = ["GPU", "CPU_ONLY,NPU", ""]
 
 
 def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the runtime (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads for the runtime (default 1)")
     p.add_argument("--clock", default=clock, choices=("auto", "wall", "cpu"),
                    help=f"host timing: wall-clock latency, or the calling thread's CPU time (--threads 1 only: the "
                         f"runtime then does all its work on that thread; equal to latency on an idle core and immune "
@@ -18,7 +42,7 @@ def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
                    help="TFLite's builtin kernels instead of the XNNPACK delegate")
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="python -m device_bench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -34,9 +58,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few keys only (one network: every layer ir_k3_e3)")
     p.add_argument("--out", help="LUT file (default luts/<device>.json)")
     p.add_argument("--fresh", action="store_true", help="discard the existing file's entries")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per key (host, coreml)")
-    p.add_argument("--per-visit", type=int, default=5, help="timed runs per key per round (host, coreml)")
-    p.add_argument("--chunk", type=int, default=12, help="keys timed together; the LUT is saved after each chunk")
+    p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per key (host, coreml)")
+    p.add_argument("--per-visit", type=positive_int, default=5, help="timed runs per key per round (host, coreml)")
+    p.add_argument("--chunk", type=positive_int, default=12,
+                   help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
     p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
     _common(p)
@@ -44,13 +69,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--adb", help="adb binary (default: adb on PATH)")
     a.add_argument("--serial", help="adb serial for --device pixel/note10 when several devices are attached")
     a.add_argument("--benchmark-model", help="TFLite's android benchmark_model binary (pushed to the phone)")
-    a.add_argument("--taskset", help="CPU mask to pin benchmark_model to, e.g. f0 (big cores)")
+    a.add_argument("--taskset", type=cpu_mask, help="CPU mask to pin benchmark_model to, e.g. f0 (big cores)")
     a.add_argument("--int8", action="store_true", help="time the int8 parts")
-    a.add_argument("--passes", type=int, default=3, help="interleaved passes over all ops")
-    a.add_argument("--num-runs", type=int, default=30)
-    a.add_argument("--warmup-runs", type=int, default=5)
+    a.add_argument("--passes", type=positive_int, default=3, help="interleaved passes over all ops")
+    a.add_argument("--num-runs", type=positive_int, default=30)
+    a.add_argument("--warmup-runs", type=nonneg_int, default=5)
     c = p.add_argument_group("coreml")
-    c.add_argument("--compute-units", default="CPU_ONLY,CPU_AND_GPU,ALL")
+    c.add_argument("--compute-units", type=compute_units, default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
 
     p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
@@ -67,12 +92,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="a .tflite (or .mlpackage on macOS)")
     g.add_argument("--model-dir", help="artifacts/<model> with manifest.json: every tflite artifact, XNNPACK and "
                                        "builtin kernels, one interleaved run")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model (host: over interleaved rounds)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per model (host: over interleaved rounds)")
+    p.add_argument("--warmup", type=nonneg_int, default=5)
     p.add_argument("--adb")
     p.add_argument("--serial")
     p.add_argument("--benchmark-model")
-    p.add_argument("--taskset")
+    p.add_argument("--taskset", type=cpu_mask)
     p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
     _common(p, clock="wall")
 
@@ -80,10 +105,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, choices=("host", "host-int8"))
     p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
     p.add_argument("--space", default="default")
-    p.add_argument("--n", type=int, default=20, help="random archs (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--per-visit", type=int, default=3)
+    p.add_argument("--n", type=positive_int, default=20, help="random archs (default 20)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--rounds", type=positive_int, default=10)
+    p.add_argument("--per-visit", type=positive_int, default=3)
     p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
     p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
     p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
@@ -91,9 +116,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+parser = build_parser  # the old name
+
+
 @main_guard
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.cmd == "lut":
         from .lut import run_lut
 

@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, float_range, hxw, int_range, main_guard
 
 from .arch import dump, load, shipped
 from .flops import count_flops
 from .scaling import ALPHA, BETA, GAMMA, compound_scale
-
-
-def _size(s: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in s.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x192, got {s!r}") from None
 
 
 def _row(name, arch, f) -> str:
@@ -33,6 +25,7 @@ def _row(name, arch, f) -> str:
             f"{f['flops'] / 1e9:>7.3f}")
 
 
+MAX_PHI = 8  # phi 8: 784x592 input, 25M params; phi 40 would take minutes to count and gigabytes to build
 HEADER = (f"{'arch':<34} {'input':<8} {'head':<5} {'blk':>3} {'Mparam':>7} {'bb':>7} {'head':>7} "
           f"{'GMAC':>7} {'bb':>7} {'head':>7} {'GFLOP':>7}")
 
@@ -73,19 +66,20 @@ def cmd_check(args):
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m model", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="params, MACs and FLOPs (backbone / head)")
     i.add_argument("arch", nargs="*", help="arch files or shipped names (default: all shipped)")
-    i.add_argument("--family", type=int, metavar="PHI", help="also print compound-scaled archs phi = 0..PHI")
+    i.add_argument("--family", type=int_range(0, MAX_PHI), metavar="PHI",
+                   help="also print compound-scaled archs phi = 0..PHI")
     i.add_argument("--head", choices=["plain", "mbv1", "mbv2"], help="swap the head type")
-    i.add_argument("--input", type=_size, help="override the input size, HxW")
+    i.add_argument("--input", type=hxw, help="override the input size, HxW")
     i.set_defaults(fn=cmd_info)
     s = sub.add_parser("scale", help="write a compound-scaled arch file")
     s.add_argument("arch")
-    s.add_argument("--phi", type=float, required=True)
+    s.add_argument("--phi", type=float_range(-MAX_PHI, MAX_PHI), required=True)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_scale)
     c = sub.add_parser("check", help="validate arch files")
@@ -94,7 +88,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+parser = build_parser  # the old name
+
+
 @main_guard
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.fn(args)

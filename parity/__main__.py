@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, existing_dir, existing_file, main_guard, positive_int
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO
 
@@ -34,26 +34,31 @@ def int8_hint(selection: dict | None, shipped: str | None) -> str:
         f" (to ship one: python -m convert --int8-candidates {others[0]['quantizer'].split()[-1]})"
 
 
-def parse(argv):
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m parity", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", type=Path, help="artifacts/<model> with manifest.json (default: the newest one)")
-    p.add_argument("--data", type=Path, default=DEFAULT_COCO,
+    p.add_argument("--model-dir", type=existing_dir,
+                   help="artifacts/<model> with manifest.json (default: the newest one)")
+    p.add_argument("--data", type=existing_dir, default=DEFAULT_COCO,
                    help="COCO tree: val2017 crops (AP) + train2017 crops (default: bundled data/coco-mini)")
     p.add_argument("--ap-split", default="val2017",
                    help="split whose persons are scored with OKS AP (default val2017; the demo, which trains on the "
                         "bundled train images, scores train2017 and says so)")
-    p.add_argument("--thresholds", type=Path, help="per-precision rules (default: parity/thresholds.yaml)")
-    p.add_argument("--crops", "--images", dest="crops", type=int,  # --images: the old, misleading name
+    p.add_argument("--thresholds", type=existing_file, help="per-precision rules (default: parity/thresholds.yaml)")
+    p.add_argument("--crops", "--images", dest="crops", type=positive_int,  # --images: the old, misleading name
                    help="at most N person crops per split (default: all val crops, 64 train crops)")
     p.add_argument("--out", type=Path, help="report folder (default: <model-dir>/parity)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the manifest's source.checkpoint)")
     p.add_argument("--only", help="only artifacts whose file contains this text")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     p.add_argument("--no-locate", action="store_true", help="skip the first-diverging-layer search on failures")
     p.add_argument("--coreml-reference", action="store_true",
                    help="on macOS too, run Core ML artifacts with the reference executor instead of MLModel.predict")
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv):
+    return build_parser().parse_args(argv)
 
 
 @main_guard

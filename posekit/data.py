@@ -8,9 +8,10 @@ Each item is a dict::
     meta     dict of numbers / arrays (default_collate-able): index, image_id, center, scale, score, area,
              rotation, flip, joints (J, 3) image coords + visibility, affine (2, 3) image -> input
 
-Per-sample faults (missing or empty image file, person with no labelled joint, box outside the image) are
-skipped while the index is built, counted in `.skipped`, and summarised in one warning. A malformed annotation
-file or a joint count that does not match is a UserError.
+Per-sample faults (missing, empty or truncated image file, person with no labelled joint, box outside the image)
+are skipped while the index is built, counted in `.skipped` (the first few named in `.skipped_names`), and
+summarised in one warning that names them. A malformed annotation file, record or field (a keypoint that is not a
+number, a missing bbox, a joint count that does not match) is a UserError naming the file, the record and the field.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -41,10 +43,30 @@ from posekit.transforms import (  # noqa: F401  (re-exported: other stages impor
     box_to_center_scale,
     fit_aspect,
     get_affine,
+    image_problem,
     load_image_crop,
     read_image,
     to_image,
 )
+
+SKIP_NAMES = 3  # skipped records named in the summary warning, per reason
+_NUMBER = (int, float)
+
+
+def check_numbers(v, n: int | None, file, field: str, what: str = "numbers") -> list:
+    """v as a list of n finite JSON numbers (n None: any length), else a UserError naming file and field."""
+    if not isinstance(v, (list, tuple)):
+        raise UserError(f"{file}: {field}: expected a list of {n or ''}{' ' if n else ''}{what}, got "
+                        f"{'null' if v is None else type(v).__name__}")
+    if n is not None and len(v) != n:
+        raise UserError(f"{file}: {field}: expected {n} {what}, got {len(v)}")
+    if not set(map(type, v)) <= {int, float}:  # bool, str, None, lists: not numbers (C-speed set check first)
+        j = next(j for j, x in enumerate(v) if type(x) not in _NUMBER)
+        raise UserError(f"{file}: {field}[{j}]: expected a number, got {json.dumps(v[j])}")
+    if float in set(map(type, v)) and not all(map(math.isfinite, v)):
+        j = next(j for j, x in enumerate(v) if not math.isfinite(x))
+        raise UserError(f"{file}: {field}[{j}]: expected a finite number, got {v[j]}")
+    return list(v)
 
 
 def read_json(path, what: str = "annotation file"):
@@ -76,24 +98,30 @@ class TopDown(Dataset):
         self.cache = {} if cache_images else None
         self.samples: list[dict] = []
         self.skipped: Counter = Counter()
+        self.skipped_names: dict[str, list[str]] = {}
 
     # ---- index helpers ------------------------------------------------------------------------------------
-    def _image_ok(self, path: Path) -> bool:
-        try:
-            ok = path.stat().st_size > 0
-        except OSError:
-            ok = False
-        if not ok:
-            self.skipped["missing or empty image file"] += 1
-        return ok
+    def _skip(self, reason: str, name):
+        self.skipped[reason] += 1
+        names = self.skipped_names.setdefault(reason, [])
+        if len(names) < SKIP_NAMES:
+            names.append(str(name))
 
-    def _clip_box(self, box, width, height):
+    def _image_ok(self, path: Path) -> bool:
+        why = image_problem(path)  # also a JPEG/PNG cut short: libjpeg would decode it with grey rows
+        if why in ("missing", "empty"):
+            self._skip("missing or empty image file", path)
+        elif why:
+            self._skip("unreadable image file", f"{path} ({why})")
+        return why is None
+
+    def _clip_box(self, box, width, height, record=""):
         """Clip (x, y, w, h) to the image; None (counted) when nothing of it is inside."""
         x, y, w, h = (float(v) for v in box)
         x1, y1 = max(0.0, x), max(0.0, y)
         x2, y2 = min(width - 1.0, x + max(0.0, w - 1)), min(height - 1.0, y + max(0.0, h - 1))
         if x2 <= x1 or y2 <= y1:
-            self.skipped["box outside the image"] += 1
+            self._skip("box outside the image", record)
             return None
         return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
 
@@ -101,8 +129,13 @@ class TopDown(Dataset):
         if limit:
             self.samples = self.samples[:limit]
         if self.skipped:
-            warnings.warn(f"{src}: skipped {sum(self.skipped.values())} samples ("
-                          + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())) + ")", stacklevel=3)
+            parts = []
+            for k, n in sorted(self.skipped.items()):
+                names = self.skipped_names.get(k, [])
+                more = ", ..." if n > len(names) else ""
+                parts.append(f"{n} {k}" + (f": {', '.join(names)}{more}" if names else ""))
+            warnings.warn(f"{src}: skipped {sum(self.skipped.values())} samples (" + "; ".join(parts) + ")",
+                          stacklevel=3)
         if not self.samples:
             raise UserError(f"{src}: no usable person samples")
 
@@ -217,12 +250,12 @@ class CocoPose(TopDown):
                     and not a.get("iscrowd", 0)]
             if not anns or not self._image_ok(path):
                 continue
-            for a in anns:
-                kps = np.asarray(a.get("keypoints", []), np.float32).reshape(-1, 3)
-                if len(kps) != self.num_joints or not (kps[:, 2] > 0).any():
-                    self.skipped["persons with no labelled joint"] += 1
+            for a in anns:  # load_coco checked every field
+                kps = np.asarray(a["keypoints"], np.float32).reshape(-1, 3)
+                if not (kps[:, 2] > 0).any():
+                    self._skip("persons with no labelled joint", f"annotation {a['id']}")
                     continue
-                box = self._clip_box(a["bbox"], info["width"], info["height"])
+                box = self._clip_box(a["bbox"], info["width"], info["height"], f"annotation {a['id']}")
                 if box is None:
                     continue
                 self._add(path, image_id, box, kps, 1.0, a.get("area", box[2] * box[3]))
@@ -235,23 +268,25 @@ class CocoPose(TopDown):
         zeros = np.zeros((self.num_joints, 3), np.float32)
         checked = {}
         for i, d in enumerate(dets):
-            try:
-                image_id, box, score = d["image_id"], d["bbox"], float(d.get("score", 1.0))
-                cat = d.get("category_id", self.cat_id)
-                assert len(box) == 4
-            except (KeyError, TypeError, AssertionError, ValueError):
-                raise UserError(f"{det_file}: [{i}]: expected image_id, bbox [x, y, w, h] and score") from None
+            if not isinstance(d, dict):
+                raise UserError(f"{det_file}: [{i}]: expected an object with image_id, bbox [x, y, w, h] and score")
+            for key in ("image_id", "bbox"):
+                if key not in d:
+                    raise UserError(f"{det_file}: [{i}].{key}: missing")
+            image_id, cat = d["image_id"], d.get("category_id", self.cat_id)
+            box = check_numbers(d["bbox"], 4, det_file, f"[{i}].bbox")
+            score = check_numbers([d.get("score", 1.0)], 1, det_file, f"[{i}].score")[0]
             if cat != self.cat_id or score < thresh:
                 continue
             if image_id not in self.coco.imgs:
-                self.skipped["detections on images not in the split"] += 1
+                self._skip("detections on images not in the split", f"[{i}] image_id {image_id!r}")
                 continue
             info, path = self._img(image_id)
             if image_id not in checked:
                 checked[image_id] = self._image_ok(path)
             if not checked[image_id]:
                 continue
-            box = self._clip_box(box, info["width"], info["height"])
+            box = self._clip_box(box, info["width"], info["height"], f"detection [{i}]")
             if box is not None:
                 self._add(path, image_id, box, zeros, score, box[2] * box[3])
 
@@ -261,24 +296,91 @@ class CocoPose(TopDown):
                              "joints": joints, "score": float(score), "area": float(area)})
 
 
-def load_coco(ann_file):
-    """A pycocotools COCO index from a keypoints json, with a one-line UserError for a malformed file."""
+def load_coco(ann_file, evaluation: bool = False):
+    """A pycocotools COCO index from a keypoints json, with a one-line UserError for a malformed file (evaluation:
+    also the fields COCOeval reads: area, num_keypoints)."""
     from pycocotools.coco import COCO
 
     d = read_json(ann_file)
     for key in ("images", "annotations", "categories"):
         if not isinstance(d, dict) or not isinstance(d.get(key), list):
             raise UserError(f"{ann_file}: {key}: missing or not a list (not a COCO keypoints file)")
+    check_coco(d, ann_file, evaluation)
     coco = COCO()  # built from the parsed dict: no prints, and our own error messages
     coco.dataset = d
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
-            coco.createIndex()
-        for img in d["images"]:
-            img["id"], img["file_name"], img["width"], img["height"]  # noqa: B018
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{ann_file}: malformed COCO file: missing field {e}") from None
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
     return coco
+
+
+def check_coco(d: dict, ann_file, evaluation: bool = False):
+    """Every record a reader of a COCO keypoints file uses, checked once: a UserError names the file, the record
+    (images[i] (id N), annotations[i] (id N), categories[i]) and the field."""
+
+    def rec(key, i, r):
+        return f"{key}[{i}]" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
+
+    def need(key, i, r, field, ok, what):
+        if not isinstance(r, dict):
+            raise UserError(f"{ann_file}: {key}[{i}]: expected an object, got {json.dumps(r)[:40]}")
+        if field not in r:
+            raise UserError(f"{ann_file}: {rec(key, i, r)}.{field}: missing")
+        if not ok(r[field]):
+            raise UserError(f"{ann_file}: {rec(key, i, r)}.{field}: expected {what}, got {json.dumps(r[field])[:40]}")
+        return r[field]
+
+    def is_int(v):
+        return type(v) is int
+
+    def is_pos(v):
+        return type(v) in _NUMBER and math.isfinite(v) and v > 0
+
+    joints = {}
+    for i, c in enumerate(d["categories"]):
+        cid = need("categories", i, c, "id", is_int, "an integer")
+        kp = c.get("keypoints")
+        if kp is not None and not (isinstance(kp, list) and all(isinstance(k, str) for k in kp)):
+            raise UserError(f"{ann_file}: {rec('categories', i, c)}.keypoints: expected a list of joint names")
+        joints[cid] = len(kp or [])
+    images = set()
+    for i, im in enumerate(d["images"]):
+        iid = need("images", i, im, "id", is_int, "an integer")
+        if iid in images:
+            raise UserError(f"{ann_file}: {rec('images', i, im)}.id: duplicate image id {iid}")
+        images.add(iid)
+        need("images", i, im, "file_name", lambda v: isinstance(v, str) and v.strip(), "a file name")
+        need("images", i, im, "width", is_pos, "a positive number")
+        need("images", i, im, "height", is_pos, "a positive number")
+    ann_ids = set()
+    for i, a in enumerate(d["annotations"]):
+        aid = need("annotations", i, a, "id", is_int, "an integer")
+        if aid in ann_ids:
+            raise UserError(f"{ann_file}: {rec('annotations', i, a)}.id: duplicate annotation id {aid}")
+        ann_ids.add(aid)
+        where = rec("annotations", i, a)
+        if need("annotations", i, a, "image_id", is_int, "an integer") not in images:
+            raise UserError(f"{ann_file}: {where}.image_id: {a['image_id']} is not in images")
+        cat = need("annotations", i, a, "category_id", is_int, "an integer")
+        if cat not in joints:
+            raise UserError(f"{ann_file}: {where}.category_id: {cat} is not in categories")
+        need("annotations", i, a, "bbox", lambda v: True, "")
+        box = check_numbers(a["bbox"], 4, ann_file, f"{where}.bbox")
+        if box[2] < 0 or box[3] < 0:
+            raise UserError(f"{ann_file}: {where}.bbox: negative width or height {box[2:]}")
+        k = joints[cat]
+        if k:
+            need("annotations", i, a, "keypoints", lambda v: True, "")
+            kps = a["keypoints"]
+            if isinstance(kps, list) and len(kps) != 3 * k:
+                n = f"{len(kps) // 3} joints" if len(kps) % 3 == 0 else "not a multiple of 3"
+                raise UserError(f"{ann_file}: {where}.keypoints: {len(kps)} values ({n}), expected {3 * k} "
+                                f"({k} joints x (x, y, v) as categories' keypoints names)")
+            check_numbers(kps, 3 * k, ann_file, f"{where}.keypoints", "values")
+        for key in ("area", "num_keypoints") if evaluation else ():
+            need("annotations", i, a, key, lambda v: True, "")
+        for key in ("area", "score", "num_keypoints"):
+            if key in a and not (type(a[key]) in _NUMBER and math.isfinite(a[key])):
+                raise UserError(f"{ann_file}: {where}.{key}: expected a finite number, got {json.dumps(a[key])[:40]}")
 
 
 class MpiiPose(TopDown):
@@ -301,23 +403,35 @@ class MpiiPose(TopDown):
             raise UserError(f"{self.ann_file}: malformed MPII file: expected a list of "
                             "{image, center, scale, joints, joints_vis}")
         self.gt = []  # (joints (16, 2) 0-based, visible (16,)) per kept sample, for pckh()
+        f = self.ann_file
         for i, e in enumerate(entries):
-            try:
-                joints = np.asarray(e["joints"], np.float32).reshape(-1, 2) - 1
-                vis = np.asarray(e.get("joints_vis", np.ones(len(joints))), np.float32).reshape(-1)
-                c = np.asarray(e["center"], np.float32).reshape(2) - 1
-                s = float(e["scale"])
-                name = e["image"]
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{self.ann_file}: [{i}]: expected image, center [x, y], scale, joints") from None
-            if len(joints) != num_joints:
-                raise UserError(f"{self.ann_file}: [{i}].joints: the data has {len(joints)} joints, the model "
-                                f"{num_joints} (num_joints mismatch)")
+            if not isinstance(e, dict):
+                raise UserError(f"{f}: [{i}]: expected an object with image, center [x, y], scale, joints")
+            for key in ("image", "center", "scale", "joints"):
+                if key not in e:
+                    raise UserError(f"{f}: [{i}].{key}: missing")
+            name = e["image"]
+            if not isinstance(name, str) or not name.strip():
+                raise UserError(f"{f}: [{i}].image: expected a file name, got {json.dumps(name)[:40]}")
+            rows = e["joints"]
+            if not isinstance(rows, list):
+                raise UserError(f"{f}: [{i}].joints: expected a list of [x, y], got {json.dumps(rows)[:40]}")
+            if len(rows) != num_joints:
+                raise UserError(f"{f}: [{i}].joints: the data has {len(rows)} joints, the model {num_joints} "
+                                "(num_joints mismatch)")
+            joints = np.asarray([check_numbers(r, 2, f, f"[{i}].joints[{j}]") for j, r in enumerate(rows)],
+                                np.float32).reshape(-1, 2) - 1
+            vis = np.asarray(check_numbers(e.get("joints_vis", [1] * num_joints), num_joints, f, f"[{i}].joints_vis"),
+                             np.float32)
+            c = np.asarray(check_numbers(e["center"], 2, f, f"[{i}].center"), np.float32) - 1
+            s = check_numbers([e["scale"]], 1, f, f"[{i}].scale")[0]
+            if s <= 0:
+                raise UserError(f"{f}: [{i}].scale: expected a positive number, got {s}")
             path = self.root / "images" / name
             if not self._image_ok(path):
                 continue
             if not (vis > 0).any() and train:
-                self.skipped["persons with no labelled joint"] += 1
+                self._skip("persons with no labelled joint", f"[{i}]")
                 continue
             if c[0] > 0:
                 c[1] += 15 * s
@@ -329,3 +443,18 @@ class MpiiPose(TopDown):
         self._finish_index(self.ann_file, limit)
         self.gt = self.gt[: len(self.samples)]
 
+
+
+def check_pose_data(num_joints: int, root=None):
+    """Read and check the annotation files (and that their images exist) that calibration and held-out crops will
+    come from, as convert's calibration_batches / eval_batches pick them, so that a stage refuses bad data before
+    it writes anything (convert: no arch.yaml or model_fp32.tflite left without a manifest)."""
+    with warnings.catch_warnings():  # skipped persons are fine for calibration crops
+        warnings.simplefilter("ignore", UserWarning)
+        if num_joints == 17:
+            for split in ("train2017", "val2017"):
+                CocoPose(root or DEFAULT_COCO, split, (64, 48), train=False, num_joints=num_joints)
+        elif num_joints == 16:
+            MpiiPose(root or DEFAULT_MPII, "valid", (64, 64), train=False, num_joints=num_joints)
+        else:
+            raise UserError(f"calibration data: no bundled dataset with {num_joints} joints (give --data)")

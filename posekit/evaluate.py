@@ -33,7 +33,7 @@ def coco_eval(results: list[dict], ann_file, img_ids=None) -> dict:
 
     if not results:
         return dict.fromkeys(COCO_STATS, 0.0)
-    gt = load_coco(ann_file)
+    gt = load_coco(ann_file, evaluation=True)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
         dt = gt.loadRes([dict(r) for r in results])
         ev = COCOeval(gt, dt, iouType="keypoints")
@@ -227,11 +227,12 @@ def load_headboxes(path) -> np.ndarray:
         except (KeyError, ValueError, OSError) as e:
             raise UserError(f"{p}: headboxes_src: cannot read ({e})") from None
         return hb.transpose(2, 0, 1)
-    from posekit.data import read_json
+    from posekit.data import check_numbers, read_json
 
-    hb = np.asarray(read_json(p, "head-box file"), np.float64)
-    if hb.ndim != 2 or hb.shape[1] != 4:
-        raise UserError(f"{p}: expected a list of [x1, y1, x2, y2] head boxes, got shape {hb.shape}")
+    d = read_json(p, "head-box file")
+    if not isinstance(d, list) or not d:
+        raise UserError(f"{p}: expected a list of [x1, y1, x2, y2] head boxes")
+    hb = np.asarray([check_numbers(b, 4, p, f"[{i}]") for i, b in enumerate(d)], np.float64)
     return hb.reshape(-1, 2, 2)
 
 

@@ -60,11 +60,56 @@ def invert_affine(M) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(M, np.float64))
 
 
+def truncation(data: bytes, tail_only: bool = False) -> str | None:
+    """Why these image bytes are cut short, or None. libjpeg decodes a truncated JPEG without an error (grey rows
+    and a bare "Premature end of JPEG file" on stderr), so look for the end-of-image marker FFD9 after the last
+    start-of-scan FFDA (entropy-coded data never holds FF D9: FF is byte-stuffed), and for PNG's IEND chunk.
+    tail_only: `data` is the file's last bytes only (a cheap check; None means "look at the whole file")."""
+    if data[:2] == b"\xff\xd8" or tail_only and data[:1] != b"\x89":
+        if b"\xff\xd9" in data.rstrip(b"\0\r\n ")[-2:]:
+            return None
+        if tail_only:
+            return "check"
+        sos = data.rfind(b"\xff\xda")
+        return None if sos >= 0 and data.find(b"\xff\xd9", sos) >= 0 else "truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" or tail_only:
+        return None if b"IEND" in data[-64:] else "truncated PNG (no IEND chunk)"
+    return None
+
+
+def image_problem(path) -> str | None:
+    """Why an image file cannot be used ("missing", "empty", "truncated JPEG ..."), or None. Reads the file's head
+    and tail only, unless a JPEG has data after its end marker."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size == 0:
+            return "empty"
+        with open(p, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except OSError:
+        return "missing"
+    if head[:2] == b"\xff\xd8":
+        if truncation(tail, tail_only=True) is None:
+            return None
+        return truncation(p.read_bytes())
+    if head == b"\x89PNG\r\n\x1a\n":
+        return truncation(head + tail[-64:])
+    return None
+
+
 def read_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); an unreadable file is a UserError naming it."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """RGB uint8 (H, W, 3); an unreadable or truncated file is a UserError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    why = truncation(data) if data else "missing, unreadable or empty"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if why is None else None
     if img is None:
-        raise UserError(f"{path}: cannot read image (missing, unreadable or not an image)")
+        raise UserError(f"{path}: cannot read image ({why or 'not an image'})")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -22,13 +22,16 @@ def run_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentPar
 SUBCOMMANDS = {"run": (run_parser, run)}
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m quantize", description=__doc__,
                        epilog="`python -m quantize run --help`: the options of run (--targets, --calib, --data, ...)")
     sub = p.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (build, _) in SUBCOMMANDS.items():
         build(sub.add_parser(name, description=__doc__, help=(build.__doc__ or name).splitlines()[0]))
     return p
+
+
+parser = build_parser  # the old name
 
 
 @main_guard
@@ -38,7 +41,7 @@ def main(argv=None):
     # `python -m quantize --ckpt ...` = `python -m quantize run --ckpt ...`; `--help` alone lists the subcommands
     if argv not in (["-h"], ["--help"]) and (not argv[:1] or argv[0] not in SUBCOMMANDS):
         argv = ["run", *argv]
-    a = parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     return SUBCOMMANDS[a.command][1](a)
 
 

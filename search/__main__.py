@@ -11,7 +11,20 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import (
+    ArgumentParser,
+    data_dir,
+    float_range,
+    hxw_type,
+    lut_device,
+    main_guard,
+    nonneg_float,
+    nonneg_int,
+    parse_hxw,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from posekit.errors import UserError
 
 DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.1}
@@ -19,41 +32,44 @@ DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "t
 FULL = {"epochs": 100, "warmup_epochs": 20, "input": "256x192", "batch_size": 32, "threads": 0, "alpha_lr": 1e-3}
 
 
-def parse_hw(s: str) -> tuple[int, int]:
+def parse_hw(s) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--input: expected HxW such as 128x96, got {s!r}") from None
-    if h % 16 or w % 16 or h <= 0 or w <= 0:
-        raise UserError(f"--input: {s} must be positive multiples of 16 (the backbone's output stride)")
-    return h, w
+        return parse_hxw(s, 16)
+    except ValueError as e:
+        raise UserError(f"--input: {e}") from None
 
 
 def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     if device_required:
-        p.add_argument("--device", required=True,
+        p.add_argument("--device", required=True, type=lut_device,
                        help="pixel | note10 | host | host-int8 (luts/<device>.json) | flops | path/to/lut.json")
     p.add_argument("--space", default="default", help="search-space file or shipped name (model/spaces)")
-    p.add_argument("--data", help="COCO tree with train2017/ and annotations/ (default: bundled data/coco-mini)")
-    p.add_argument("--epochs", type=int, help=f"total epochs (demo {DEMO['epochs']}, --full {FULL['epochs']})")
-    p.add_argument("--warmup-epochs", type=int, help="epochs of weight steps only before alpha is searched")
-    p.add_argument("--input", help="HxW the supernet trains at (demo 128x96; the LUT is always at the space's size)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lam", type=float, default=0.005, help="lambda of the cost term (Eq. 7); 0 = accuracy only")
-    p.add_argument("--tau", type=float, default=math.e, help="base of the log in lambda * log_tau(cost) (Eq. 7)")
-    p.add_argument("--temperature", type=float, default=1.0, help="p = softmax(alpha / temperature)")
-    p.add_argument("--target-ms", type=float, help="target latency on the device (calibrated when the LUT has a "
-                   "calibration): lambda is adjusted during the search so the derived arch lands near it")
-    p.add_argument("--lam-rate", type=float, default=0.05, help="step of the lambda update towards --target-ms")
+    p.add_argument("--data", type=data_dir,
+                   help="COCO tree with train2017/ and annotations/ (default: bundled data/coco-mini)")
+    p.add_argument("--epochs", type=positive_int, help=f"total epochs (demo {DEMO['epochs']}, --full {FULL['epochs']})")
+    p.add_argument("--warmup-epochs", type=nonneg_int, help="epochs of weight steps only before alpha is searched")
+    p.add_argument("--input", type=hxw_type(16),
+                   help="HxW the supernet trains at (demo 128x96; the LUT is always at the space's size)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lam", type=nonneg_float, default=0.005, help="lambda of the cost term (Eq. 7); 0 = accuracy only")
+    p.add_argument("--tau", type=float_range(1.0, lo_open=True), default=math.e,
+                   help="base of the log in lambda * log_tau(cost) (Eq. 7)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="p = softmax(alpha / temperature)")
+    p.add_argument("--target-ms", type=positive_float,
+                   help="target latency on the device (calibrated when the LUT has a "
+                        "calibration): lambda is adjusted during the search so the derived arch lands near it")
+    p.add_argument("--lam-rate", type=positive_float, default=0.05,
+                   help="step of the lambda update towards --target-ms")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--w-lr", type=float, default=1e-3)
-    p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")
-    p.add_argument("--drop-path", type=float, default=0.5, help="probability of dropping a candidate in a w step")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="use only the first N persons of the data (quick runs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (demo 1: on a busy 2-core machine OpenMP "
+    p.add_argument("--w-lr", type=positive_float, default=1e-3)
+    p.add_argument("--alpha-lr", type=positive_float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")
+    p.add_argument("--drop-path", type=float_range(0.0, 1.0, hi_open=True), default=0.5,
+                   help="probability of dropping a candidate in a w step")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--limit", type=positive_int, help="use only the first N persons of the data (quick runs)")
+    p.add_argument("--threads", type=nonneg_int, help="torch CPU threads (demo 1: on a busy 2-core machine OpenMP "
                    "spinning makes 2 threads many times slower; 0 = torch's default)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers")
     p.add_argument("--full", action="store_true", help="the full config: " + ", ".join(f"{k} {v}" for k, v in
                                                                                       FULL.items()))
     p.add_argument("--no-step-times", action="store_true", help="skip the search-step vs train-step timing")
@@ -150,13 +166,7 @@ def run_search(cfg, quiet: bool = False):
     return s, arch, times
 
 
-@main_guard
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "closed-loop":
-        from .closed_loop import main as closed_loop
-
-        return closed_loop(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
                        "runs/search/<device>/arch.yaml, alpha_history.png, history.json, search.log and "
                        "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
@@ -164,7 +174,17 @@ def main(argv=None):
     add_search_args(p)
     p.add_argument("--out", help="output folder (default runs/search/<device>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt (after a kill)")
-    a = p.parse_args(argv)
+    return p
+
+
+@main_guard
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "closed-loop":
+        from .closed_loop import main as closed_loop
+
+        return closed_loop(argv[1:])
+    a = build_parser().parse_args(argv)
     setup_threads(a)
     init_distributed()
     cfg = build_config(a)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from model.arch import Arch, load
-from posekit.cli import ArgumentParser
+from posekit.cli import ArgumentParser, lut_device, positive_float, positive_int
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 
@@ -78,23 +78,33 @@ def time_tflite(paths: list[Path], threads: int, repeats: int, warmup: int = 5, 
     return [float(np.median(t)) for t in times]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from . import __main__ as cli
+
+    p = ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--lut", default="host-int8", type=lut_device,
+                   help="LUT measured on this host in int8 (luts/host-int8.json)")
+    p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
+    p.add_argument("--ratio", type=positive_float, default=0.7,
+                   help="target = ratio x the reference's measured latency")
+    p.add_argument("--ref-ms", type=positive_float, help="use this reference latency instead of measuring it")
+    p.add_argument("--tolerance", type=positive_float, default=0.15,
+                   help="pass when |measured - target| <= tol x target")
+    p.add_argument("--runtime-threads", type=positive_int,
+                   help="interpreter threads (default: the LUT header's, else 1)")
+    p.add_argument("--repeats", type=positive_int, default=50)
+    p.add_argument("--clock", choices=("wall", "cpu"), help="timing clock (default: the LUT header's, else wall)")
+    p.add_argument("--out", default="runs/search/closed-loop")
+    cli.add_search_args(p, device_required=False)
+    return p
+
+
 def main(argv) -> int:
     from . import __main__ as cli
     from .loop import config_dict
 
-    p = ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lut", default="host-int8", help="LUT measured on this host in int8 (luts/host-int8.json)")
-    p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
-    p.add_argument("--ratio", type=float, default=0.7, help="target = ratio x the reference's measured latency")
-    p.add_argument("--ref-ms", type=float, help="use this reference latency instead of measuring it")
-    p.add_argument("--tolerance", type=float, default=0.15, help="pass when |measured - target| <= tol x target")
-    p.add_argument("--runtime-threads", type=int, help="interpreter threads (default: the LUT header's, else 1)")
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--clock", choices=("wall", "cpu"), help="timing clock (default: the LUT header's, else wall)")
-    p.add_argument("--out", default="runs/search/closed-loop")
-    cli.add_search_args(p, device_required=False)
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     a.device, a.resume, a.target_ms = a.lut, False, None
     cli.setup_threads(a)
     cfg = cli.build_config(a, out=a.out)

@@ -139,7 +139,7 @@ def test_rerun_resumes_and_quantize_keeps_the_manifest(converted, root):
     (["--targets", "tflite-int4"], "--targets 'tflite-int4': unknown"),
     (["--arch", "no_such_arch"], "no_such_arch: no such file"),
     (["--ckpt", "missing.pt"], "missing.pt: no such checkpoint"),
-    (["--input", "64by48"], "--input '64by48'"),
+    (["--input", "64by48"], "argument --input: expected HxW, e.g. 256x192, got '64by48'"),
 ])
 def test_bad_input_is_one_line(argv, msg, root, tmp_path):
     r = subprocess.run([PY, "-m", "convert", *argv, "--out", str(tmp_path / "o")], cwd=root, capture_output=True,

@@ -166,6 +166,90 @@ def test_malformed_json_and_joint_mismatch_are_user_errors(tmp_path):
         CocoPose(DEFAULT_COCO, "val2017", (64, 48), train=False, boxes=bad_det)
 
 
+def _first_labelled(d):
+    return next(a for a in d["annotations"] if a["num_keypoints"])
+
+
+BAD_RECORDS = {  # table rows of issue 16, and more in the same spirit: (edit, field named in the error)
+    "50 keypoint values": (lambda a, d: a.update(keypoints=a["keypoints"][:50]), "keypoints: 50 values"),
+    "keypoint abc": (lambda a, d: a["keypoints"].__setitem__(7, "abc"), 'keypoints[7]: expected a number, got "abc"'),
+    "keypoints null": (lambda a, d: a.update(keypoints=None), "keypoints: expected a list of 51 values, got null"),
+    "bbox missing": (lambda a, d: a.pop("bbox"), "bbox: missing"),
+    "bbox of 3": (lambda a, d: a.update(bbox=[1, 2, 3]), "bbox: expected 4 numbers, got 3"),
+    "bbox NaN": (lambda a, d: a["bbox"].__setitem__(2, float("nan")), "bbox[2]: expected a finite number"),
+    "keypoint true": (lambda a, d: a["keypoints"].__setitem__(2, True), "keypoints[2]: expected a number, got true"),
+    "image_id unknown": (lambda a, d: a.update(image_id=123456789), "image_id: 123456789 is not in images"),
+    "id duplicated": (lambda a, d: a.update(id=d["annotations"][-1]["id"]), "duplicate annotation id"),
+    "every person has 16 joints": (lambda a, d: [b.update(keypoints=b["keypoints"][:48]) for b in d["annotations"]],
+                                   "keypoints: 48 values (16 joints), expected 51 (17 joints"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_malformed_record_names_file_record_and_field(tmp_path, case):
+    edit, field = BAD_RECORDS[case]
+    root = make_tree(tmp_path, lambda d, root: edit(_first_labelled(d), d))
+    with pytest.raises(UserError) as e:
+        CocoPose(root, "val2017", (64, 48))
+    msg = str(e.value)
+    assert msg.startswith(str(root / "annotations" / "person_keypoints_val2017.json") + ": annotations[")
+    assert "(id " in msg and field in msg and "\n" not in msg, msg
+
+
+def test_malformed_image_records_are_named(tmp_path):
+    root = make_tree(tmp_path, lambda d, root: d["images"][1].pop("height"))
+    with pytest.raises(UserError, match=r"images\[1\] \(id \d+\)\.height: missing"):
+        load_coco(root / "annotations" / "person_keypoints_val2017.json")
+    root = make_tree(tmp_path / "b", lambda d, root: d["images"][0].update(width="640"))
+    with pytest.raises(UserError, match=r"images\[0\] \(id \d+\)\.width: expected a positive number"):
+        load_coco(root / "annotations" / "person_keypoints_val2017.json")
+
+
+def test_truncated_and_missing_images_are_skipped_and_named(tmp_path):
+    """A JPEG cut to a third decodes in libjpeg with only 'Premature end of JPEG file': it counts as unreadable
+    and is named in the summary, as a missing image is."""
+    names = {}
+
+    def edit(d, root):
+        names["cut"], names["gone"] = d["images"][0]["file_name"], d["images"][1]["file_name"]
+        p = root / "val2017" / names["cut"]
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 3])
+        (root / "val2017" / names["gone"]).unlink()
+
+    root = make_tree(tmp_path, edit)
+    with pytest.warns(UserWarning) as rec:
+        ds = CocoPose(root, "val2017", (64, 48), train=False)
+    msg = str(rec[0].message)
+    assert names["cut"] in msg and "truncated JPEG" in msg and names["gone"] in msg, msg
+    assert ds.skipped["unreadable image file"] == 1 and ds.skipped["missing or empty image file"] == 1
+    from posekit.transforms import read_image
+
+    with pytest.raises(UserError, match=f"{names['cut']}: cannot read image \\(truncated JPEG"):
+        read_image(root / "val2017" / names["cut"])
+
+
+def test_mpii_malformed_fields_are_named(tmp_path):
+    shutil.copytree(DEFAULT_MPII, tmp_path / "m")
+    f = tmp_path / "m" / "annot" / "valid.json"
+    good = json.loads(f.read_text())
+    for edit, field in ((lambda e: e["joints"][3].__setitem__(0, "abc"), "[1].joints[3][0]: expected a number"),
+                        (lambda e: e.pop("scale"), "[1].scale: missing"),
+                        (lambda e: e.update(center=None), "[1].center: expected a list"),
+                        (lambda e: e.update(joints=e["joints"][:15]), "[1].joints: the data has 15 joints")):
+        d = json.loads(json.dumps(good))
+        edit(d[1])
+        f.write_text(json.dumps(d))
+        with pytest.raises(UserError, match=re_escape(f"{f}: {field}")):
+            MpiiPose(tmp_path / "m", "valid", (64, 64))
+
+
+def re_escape(s):
+    import re
+
+    return re.escape(s)
+
+
 # ---- MPII ---------------------------------------------------------------------------------------------------------
 def test_mpii_items_and_pckh_needs_head_boxes(tmp_path):
     ds = MpiiPose(input_size=(128, 128), train=True)

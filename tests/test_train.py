@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,9 +85,8 @@ def run_main(capsys, *args):
 
 def test_abbreviated_options_are_refused(capsys):
     """argparse would take `--head mbv1` as `--headboxes mbv1` and train the plain head without a word."""
-    with pytest.raises(SystemExit) as e:
-        run_main(capsys, "--head", "mbv1")
-    assert e.value.code == 2 and "unrecognized arguments: --head mbv1" in capsys.readouterr().err
+    rc, _, err = run_main(capsys, "--head", "mbv1")
+    assert rc == 2 and "unrecognized arguments: --head mbv1" in err
     from device_bench.__main__ import parser  # subcommand parsers are made of the same class
 
     with pytest.raises(SystemExit):
@@ -95,9 +95,8 @@ def test_abbreviated_options_are_refused(capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        run_main(capsys, "--input", "64x4x8")
-    assert "--input" in capsys.readouterr().err
+    rc, _, err = run_main(capsys, "--input", "64x4x8")
+    assert rc == 2 and "--input" in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     arch = load("efficientpose_a").to_dict()
     arch["num_joints"] = 16
     (tmp_path / "mpii.json").write_text(json.dumps(arch))
@@ -110,6 +109,50 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_existing_run_needs_resume(tiny_run, capsys):
     rc, _, err = run_main(capsys, *TINY, "--out", str(tiny_run[0]))
     assert rc == 2 and "--resume" in err
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tiny_run, tmp_path, capsys, one_thread):
+    """Issue 16: `--resume --epochs 3` on a finished 2-epoch run trains epoch 3 (it used to train nothing)."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    rc, stdout, err = run_main(capsys, "--resume", "--epochs", "3", "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    assert "after epoch 2/3" in stdout and epochs(out) == [1, 2, 3]
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["epoch"] == 3 and ck["config"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--epochs", "3", "--arch", "efficientpose_b"], "--arch efficientpose_b: the run in"),
+    (["--epochs", "3", "--input", "128x96"], "--input 128x96: the run in"),
+    (["--epochs", "3", "--lr", "0.1"], "--lr 0.1: the run in"),
+    (["--epochs", "3", "--batch-size", "4"], "--batch-size 4: the run in"),
+    (["--epochs", "1"], "--epochs 1: the run in"),
+    ([], "the run has finished its 2 epochs: nothing to resume"),
+], ids=["arch", "input", "lr", "batch-size", "fewer epochs", "finished"])
+def test_resume_refuses_what_it_cannot_honour(tiny_run, capsys, args, msg):
+    out = tiny_run[0]
+    before = (out / "last.pt").stat().st_mtime_ns
+    rc, _, err = run_main(capsys, "--resume", "--out", str(out), *args)
+    assert rc == 2 and err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_same_options_is_accepted(tiny_run, capsys):
+    """Repeating the run's own options (the command line that made it) is not a change."""
+    from train.__main__ import build_parser, config, given_options
+
+    argv = ["--arch", "efficientpose_a", *TINY, "--epochs", "3", "--resume", "--out", str(tiny_run[0])]
+    p = build_parser()
+    a = p.parse_args(argv)
+    a.given = given_options(p, argv)
+    cfg = config(a)
+    assert cfg["epochs"] == 3 and cfg["input"] == [64, 48] and cfg["resume"]
+
+
+def test_resume_without_a_run_fails(tmp_path, capsys):
+    rc, _, err = run_main(capsys, "--resume", "--out", str(tmp_path / "none"))
+    assert rc == 2 and "last.pt: nothing to resume" in err and not (tmp_path / "none").exists()
 
 
 # `python -m train` that kill -9s itself when epoch 2's work is done and its first checkpoint write begins: the
@@ -192,3 +235,29 @@ def test_overfit_efficientpose_a_reaches_ap_07_on_its_train_images(tmp_path):
           "--no-flip-test", "--eval-every", "1000", "--out", str(out), "--no-progress")
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["AP"] >= 0.7, last
+
+
+class _Payload:
+    """Unpickling this runs Path.touch(marker): what a hostile checkpoint would do with os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_hostile_checkpoint_is_refused_and_nothing_in_it_runs(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    arch = with_input(load("efficientpose_a"), (64, 48))
+    torch.save({"format": "posenas-checkpoint/1", "arch": arch.to_dict(), "model": build(arch).state_dict(),
+                "config": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="evil.pt: not a loadable checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "run").mkdir()
+    shutil.copy(tmp_path / "evil.pt", tmp_path / "run" / "last.pt")
+    for args in (["--eval", str(tmp_path / "evil.pt")], ["--resume", "--out", str(tmp_path / "run"), "--epochs", "9"]):
+        rc, _, err = run_main(capsys, *args)
+        assert rc == 2 and err.startswith("error: ") and "not a loadable checkpoint" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not marker.exists()

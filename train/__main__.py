@@ -14,7 +14,21 @@ import os
 import warnings
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import (
+    ArgumentParser,
+    existing_dir,
+    existing_file,
+    float_range,
+    fraction,
+    hxw,
+    main_guard,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    torch_device,
+)
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO, DEFAULT_MPII
 
@@ -26,65 +40,154 @@ PRESETS = {
 }
 
 
-def parse_size(s: str) -> list[int]:
-    try:
-        h, w = (int(v) for v in s.lower().split("x"))
-        assert h > 0 and w > 0
-    except (ValueError, AssertionError):
-        raise argparse.ArgumentTypeError(f"--input: expected HxW, e.g. 256x192, got {s!r}") from None
-    return [h, w]
+def boxes_arg(s: str) -> str:
+    """--boxes: gt, or a detection results json that exists."""
+    return s if s == "gt" else str(existing_file(s))
 
 
-def parser() -> argparse.ArgumentParser:
+boxes_arg.bad = existing_file.bad
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m train", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="efficientpose_a", help="arch file (yaml/json) or shipped name")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", default=None, type=existing_dir,
                    help=f"COCO tree (train2017/, val2017/, annotations/); default {DEFAULT_COCO}")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick (bundled-data default) or full (paper recipe)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--input", type=parse_size, help="HxW network input (default: preset; full: the arch's)")
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int, help="total epochs; with --resume, more than the run has "
+                   "done extends it")
+    p.add_argument("--input", type=hxw, help="HxW network input (default: preset; full: the arch's)")
+    p.add_argument("--batch-size", type=positive_int, help="per process")
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     p.add_argument("--schedule", choices=["cosine", "step"])
-    p.add_argument("--steps", type=float, nargs="+", default=[170 / 210, 200 / 210],
+    p.add_argument("--steps", type=positive_float, nargs="+", default=[170 / 210, 200 / 210],
                    help="step schedule: x0.1 at these fractions of --epochs (default 170/210, 200/210)")
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--warmup-epochs", type=nonneg_int)
+    p.add_argument("--workers", type=nonneg_int, help="DataLoader worker processes")
     p.add_argument("--train-split", help="default train2017 (COCO) / train (MPII)")
     p.add_argument("--val-split",
                    help="split scored each eval: default val2017 / valid (train2017 to check an overfit)")
-    p.add_argument("--boxes", default="gt", help="COCO eval person boxes: gt or a detection results json")
-    p.add_argument("--headboxes", help="MPII head boxes for PCKh@0.5: gt_valid.mat or a json of [x1, y1, x2, y2]")
+    p.add_argument("--boxes", default="gt", type=boxes_arg,
+                   help="COCO eval person boxes: gt or a detection results json")
+    p.add_argument("--headboxes", type=existing_file,
+                   help="MPII head boxes for PCKh@0.5: gt_valid.mat or a json of [x1, y1, x2, y2]")
     p.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="scale/rotation/flip/half-body augmentation (default on)")
-    p.add_argument("--scale-factor", type=float, default=0.35, help="augmentation: random scale 1 +- this")
-    p.add_argument("--rot-factor", type=float, default=45.0, help="augmentation: rotation sigma in degrees (p=0.6)")
-    p.add_argument("--half-body", type=float, default=0.3, help="augmentation: half-body crop probability")
-    p.add_argument("--sigma", type=float, help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
-                                               "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the last always)")
-    p.add_argument("--limit", type=int, help="use only the first N training persons (smoke tests)")
+    p.add_argument("--scale-factor", type=float_range(0.0, 1.0, hi_open=True), default=0.35,
+                   help="augmentation: random scale 1 +- this")
+    p.add_argument("--rot-factor", type=float_range(0.0, 180.0), default=45.0,
+                   help="augmentation: rotation sigma in degrees (p=0.6)")
+    p.add_argument("--half-body", type=fraction, default=0.3, help="augmentation: half-body crop probability")
+    p.add_argument("--sigma", type=positive_float,
+                   help="target Gaussian sigma in heatmap pixels (default: 2 at 64x48 heatmaps, "
+                        "scaled with the heatmap height, as SimpleBaseline/HRNet do)")
+    p.add_argument("--eval-every", type=positive_int, default=1, help="epochs between evaluations (the last always)")
+    p.add_argument("--limit", type=positive_int, help="use only the first N training persons (smoke tests)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep decoded images in memory (default: on for trees of <= 2000 images)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's; 1 on a busy host)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--device", default="auto", type=torch_device,
+                   help="auto | cpu | cuda[:N] | mps (one this machine has)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads per process (default: torch's; 1 on a busy host)")
     p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (more --epochs extends it; an option that "
+                        "would change the run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
-    p.add_argument("--eval", type=Path, metavar="CKPT",
+    p.add_argument("--eval", type=existing_file, metavar="CKPT",
                    help="only evaluate this checkpoint on --val-split (flip test on) and write --results")
     p.add_argument("--results", type=Path, help="--eval: predictions json (default <ckpt>.<split>.results.json)")
     return p
 
 
+def given_options(p: argparse.ArgumentParser, argv) -> set[str]:
+    """The dests the command line set explicitly (a resumed run compares them with the run's own)."""
+    saved = [(act, act.default) for act in p._actions]
+    try:
+        for act, _ in saved:
+            act.default = argparse.SUPPRESS
+        return set(vars(p.parse_args(argv)))
+    finally:
+        for act, d in saved:
+            act.default = d
+
+
+# what a resumed run takes from the command line; every other option must match the run's own or is refused
+RESUME_FREE = {"epochs", "eval_every", "workers", "device", "cache", "val_split", "boxes", "headboxes", "flip_test",
+               "no_progress", "threads", "out", "resume", "results"}
+AUG_KEYS = {"scale_factor": "scale_factor", "rot_factor": "rot_factor", "half_body": "half_body_prob"}
+
+
+def resume_config(a: argparse.Namespace) -> dict:
+    """--resume: the run's saved config, with the options a resumed run can honour (more --epochs extends it,
+    evaluation and runtime options) and a one-line refusal naming any other option that differs from the run's."""
+    from model import from_dict, load
+    from model.checkpoint import read_checkpoint
+    from train.loop import with_input
+
+    out = a.out or Path("runs/train") / load(a.arch).name
+    last = out / "last.pt"
+    if not last.is_file():
+        raise UserError(f"{last}: nothing to resume (no last.pt in {out}); run without --resume to start it")
+    ck = read_checkpoint(last)
+    saved, done, given = ck.get("config"), int(ck.get("epoch", 0)), getattr(a, "given", set())
+    if not isinstance(saved, dict):
+        raise UserError(f"{last}: config: missing (not a checkpoint written by python -m train)")
+    need = set(PRESETS["quick"]) | {"preset", "dataset", "data", "arch", "train_split", "val_split", "optimizer",
+                                    "weight_decay", "steps", "seed", "augment", "aug", "boxes", "eval_every"}
+    miss = sorted(need - set(saved))
+    if miss:
+        raise UserError(f"{last}: config: {', '.join(miss)} missing (not a checkpoint written by python -m train)")
+    size = list(from_dict(ck["arch"], src=f"{last}: arch").input_size)
+
+    def refuse(opt, value, theirs):
+        raise UserError(f"--{opt.replace('_', '-')} {value}: the run in {out} was trained with {theirs}; a resumed "
+                        "run cannot change it (start a new run with another --out)")
+
+    if "arch" in given and with_input(load(a.arch), size).to_dict() != ck["arch"]:
+        refuse("arch", a.arch, f"{saved.get('arch')} (its arch.yaml differs)")
+    if "input" in given and list(a.input) != size:
+        refuse("input", "x".join(map(str, a.input)), "x".join(map(str, size)))
+    for dest in sorted(given - RESUME_FREE - {"arch", "input"}):
+        mine = getattr(a, dest)
+        theirs = saved.get("aug", {}).get(AUG_KEYS[dest]) if dest in AUG_KEYS else saved.get(dest)
+        if dest == "data":
+            same = Path(mine).resolve() == Path(theirs).resolve()
+        elif isinstance(mine, (list, tuple)):
+            same = list(mine) == list(theirs or [])
+        else:
+            same = mine == theirs
+        if not same:
+            refuse(dest, mine, theirs)
+    cfg = dict(saved)
+    for dest in ("eval_every", "workers", "device", "val_split", "boxes", "headboxes", "flip_test"):
+        if dest in given:
+            cfg[dest] = str(a.boxes) if dest == "boxes" else getattr(a, dest)
+    if a.cache is not None:
+        cfg["cache"] = a.cache
+    cfg.update(out=str(out), resume=True, progress=not a.no_progress)
+    if "epochs" in given:
+        if a.epochs < done:
+            raise UserError(f"--epochs {a.epochs}: the run in {out} has already trained {done} epochs (a resumed run "
+                            "can only extend it)")
+        cfg["epochs"] = a.epochs
+    if done >= cfg["epochs"]:
+        raise UserError(f"{last}: the run has finished its {cfg['epochs']} epochs: nothing to resume (--epochs N, "
+                        f"N > {cfg['epochs']}, extends it)")
+    return cfg
+
+
 def config(a: argparse.Namespace) -> dict:
     from model import load
+
+    if a.resume and not a.eval:
+        return resume_config(a)
 
     data = Path(a.data) if a.data else DEFAULT_COCO
     kind = "mpii" if (data / "annot").is_dir() else "coco"
@@ -93,13 +196,23 @@ def config(a: argparse.Namespace) -> dict:
                         "one (annot/<split>.json, images/)")
     a.train_split = a.train_split or {"coco": "train2017", "mpii": "train"}[kind]
     a.val_split = a.val_split or {"coco": "val2017", "mpii": "valid"}[kind]
+    splits = [("--val-split", a.val_split)] + ([] if a.eval else [("--train-split", a.train_split)])
+    for opt, split in splits:
+        f = (data / "annotations" / f"person_keypoints_{split}.json" if kind == "coco"
+             else data / "annot" / f"{split}.json")
+        if not f.is_file():  # found now, not after the first epoch
+            raise UserError(f"{opt} {split}: no {f}")
+    if kind == "coco" and not a.eval:
+        from posekit.data import load_coco
+
+        load_coco(data / "annotations" / f"person_keypoints_{a.val_split}.json", evaluation=True)  # checked now
     bundled = data.resolve() in (DEFAULT_COCO.resolve(), DEFAULT_MPII.resolve())
     preset = a.preset or ("quick" if bundled else "full")
     cfg = dict(PRESETS[preset])
     for k in cfg:
         v = getattr(a, k)
         if v is not None:
-            cfg[k] = v
+            cfg[k] = list(v) if k == "input" else v
     out = a.out
     if out is None:
         name = load(a.arch).name
@@ -168,7 +281,9 @@ def evaluate_checkpoint(a) -> int:
 
 @main_guard
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    a.given = given_options(p, argv)
     if a.threads:
         import torch
 

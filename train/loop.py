@@ -71,10 +71,16 @@ class Trainer:
         self.out = Path(cfg["out"])
         self.start_epoch, self.records, self.best_ap, ckpt = 0, [], -1.0, None
         last = self.out / "last.pt"
-        if cfg.get("resume") and last.is_file():
+        if cfg.get("resume"):
+            if not last.is_file():
+                raise UserError(f"{last}: nothing to resume (no last.pt in {self.out})")
             ckpt = read_checkpoint(last)
-            keep = {k: cfg[k] for k in ("workers", "device", "out", "progress")}
-            cfg = {**ckpt["config"], **keep}
+            miss = [k for k in ("config", "epoch", "optimizer", "scheduler", "scaler", "rng", "metrics", "best_ap")
+                    if k not in ckpt]
+            if miss:
+                raise UserError(f"{last}: {', '.join(miss)}: missing (not a training checkpoint of python -m train: "
+                                "nothing to resume)")
+            cfg = {**ckpt["config"], **cfg}  # train's resume_config already merged them; a bare cfg takes the run's
             self.start_epoch, self.records, self.best_ap = ckpt["epoch"], ckpt["metrics"], ckpt["best_ap"]
             self.arch = from_dict(ckpt["arch"], src=f"{last}: arch")
             self.log(f"resuming {last} after epoch {self.start_epoch}/{cfg['epochs']}")
@@ -104,9 +110,17 @@ class Trainer:
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         if ckpt is not None:
-            unwrap(self.net).load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
+            try:
+                unwrap(self.net).load_state_dict(ckpt["model"])
+                self.opt.load_state_dict(ckpt["optimizer"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{last}: model/optimizer: state does not fit this run: "
+                                f"{str(e).strip().splitlines()[0]}") from None
             self.sched.load_state_dict(ckpt["scheduler"])
+            # the LR of the next epoch under this run's schedule (more --epochs re-spread it; same epochs: same LR)
+            for g, base, f in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
+                g["lr"] = base * f(self.sched.last_epoch)
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
             self.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
         if self.world > 1:
@@ -226,6 +240,8 @@ def _collate(items):
 
 
 def check_out(out: Path, resume: bool):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
     if (out / "last.pt").is_file() and not resume:
         raise UserError(f"{out}: a run is already there (last.pt): pass --resume to continue it or --out for a new "
                         "one")
