@@ -14,7 +14,7 @@ from posekit import cli
 # (stage module, subcommand or None): every parser a user can reach
 PARSERS = {
     "train": lambda: importlib.import_module("train.__main__").build_parser(),
-    "model": lambda: importlib.import_module("model.__main__").build_parser(),
+    "model": lambda: importlib.import_module("model.cli").build_parser(),
     "device_bench": lambda: importlib.import_module("device_bench.__main__").build_parser(),
     "search": lambda: importlib.import_module("search.__main__").build_parser(),
     "search closed-loop": lambda: importlib.import_module("search.closed_loop").build_parser(),
@@ -110,6 +110,6 @@ def test_every_stage_main_answers_a_bad_option_in_one_line(capsys):
              "device_bench": ["bench", "--model", "x.tflite", "--runs", "0"], "convert": ["--jobs", "0"],
              "quantize": ["--calib", "-3"], "parity": ["--threads", "0"], "demo": ["--device", "tpu"]}
     for stage, argv in mains.items():
-        rc = importlib.import_module(f"{stage}.__main__").main(argv)
+        rc = importlib.import_module("model.cli" if stage == "model" else f"{stage}.__main__").main(argv)
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (stage, err)
