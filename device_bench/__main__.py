@@ -8,8 +8,35 @@ import sys
 from posekit.cli import ArgumentParser, main_guard
 
 
+def positive_int(v: str) -> int:
+    """An option that counts runs, rounds, threads or keys: 0 or less would time nothing (NaN entries)."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def nonneg_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _foreign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-foreign-lut", action="store_true",
+                   help="use a host LUT whose device fingerprint is not this machine's (numbers from another CPU "
+                        "or runtime version mislead; default: refuse)")
+
+
 def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the runtime (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads for the runtime (default 1)")
     p.add_argument("--clock", default=clock, choices=("auto", "wall", "cpu"),
                    help=f"host timing: wall-clock latency, or the calling thread's CPU time (--threads 1 only: the "
                         f"runtime then does all its work on that thread; equal to latency on an idle core and immune "
@@ -34,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few keys only (one network: every layer ir_k3_e3)")
     p.add_argument("--out", help="LUT file (default luts/<device>.json)")
     p.add_argument("--fresh", action="store_true", help="discard the existing file's entries")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per key (host, coreml)")
-    p.add_argument("--per-visit", type=int, default=5, help="timed runs per key per round (host, coreml)")
-    p.add_argument("--chunk", type=int, default=12, help="keys timed together; the LUT is saved after each chunk")
+    p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per key (host, coreml)")
+    p.add_argument("--per-visit", type=positive_int, default=5, help="timed runs per key per round (host, coreml)")
+    p.add_argument("--chunk", type=positive_int, default=12,
+                   help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
     _common(p)
     a = p.add_argument_group("android")
@@ -45,9 +73,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--benchmark-model", help="TFLite's android benchmark_model binary (pushed to the phone)")
     a.add_argument("--taskset", help="CPU mask to pin benchmark_model to, e.g. f0 (big cores)")
     a.add_argument("--int8", action="store_true", help="time the int8 parts")
-    a.add_argument("--passes", type=int, default=3, help="interleaved passes over all ops")
-    a.add_argument("--num-runs", type=int, default=30)
-    a.add_argument("--warmup-runs", type=int, default=5)
+    a.add_argument("--passes", type=positive_int, default=3, help="interleaved passes over all ops")
+    a.add_argument("--num-runs", type=positive_int, default=30)
+    a.add_argument("--warmup-runs", type=nonneg_int, default=5)
     c = p.add_argument_group("coreml")
     c.add_argument("--compute-units", default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
@@ -66,25 +94,27 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="a .tflite (or .mlpackage on macOS)")
     g.add_argument("--model-dir", help="artifacts/<model> with manifest.json: every tflite artifact, XNNPACK and "
                                        "builtin kernels, one interleaved run")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model (host: over interleaved rounds)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per model (host: over interleaved rounds)")
+    p.add_argument("--warmup", type=nonneg_int, default=5)
     p.add_argument("--adb")
     p.add_argument("--serial")
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset")
     p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
+    _foreign(p)
     _common(p, clock="wall")
 
     p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
     p.add_argument("--device", required=True, choices=("host", "host-int8"))
     p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
     p.add_argument("--space", default="default")
-    p.add_argument("--n", type=int, default=20, help="random archs (default 20)")
+    p.add_argument("--n", type=positive_int, default=20, help="random archs (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--per-visit", type=int, default=3)
+    p.add_argument("--rounds", type=positive_int, default=10)
+    p.add_argument("--per-visit", type=positive_int, default=3)
     p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
     p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
+    _foreign(p)
     _common(p)
     return ap
 

@@ -165,6 +165,23 @@ def setup_device(dev: Adb, benchmark_model: str | Path) -> None:
     dev.shell(f"chmod 755 {REMOTE_DIR}/benchmark_model")
 
 
+def device_fingerprint(dev: Adb, benchmark_model: str | Path, taskset: str | None) -> dict:
+    """What an Android LUT describes: phone model, SoC / board, Android version, the benchmark_model binary (name
+    and sha256: nightlies differ), the taskset mask and CPU0's frequency governor."""
+    from posekit.io import sha256_file
+
+    def prop(name: str) -> str | None:
+        return dev.shell(f"getprop {name}").strip() or None
+
+    governor = dev.shell("cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null").strip()
+    bm = Path(benchmark_model)
+    return {"kind": "android", "model": prop("ro.product.model"), "manufacturer": prop("ro.product.manufacturer"),
+            "soc": prop("ro.soc.model") or prop("ro.board.platform") or prop("ro.hardware"),
+            "board": prop("ro.product.board"), "android": prop("ro.build.version.release"),
+            "benchmark_model": f"{bm.name} sha256 {sha256_file(bm)[:16]}", "taskset": taskset,
+            "governor": governor or None, "serial": dev.serial}
+
+
 def measure(lut: LUT, parts: dict[str, Part], models: dict[str, Path], dev: Adb, threads: int, runs: int = 30,
             warmup: int = 5, passes: int = 3, xnnpack: bool = True, taskset: str | None = None,
             chunk: int = 12, position: int = 0) -> list[str]:

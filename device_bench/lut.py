@@ -6,14 +6,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 from model import arch as archlib
-from model.latency import LUT
+from model.latency import LUT, load_lut
 from model.space import load_space
 from posekit.errors import UserError
 
 from . import lutfile
 from .parts import Part, arch_parts, lut_parts, shipped_archs
 
-HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}
+HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}  # model.latency.HOST_DEVICES, with their precision
 PHONES = ("pixel", "note10")
 
 
@@ -34,30 +34,59 @@ def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
           + (f"; e.g. {miss[0]}" if miss else ""))
 
 
-def run_host(args, space, parts, arch_names) -> LUT:
+FAST = {"rounds": 3, "per_visit": 2}  # first use: enough to search with; `make lut DEVICE=host` refines (15 x 5)
+
+
+def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnnpack: bool = True,
+                 clock: str = "auto", rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache=None,
+                 out=None, fresh: bool = False) -> LUT:
+    """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint."""
     from . import host
     from .timing import check_clock
 
-    precision = HOST_DEVICES[args.device]
-    kernels = "xnnpack" if args.xnnpack else "builtin"
-    clock = check_clock(args.clock, args.threads)
+    precision = HOST_DEVICES[device]
+    kernels = "xnnpack" if xnnpack else "builtin"
+    clock = check_clock(clock, threads)
     header = lutfile.make_header(
-        args.device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
-        runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
+        device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
+        runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
         provenance="measured", archs=arch_names, clock=clock,
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
+        # TODO(#12): int8 parts are calibrated in host.convert_part; the real-crop calibration lands there
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
                   f"calibration batches" if precision == "int8" else None,
-        timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
+        timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "median",
                 "clock": "wall-clock latency" if clock == "wall" else "thread CPU time (= latency on an idle "
                                                                            "core, 1 thread)",
-                "order": "round-robin over a chunk of keys, shuffled each round"})
-    lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
-    done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
-                        per_visit=args.per_visit, chunk=args.chunk,
-                        cache=Path(args.cache) if args.cache else host.CACHE, clock=clock)
+                "order": "round-robin over a chunk of keys, shuffled each round",
+                "samples": "each entry's n; fewer than rounds x per_visit: a fast first-use pass, refined by "
+                           "`make lut`"})
+    lut = lutfile.open_for_update(lutfile.lut_path(device, out), header, fresh=fresh, replace_foreign=out is None)
+    done = host.measure(lut, parts, precision, threads, xnnpack, rounds=rounds, per_visit=per_visit, chunk=chunk,
+                        cache=Path(cache) if cache else host.CACHE, clock=clock)
     _report(lut, parts, done)
     return lut
+
+
+def run_host(args, space, parts, arch_names) -> LUT:
+    return measure_host(args.device, space, parts, arch_names, threads=args.threads, xnnpack=args.xnnpack,
+                        clock=args.clock, rounds=args.rounds, per_visit=args.per_visit, chunk=args.chunk,
+                        cache=args.cache, out=args.out, fresh=args.fresh)
+
+
+def ensure_lut(device_or_path, space, allow_foreign: bool | None = None) -> LUT:
+    """`model.latency.load_lut`, but a host device with no LUT for this machine yet is measured first: a fast pass
+    over the keys the space needs (3 rounds x 2 runs each; conversions are cached), which `make lut DEVICE=host`
+    refines. Every other case (a phone, a path, a LUT of another machine) is exactly load_lut."""
+    from model.latency import resolve_lut
+
+    name = str(device_or_path)
+    if name in HOST_DEVICES and not resolve_lut(name).is_file():
+        parts = lut_parts(space)
+        print(f"no {name} LUT for this machine yet: measuring the {len(parts)} keys the search space needs "
+              f"(fast pass; `make lut DEVICE={name}` refines it) -> {resolve_lut(name)}", flush=True)
+        measure_host(name, space, parts, [], **FAST)
+    return load_lut(device_or_path, space, allow_foreign)
 
 
 def run_android(args, space, parts, arch_names) -> list[LUT]:
@@ -77,12 +106,13 @@ def run_android(args, space, parts, arch_names) -> list[LUT]:
     for name, serial in zip(names, serials):
         dev = android.Adb(serial, adb)
         android.setup_device(dev, args.benchmark_model)
-        model_name = dev.shell("getprop ro.product.model").strip()
+        fp = android.device_fingerprint(dev, args.benchmark_model, args.taskset)
+        model_name = fp["model"] or "unknown phone"
         header = lutfile.make_header(
             name, space, backend="android-adb", runtime="TFLite benchmark_model",
             runtime_version=Path(args.benchmark_model).name, threads=args.threads, precision=precision,
             kernels="xnnpack" if args.xnnpack else "builtin", provenance="measured",
-            host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset,
+            host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset, fingerprint=fp,
             timing={"passes": args.passes, "num_runs": args.num_runs, "warmup_runs": args.warmup_runs,
                     "statistic": "median over passes of benchmark_model's average"})
         jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,

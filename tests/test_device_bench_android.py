@@ -103,8 +103,12 @@ def test_fake_adb_flow_measures_and_resumes(tmp_path, fake_adb):
         models[key].write_bytes(b"x" * n)
         parts[key] = Part(key, "block", (8, 8, 8 * (i + 1)), op="ir_k3_e3", out=8)
     parts["skip|in=8x8x8|out=8|s=1"] = Part("skip|in=8x8x8|out=8|s=1", "block", (8, 8, 8), op="skip", out=8)
-    lut = LUT({"device": "FAKE0001", "backend": "android-adb", "runtime": "x", "precision": "fp32",
-               "provenance": "measured"}, {}, tmp_path / "luts" / "FAKE0001.json")
+    fp = android.device_fingerprint(dev, bm, "f0")
+    assert fp["model"] == "Fake Phone 1" and fp["taskset"] == "f0" and fp["benchmark_model"].startswith("benchmark_model sha256")
+    lut = LUT({"device": "FAKE0001", "backend": "android-adb", "runtime": "x", "runtime_version": None,
+               "threads": 2, "precision": "fp32", "kernels": "xnnpack", "date": "2026-01-01", "search_space": "t",
+               "search_space_sha256": None, "provenance": "measured", "fingerprint": fp}, {},
+              tmp_path / "luts" / "FAKE0001.json")
     done = android.measure(lut, parts, models, dev, threads=2, runs=20, warmup=3, passes=2, taskset="f0", chunk=2)
     assert sorted(done) == sorted(models)
     saved = json.loads(lut.path.read_text())["entries"]
