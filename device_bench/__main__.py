@@ -80,9 +80,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--compute-units", default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
 
+    from .predict import PHONES
+
     p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
-                       description="Fit a latency model on data/published-luts and predict every key of our space.")
-    p.add_argument("--device", required=True, choices=("pixel", "note10"))
+                       description="Fit a latency model on data/published-luts and predict every key of our space "
+                                   "(luts/<device>.json, leave-one-out MAPE in the header); --check-transfer: fit "
+                                   "without one phone's table and compare its ranking of the shipped archs.")
+    p.add_argument("--device", choices=(*PHONES, "all"), help="phone profile to write ('all': every one)")
+    p.add_argument("--check-transfer", action="store_true",
+                   help="print the cross-phone check (writes nothing)")
     p.add_argument("--space", default="default")
     p.add_argument("--no-shipped-archs", action="store_true")
     p.add_argument("--archs", nargs="*")

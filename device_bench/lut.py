@@ -14,7 +14,7 @@ from . import lutfile
 from .parts import Part, arch_parts, lut_parts, shipped_archs
 
 HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}  # model.latency.HOST_DEVICES, with their precision
-PHONES = ("pixel", "note10")
+PHONES = ("pixel", "note10")  # phone names the adb backend maps to --serial
 
 
 def select_parts(space_name: str, with_shipped: bool = True, arch_files: list[str] = (), quick: bool = False):
@@ -155,22 +155,49 @@ def run_lut(args):
     return run_android(args, space, parts, arch_names)
 
 
-def run_predict(args) -> LUT:
+def run_predict(args):
     from . import predict
 
-    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
     try:
         from model.deploy import deploy_model
     except ImportError:
         deploy_model = None
-    fields, entries = predict.predict_lut(args.device, parts, deploy_model)
-    src = predict.SOURCES[args.device]
-    header = lutfile.make_header(args.device, space, backend="predicted", runtime="TFLite (published measurements)",
-                                 runtime_version=None, threads=None, precision="fp32", kernels="unknown",
-                                 host=src["phone"], archs=arch_names, **fields)
-    lut = LUT(header, entries, lutfile.lut_path(args.device, args.out))
-    lut.save()
-    e = fields["error"]
-    print(f"{lut.path}: {len(entries)} keys predicted from {e['n_entries']} published entries; leave-one-out MAPE "
-          f"{e['loo_mape_pct']:.1f}% (median {e['loo_median_ape_pct']:.1f}%, max {e['loo_max_ape_pct']:.1f}%)")
-    return lut
+    if args.check_transfer:
+        return print_transfer(predict.check_transfer(deploy_model))
+    if not args.device:
+        raise UserError("predict: pass --device (" + " | ".join((*predict.PHONES, "all")) + ") or --check-transfer")
+    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
+    devices = predict.PHONES if args.device == "all" else (args.device,)
+    if args.out and len(devices) > 1:
+        raise UserError("--out names one file: pass one --device with it")
+    luts = []
+    for device in devices:
+        fields, entries = predict.predict_lut(device, parts, deploy_model)
+        src = predict.SOURCES[device]
+        header = lutfile.make_header(device, space, backend="predicted",
+                                     runtime="TFLite (published measurements)", runtime_version=None, threads=1
+                                     if src.get("format") == "nnmeter" else None, precision="fp32",
+                                     kernels="xnnpack" if src.get("format") == "nnmeter" else "unknown",
+                                     host=src["phone"], archs=arch_names, **fields)
+        lut = LUT(header, entries, lutfile.lut_path(device, args.out))
+        lut.save()
+        e = fields["error"]
+        print(f"{lut.path}: {len(entries)} keys predicted from {e['n_entries']} published entries; leave-one-out "
+              f"MAPE {e['loo_mape_pct']:.1f}% (median {e['loo_median_ape_pct']:.1f}%, max {e['loo_max_ape_pct']:.1f}%)"
+              f"; {sum('how' in v for v in entries.values())} entries extrapolated (see their 'how')")
+        luts.append(lut)
+    return luts
+
+
+def print_transfer(res: list[dict]) -> list[dict]:
+    print("cross-phone transfer: fit without the held-out phone's table (on the other nn-Meter phones), predict "
+          "its latency of the shipped archs; ranking vs the one its own table gives")
+    for r in res:
+        print(f"{r['held_out']:<9} (fit on {', '.join(r['fitted_on'])}): same ranking: "
+              f"{'yes' if r['same_ranking'] else 'NO'}  Kendall tau {r['kendall_tau']:.2f}  |  its published rows: "
+              f"MAPE {r['rows_mape_pct']:.1f}% raw, {r['rows_mape_pct_one_scale']:.1f}% after one scale "
+              f"({r['scale']:.2f}x)")
+        for n in r["rank_own"]:
+            print(f"    {n:<30} own {r['own_ms'][n]:8.2f} ms   transferred {r['transferred_ms'][n]:8.2f} ms   "
+                  f"rank {r['rank_own'].index(n) + 1} / {r['rank_transferred'].index(n) + 1}")
+    return res

@@ -104,7 +104,8 @@ def test_fake_adb_flow_measures_and_resumes(tmp_path, fake_adb):
         parts[key] = Part(key, "block", (8, 8, 8 * (i + 1)), op="ir_k3_e3", out=8)
     parts["skip|in=8x8x8|out=8|s=1"] = Part("skip|in=8x8x8|out=8|s=1", "block", (8, 8, 8), op="skip", out=8)
     fp = android.device_fingerprint(dev, bm, "f0")
-    assert fp["model"] == "Fake Phone 1" and fp["taskset"] == "f0" and fp["benchmark_model"].startswith("benchmark_model sha256")
+    assert fp["model"] == "Fake Phone 1" and fp["taskset"] == "f0"
+    assert fp["benchmark_model"].startswith("benchmark_model sha256")
     lut = LUT({"device": "FAKE0001", "backend": "android-adb", "runtime": "x", "runtime_version": None,
                "threads": 2, "precision": "fp32", "kernels": "xnnpack", "date": "2026-01-01", "search_space": "t",
                "search_space_sha256": None, "provenance": "measured", "fingerprint": fp}, {},
