@@ -33,8 +33,9 @@ from posekit.errors import UserError
 from .arch import Arch, Head, Layer
 
 LUT_DIR = Path(__file__).resolve().parent.parent / "luts"
-HEADER_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels", "date",
-                 "search_space", "search_space_sha256", "provenance")
+HEADER_FIELDS = ("device", "backend", "runtime", "precision", "search_space", "search_space_sha256", "provenance")
+# what a measured LUT must also say about its setup (a synthetic test table has no runtime version or date)
+MEASURED_FIELDS = ("runtime_version", "threads", "kernels", "date", "fingerprint")
 ENTRY_FIELDS = ("median_ms", "mean_ms", "std_ms", "n")
 HOST_DEVICES = ("host", "host-int8")
 
@@ -144,7 +145,7 @@ class LUT:
 
         where = path or self.path
         check_header(where, self.header)
-        check_entries(where, self.entries)
+        check_entries(where, self.entries, _real(self.header))
         return atomic_write_json(where, self.to_dict())
 
 
@@ -169,8 +170,8 @@ def check_header(where, h: dict) -> None:
     """Every header field present; a measured LUT carries its device fingerprint, a predicted one its error."""
     miss = [f for f in HEADER_FIELDS if f not in h]
     prov = str(h.get("provenance", ""))
-    if prov == "measured" and "fingerprint" not in h:
-        miss.append("fingerprint")
+    if prov == "measured":
+        miss += [f for f in MEASURED_FIELDS if f not in h]
     if prov.startswith("predicted") and not isinstance(h.get("error"), dict):
         miss.append("error")
     if miss:
@@ -178,9 +179,10 @@ def check_header(where, h: dict) -> None:
                         f"`make lut DEVICE={h.get('device', Path(str(where)).stem)}`")
 
 
-def check_entries(where, entries: dict) -> None:
+def check_entries(where, entries: dict, strict_identity: bool = True) -> None:
     """Every entry finite and > 0 (identity entries exactly 0): a NaN, infinite, negative or zero latency is refused
-    naming the key, at load and before any write."""
+    naming the key, at load and before any write. A synthetic table (`strict_identity` False: provenance neither
+    measured nor predicted, e.g. a test steering the search) may price skip at any finite cost >= 0."""
     for k, e in entries.items():
         if not isinstance(e, dict):
             raise UserError(f"{where}: entries[{k!r}]: expected a mapping with median_ms")
@@ -194,11 +196,20 @@ def check_entries(where, entries: dict) -> None:
             raise UserError(f"{where}: entries[{k!r}]: negative std_ms or n")
         for f in ("median_ms", "mean_ms"):
             v = e[f]
-            if is_identity_key(k):
+            if is_identity_key(k) and not strict_identity:
+                if v < 0:
+                    raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, a latency must be >= 0")
+            elif is_identity_key(k):
                 if v != 0:
                     raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, but an identity (skip) entry must be 0")
             elif v <= 0:
                 raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, a latency must be > 0")
+
+
+def _real(h: dict) -> bool:
+    """Measured or predicted: a table that claims to describe a device (skip entries then exactly 0)."""
+    prov = str(h.get("provenance", ""))
+    return prov == "measured" or prov.startswith("predicted")
 
 
 def host_lut_path(device: str, fp: dict | None = None) -> Path:
@@ -247,7 +258,7 @@ def read_lut(p: Path) -> LUT:
     if not isinstance(d, dict) or not isinstance(d.get("header"), dict) or not isinstance(d.get("entries"), dict):
         raise UserError(f"{p}: not a LUT file (needs 'header' and 'entries' mappings)")
     check_header(p, d["header"])
-    check_entries(p, d["entries"])
+    check_entries(p, d["entries"], _real(d["header"]))
     return LUT(d["header"], d["entries"], p)
 
 

@@ -135,11 +135,9 @@ def test_search_space_layers_and_archs():
 
 def test_lut_sum_and_clear_errors(tmp_path):
     s = load_space("default")
-    lut = LUT({"device": "toy", "backend": "test", "runtime": "none", "runtime_version": None, "threads": 1,
-               "precision": "fp32", "kernels": "none", "date": "2026-01-01", "provenance": "synthetic (test)",
-               "search_space": s.name, "search_space_sha256": s.sha256},
-              {k: {"median_ms": float(not k.startswith("skip|")), "mean_ms": float(not k.startswith("skip|")),
-                   "std_ms": 0.0, "n": 1} for k in s.lut_keys()})
+    lut = LUT({"device": "toy", "backend": "test", "runtime": "none", "precision": "fp32",
+               "provenance": "synthetic (test)", "search_space": s.name, "search_space_sha256": s.sha256},
+              {k: {"median_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "n": 1} for k in s.lut_keys()})
     path = lut.save(tmp_path / "toy.json")
     lut = load_lut(path, space=s)
     a = s.arch_for([layer.candidates[0] for layer in s.layers()])
