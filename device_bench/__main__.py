@@ -19,6 +19,16 @@ def positive_int(v: str) -> int:
     return n
 
 
+def at_least(lo: int):
+    def parse(v: str) -> int:
+        n = positive_int(v)
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
+        return n
+
+    return parse
+
+
 def nonneg_int(v: str) -> int:
     try:
         n = int(v)
@@ -114,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, choices=("host", "host-int8"))
     p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
     p.add_argument("--space", default="default")
-    p.add_argument("--n", type=positive_int, default=20, help="random archs (default 20)")
+    p.add_argument("--n", type=at_least(3), default=20, help="random archs (default 20; >= 3: the calibration's "
+                                                               "leave-one-out needs two points per fit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=positive_int, default=10)
     p.add_argument("--per-visit", type=positive_int, default=3)

@@ -48,10 +48,12 @@ def _census(path: Path) -> None:
     from posekit.litert import op_dtypes
 
     ops = sorted(op_dtypes(path).items(), key=lambda kv: -kv[1])
-    # No per-op timing from LiteRT 2.3.0's Python API: the Interpreter and CompiledModel wrappers expose no profiler
-    # (their .so files name none; experimental_force_delegate_node_profiling has no getter), and
-    # tools/benchmark_litert_model.py times whole runs only. libLiteRt.so exports the C calls
-    # (LiteRtCompiledModelGetProfiler, LiteRtGetProfileSummary) but no Python binding reaches them.
+    # No per-op timing from ai-edge-litert 2.3.0 (checked): the Interpreter and CompiledModel Python wrappers expose
+    # no profiler (no "profil" string in _pywrap_litert_{interpreter,compiled_model}_wrapper.so;
+    # experimental_force_delegate_node_profiling has no getter), tools/benchmark_litert_model.py times whole runs
+    # only, and while libLiteRt.so exports LiteRtCompiledModelGetProfiler / LiteRtGetProfileSummary, the runtime
+    # options that switch profiling on (Lrt*RuntimeOptions) are not exported (`nm -D libLiteRt.so`). On a phone,
+    # benchmark_model --enable_op_profiling gives the real per-op table (`bench --device <serial>`).
     print("op census (per-op timing is not exposed by the ai_edge_litert 2.3.0 Python API): "
           + ", ".join(f"{k} x{v}" for k, v in ops))
 

@@ -150,3 +150,29 @@ def test_fingerprint_reads_the_isa_that_changes_kernels():
     # the clock and (single-threaded) the core count are recorded, not compared
     assert differences(x86, {**x86, "clock_mhz": 1, "logical_cores": 64}) == []
     assert differences(x86, {**x86, "logical_cores": 64}, threads=4) != []
+
+
+TINY = str(REPO / "tests" / "data" / "device_bench" / "tiny_space.yaml")
+
+
+@pytest.mark.slow  # five real conversions and timings: ~1 min on a shared 2-core machine
+def test_host_lut_is_measured_on_first_use_then_refined(tmp_path, monkeypatch, capsys):
+    from device_bench import host
+    from device_bench.lut import ensure_lut
+
+    monkeypatch.setattr(latency, "LUT_DIR", tmp_path / "luts")
+    monkeypatch.setattr(host, "CACHE", tmp_path / "cache")
+    space = load_space(TINY)
+    lut = ensure_lut("host", space)  # what `make search DEVICE=host` does on a machine without its LUT
+    assert "no host LUT for this machine yet" in capsys.readouterr().out
+    assert lut.path == host_lut_path("host") and lut.path.is_file()
+    assert lut.header["fingerprint_id"] == fingerprint_id(host_fingerprint())
+    timed = {k: e for k, e in lut.entries.items() if not latency.is_identity_key(k)}
+    assert len(timed) == 5 and all(e["n"] == 6 and e["median_ms"] > 0 for e in timed.values())  # the fast pass
+    ensure_lut("host", space)  # second use: read, nothing measured
+    assert "measuring" not in capsys.readouterr().out
+    # `make lut DEVICE=host` refines the fast entries (more samples each), in the same per-machine file
+    assert bench_main(["lut", "--device", "host", "--space", TINY, "--no-shipped-archs", "--rounds", "2",
+                       "--per-visit", "4"]) == 0
+    assert "5 measured by this run" in capsys.readouterr().out
+    assert all(e["n"] == 8 for k, e in load_lut("host", space).entries.items() if k in timed)
