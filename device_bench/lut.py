@@ -9,6 +9,7 @@ from model import arch as archlib
 from model.latency import LUT, load_lut
 from model.space import load_space
 from posekit.errors import UserError
+from posekit.fingerprint import host_fingerprint
 
 from . import lutfile
 from .parts import Part, arch_parts, lut_parts, shipped_archs
@@ -51,6 +52,7 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
         device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
         runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
         provenance="measured", archs=arch_names, clock=clock,
+        fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         # TODO(#12): int8 parts are calibrated in host.convert_part; the real-crop calibration lands there
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} random "
@@ -138,7 +140,8 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
         name = apple.device_name(unit)
         header = lutfile.make_header(name, space, backend="coreml", runtime="Core ML (coremltools MLModel.predict)",
                                      runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,
-                                     kernels=unit, provenance="measured", archs=arch_names)
+                                     kernels=unit, provenance="measured", archs=arch_names,
+                                     fingerprint={**host_fingerprint(runtime="coremltools"), "compute_units": unit})
         luts[unit] = lutfile.open_for_update(lutfile.lut_path(name), header, fresh=args.fresh)
     done = apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
     for unit, lut in luts.items():

@@ -3,8 +3,9 @@
 A host fingerprint holds what changes which kernels run and how fast: CPU vendor, family/model/stepping and model
 name, the ISA features the runtime dispatches on (x86: AVX2, AVX-512F, AVX-512 VNNI / AVX-VNNI, AMX; ARM: NEON
 dot-product, i8mm, SVE), logical cores, the clock (max frequency where the kernel exposes it), and the runtime and its
-version. `MATCH_FIELDS` are the ones compared: the clock is recorded but not compared (a VM reports whatever the host
-runs at this second), and the core count only matters to multi-threaded LUTs (`differences(threads=...)`).
+version; a measured LUT adds its setup (kernels: XNNPACK or builtin, threads, timing clock). `MATCH_FIELDS` are the
+ones compared (consumers time with the LUT's own setup): the clock is recorded but not compared (a VM reports whatever
+the host runs at this second), and the core count only matters to multi-threaded LUTs (`differences(threads=...)`).
 """
 
 from __future__ import annotations
