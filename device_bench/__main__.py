@@ -60,7 +60,10 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("lut", help="measure a LUT (missing keys only: a killed run resumes)",
-                       description="Measure per-part latency into luts/<device>.json. Devices: host (fp32 LiteRT), "
+                       description="Measure per-part latency into luts/<device>.json (host devices: this "
+                                   "machine's luts/host/<device>-<fingerprint id>.json; keys with fewer samples "
+                                   "than this run takes, e.g. from the search's fast first-use pass, are "
+                                   "re-measured). Devices: host (fp32 LiteRT), "
                                    "host-int8, pixel / note10 / <adb serial>[,<serial>...] (a phone over adb), "
                                    "coreml (macOS).")
     p.add_argument("--device", required=True, help="host | host-int8 | pixel | note10 | <adb serial>[,...] | coreml")
