@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import ArgumentParser, main_guard, nonneg_int, positive_int, seed_int
+from posekit.cli import ArgumentParser, data_dir, int_range, main_guard, nonneg_int, positive_int, seed_int
 
 
 def cpu_mask(s: str) -> str:
@@ -32,6 +32,12 @@ def compute_units(s: str) -> str:
 compute_units.bad = ["GPU", "CPU_ONLY,NPU", ""]
 
 
+def _foreign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-foreign-lut", action="store_true",
+                   help="use a host LUT whose device fingerprint is not this machine's (numbers from another CPU "
+                        "or runtime version mislead; default: refuse)")
+
+
 def _common(p: argparse.ArgumentParser, clock: str = "auto") -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads for the runtime (default 1)")
     p.add_argument("--clock", default=clock, choices=("auto", "wall", "cpu"),
@@ -47,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("lut", help="measure a LUT (missing keys only: a killed run resumes)",
-                       description="Measure per-part latency into luts/<device>.json. Devices: host (fp32 LiteRT), "
+                       description="Measure per-part latency into luts/<device>.json (host devices: this "
+                                   "machine's luts/host/<device>-<fingerprint id>.json; keys with fewer samples "
+                                   "than this run takes, e.g. from the search's fast first-use pass, are "
+                                   "re-measured). Devices: host (fp32 LiteRT), "
                                    "host-int8, pixel / note10 / <adb serial>[,<serial>...] (a phone over adb), "
                                    "coreml (macOS).")
     p.add_argument("--device", required=True, help="host | host-int8 | pixel | note10 | <adb serial>[,...] | coreml")
@@ -63,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=positive_int, default=12,
                    help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
-    p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
+    p.add_argument("--data", type=data_dir, help="int8 calibration crops: dataset root (default: data/coco-mini)")
     _common(p)
     a = p.add_argument_group("android")
     a.add_argument("--adb", help="adb binary (default: adb on PATH)")
@@ -78,9 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compute-units", type=compute_units, default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
 
+    from .predict import PHONES
+
     p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
-                       description="Fit a latency model on data/published-luts and predict every key of our space.")
-    p.add_argument("--device", required=True, choices=("pixel", "note10"))
+                       description="Fit a latency model on data/published-luts and predict every key of our space "
+                                   "(luts/<device>.json, leave-one-out MAPE in the header); --check-transfer: fit "
+                                   "without one phone's table and compare its ranking of the shipped archs.")
+    p.add_argument("--device", choices=(*PHONES, "all"), help="phone profile to write ('all': every one)")
+    p.add_argument("--check-transfer", action="store_true",
+                   help="print the cross-phone check (writes nothing)")
     p.add_argument("--space", default="default")
     p.add_argument("--no-shipped-archs", action="store_true")
     p.add_argument("--archs", nargs="*")
@@ -99,19 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset", type=cpu_mask)
     p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
+    _foreign(p)
     _common(p, clock="wall")
 
     p = sub.add_parser("fidelity", help="LUT sum vs measured whole networks: MAPE, Spearman, scatter plot")
     p.add_argument("--device", required=True, choices=("host", "host-int8"))
     p.add_argument("--lut", help="LUT file (default luts/<device>.json)")
     p.add_argument("--space", default="default")
-    p.add_argument("--n", type=positive_int, default=20, help="random archs (default 20)")
+    p.add_argument("--n", type=int_range(3), default=20, help="random archs (default 20; >= 3: the calibration's "
+                                                                "leave-one-out needs two points per fit)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--rounds", type=positive_int, default=10)
     p.add_argument("--per-visit", type=positive_int, default=3)
     p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
     p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
-    p.add_argument("--data", help="int8 calibration crops: dataset root (default: bundled data/coco-mini)")
+    p.add_argument("--data", type=data_dir, help="int8 calibration crops: dataset root (default: data/coco-mini)")
+    _foreign(p)
     _common(p)
     return ap
 

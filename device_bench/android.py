@@ -57,27 +57,40 @@ def parse_benchmark_output(text: str) -> dict:
 
 
 def _op_profile(lines: list[str]) -> tuple[list[dict], dict]:
-    """The 'Operator-wise Profiling Info for Regular Benchmark Runs' run-order table and its by-type summary."""
+    """The 'Operator-wise Profiling Info for Regular Benchmark Runs' run-order table and its by-type summary.
+
+    Columns are read off each table's header line, as the tool's versions differ: TensorFlow's StatsCalculator
+    prints `[node type] [start] [first] [avg ms] [%] [cdf%] [mem KB] [times called] [Name]` tab-separated, the
+    newer one (tsl / LiteRT) drops `[start]`, and LiteRT's own summarizer pads with spaces instead of tabs."""
     ops, types = [], {}
     try:
         start = next(i for i, ln in enumerate(lines) if ln.startswith("Operator-wise Profiling Info for Regular"))
     except StopIteration:
         return ops, types
-    section = None
+    section, cols = None, None
     for ln in lines[start + 1:]:
         if ln.startswith("===="):
-            section = ln.strip("= ").lower()
+            section, cols = ln.strip("= ").lower(), None
             continue
-        cells = [c.strip() for c in ln.split("\t") if c.strip()]
-        if not cells or cells[0].startswith("["):
-            continue
-        if section == "run order" and len(cells) >= 9:
-            ops.append({"type": cells[0], "avg_ms": float(cells[3]), "pct": float(cells[4].rstrip("%")),
-                        "name": cells[-1]})
-        elif section == "summary by node type" and len(cells) >= 4:
-            types[cells[0]] = float(cells[2])
-        elif ln.startswith("Timings (microseconds)") and section == "summary by node type":
+        if ln.startswith("Timings (microseconds)") and section == "summary by node type":
             break
+        if "[node type]" in ln.lower():
+            cols = [c.lower() for c in re.findall(r"\[([^\]]+)\]", ln)]
+            continue
+        cells = [c.strip() for c in (ln.split("\t") if "\t" in ln else ln.split()) if c.strip()]
+        if not cols or len(cells) < len(cols) - (cols[-1] == "name"):
+            continue
+        if cols[-1] == "name" and len(cells) > len(cols):  # a name with spaces, split by whitespace
+            cells = cells[:len(cols) - 1] + [" ".join(cells[len(cols) - 1:])]
+        row = dict(zip(cols, cells))
+        try:
+            if section == "run order":
+                ops.append({"type": row["node type"], "avg_ms": float(row["avg ms"]),
+                            "pct": float(row["%"].rstrip("%")), "name": row.get("name", "")})
+            elif section == "summary by node type":
+                types[row["node type"]] = float(row["avg ms"])
+        except (KeyError, ValueError):
+            continue
     return ops, types
 
 
@@ -117,7 +130,13 @@ def find_adb(adb: str | None = None) -> str:
 
 def attached(adb: str) -> list[str]:
     """Serials of the devices `adb devices` lists as ready ('device' state)."""
-    r = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=60)
+    try:
+        r = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=60)
+    except (subprocess.TimeoutExpired, OSError) as e:
+        raise UserError(f"{adb} devices: {e}") from None
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise UserError(f"{adb} devices failed (exit {r.returncode}): {msg[-1] if msg else 'no output'}")
     serials = []
     for ln in r.stdout.splitlines()[1:]:
         parts = ln.split()
@@ -163,6 +182,23 @@ def setup_device(dev: Adb, benchmark_model: str | Path) -> None:
     dev.shell(f"mkdir -p {REMOTE_DIR}")
     dev.push(bm, f"{REMOTE_DIR}/benchmark_model")
     dev.shell(f"chmod 755 {REMOTE_DIR}/benchmark_model")
+
+
+def device_fingerprint(dev: Adb, benchmark_model: str | Path, taskset: str | None) -> dict:
+    """What an Android LUT describes: phone model, SoC / board, Android version, the benchmark_model binary (name
+    and sha256: nightlies differ), the taskset mask and CPU0's frequency governor."""
+    from posekit.io import sha256_file
+
+    def prop(name: str) -> str | None:
+        return dev.shell(f"getprop {name}").strip() or None
+
+    governor = dev.shell("cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null").strip()
+    bm = Path(benchmark_model)
+    return {"kind": "android", "model": prop("ro.product.model"), "manufacturer": prop("ro.product.manufacturer"),
+            "soc": prop("ro.soc.model") or prop("ro.board.platform") or prop("ro.hardware"),
+            "board": prop("ro.product.board"), "android": prop("ro.build.version.release"),
+            "benchmark_model": f"{bm.name} sha256 {sha256_file(bm)[:16]}", "taskset": taskset,
+            "governor": governor or None, "serial": dev.serial}
 
 
 def measure(lut: LUT, parts: dict[str, Part], models: dict[str, Path], dev: Adb, threads: int, runs: int = 30,

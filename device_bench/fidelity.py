@@ -100,11 +100,12 @@ def scatter(path: Path, pred, meas, title: str, cal: dict | None) -> Path:
 
 def run_fidelity(args) -> dict:
     space = load_space(args.space)
-    lut = load_lut(args.lut or args.device)
+    allow = True if getattr(args, "allow_foreign_lut", False) else None
+    lut = load_lut(args.lut or args.device, allow_foreign=allow)  # entries, header, fingerprint
     if lut.device != args.device:
         raise UserError(f"{lut.path}: a LUT for device '{lut.device}', not '{args.device}'; measure it with "
                         f"`make lut DEVICE={args.device}`")
-    lut = load_lut(lut.path, space)
+    lut = load_lut(lut.path, space, allow_foreign=allow)
     if lut.header.get("backend") != "host-litert":
         raise UserError(f"{lut.path}: fidelity measures whole networks on this host, but the LUT's backend is "
                         f"{lut.header.get('backend')!r} (measure it with `make lut DEVICE={args.device}`)")

@@ -101,8 +101,11 @@ def runner(path: Path, threads: int, xnnpack: bool) -> Callable[[], None]:
 def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnpack: bool = True,
             rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache: Path = CACHE,
             clock: str = "wall", data: str | None = None) -> list[str]:
-    """Measure every part the LUT lacks; saves after each chunk. Returns the keys measured by this run."""
-    todo = [k for k in parts if k not in lut.entries]
+    """Measure every part the LUT lacks, or has with fewer samples than this run takes (a fast first-use pass is
+    refined by a full run); saves after each chunk. Returns the keys measured by this run."""
+    want = rounds * per_visit
+    todo = [k for k in parts if k not in lut.entries
+            or (not parts[k].is_identity and lut.entries[k].get("n", 0) < want)]
     done = []
     for k in [k for k in todo if parts[k].is_identity]:  # the identity runs no op: 0 ms by definition
         lut.entries[k] = {"median_ms": 0.0, "mean_ms": 0.0, "std_ms": 0.0, "n": 0}

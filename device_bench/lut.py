@@ -6,15 +6,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 from model import arch as archlib
-from model.latency import LUT
+from model.latency import LUT, load_lut
 from model.space import load_space
 from posekit.errors import UserError
+from posekit.fingerprint import host_fingerprint
 
 from . import lutfile
 from .parts import Part, arch_parts, lut_parts, shipped_archs
 
-HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}
-PHONES = ("pixel", "note10")
+HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}  # model.latency.HOST_DEVICES, with their precision
+PHONES = ("pixel", "note10")  # phone names the adb backend maps to --serial
 
 
 def select_parts(space_name: str, with_shipped: bool = True, arch_files: list[str] = (), quick: bool = False):
@@ -34,30 +35,60 @@ def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
           + (f"; e.g. {miss[0]}" if miss else ""))
 
 
-def run_host(args, space, parts, arch_names) -> LUT:
+FAST = {"rounds": 3, "per_visit": 2}  # first use: enough to search with; `make lut DEVICE=host` refines (15 x 5)
+
+
+def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnnpack: bool = True,
+                 clock: str = "auto", rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache=None,
+                 out=None, fresh: bool = False, data: str | None = None) -> LUT:
+    """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint."""
     from . import host
     from .timing import check_clock
 
-    precision = HOST_DEVICES[args.device]
-    kernels = "xnnpack" if args.xnnpack else "builtin"
-    clock = check_clock(args.clock, args.threads)
+    precision = HOST_DEVICES[device]
+    kernels = "xnnpack" if xnnpack else "builtin"
+    clock = check_clock(clock, threads)
     header = lutfile.make_header(
-        args.device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
-        runtime_version=version("ai-edge-litert"), threads=args.threads, precision=precision, kernels=kernels,
+        device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
+        runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
         provenance="measured", archs=arch_names, clock=clock,
+        fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
                   f"calibration crops at each part's shape" if precision == "int8" else None,
-        timing={"rounds": args.rounds, "per_visit": args.per_visit, "warmup": 3, "statistic": "median",
+        timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "median",
                 "clock": "wall-clock latency" if clock == "wall" else "thread CPU time (= latency on an idle "
                                                                            "core, 1 thread)",
-                "order": "round-robin over a chunk of keys, shuffled each round"})
-    lut = lutfile.open_for_update(lutfile.lut_path(args.device, args.out), header, fresh=args.fresh)
-    done = host.measure(lut, parts, precision, args.threads, args.xnnpack, rounds=args.rounds,
-                        per_visit=args.per_visit, chunk=args.chunk,
-                        cache=Path(args.cache) if args.cache else host.CACHE, clock=clock, data=args.data)
+                "order": "round-robin over a chunk of keys, shuffled each round",
+                "samples": "each entry's n; fewer than rounds x per_visit: a fast first-use pass, refined by "
+                           "`make lut`"})
+    lut = lutfile.open_for_update(lutfile.lut_path(device, out), header, fresh=fresh, replace_foreign=out is None)
+    done = host.measure(lut, parts, precision, threads, xnnpack, rounds=rounds, per_visit=per_visit, chunk=chunk,
+                        cache=Path(cache) if cache else host.CACHE, clock=clock,
+                        data=data)
     _report(lut, parts, done)
     return lut
+
+
+def run_host(args, space, parts, arch_names) -> LUT:
+    return measure_host(args.device, space, parts, arch_names, threads=args.threads, xnnpack=args.xnnpack,
+                        clock=args.clock, rounds=args.rounds, per_visit=args.per_visit, chunk=args.chunk,
+                        cache=args.cache, out=args.out, fresh=args.fresh, data=args.data)
+
+
+def ensure_lut(device_or_path, space, allow_foreign: bool | None = None) -> LUT:
+    """`model.latency.load_lut`, but a host device with no LUT for this machine yet is measured first: a fast pass
+    over the keys the space needs (3 rounds x 2 runs each; conversions are cached), which `make lut DEVICE=host`
+    refines. Every other case (a phone, a path, a LUT of another machine) is exactly load_lut."""
+    from model.latency import resolve_lut
+
+    name = str(device_or_path)
+    if name in HOST_DEVICES and not resolve_lut(name).is_file():
+        parts = lut_parts(space)
+        print(f"no {name} LUT for this machine yet: measuring the {len(parts)} keys the search space needs "
+              f"(fast pass; `make lut DEVICE={name}` refines it) -> {resolve_lut(name)}", flush=True)
+        measure_host(name, space, parts, [], **FAST)
+    return load_lut(device_or_path, space, allow_foreign)
 
 
 def run_android(args, space, parts, arch_names) -> list[LUT]:
@@ -77,12 +108,13 @@ def run_android(args, space, parts, arch_names) -> list[LUT]:
     for name, serial in zip(names, serials):
         dev = android.Adb(serial, adb)
         android.setup_device(dev, args.benchmark_model)
-        model_name = dev.shell("getprop ro.product.model").strip()
+        fp = android.device_fingerprint(dev, args.benchmark_model, args.taskset)
+        model_name = fp["model"] or "unknown phone"
         header = lutfile.make_header(
             name, space, backend="android-adb", runtime="TFLite benchmark_model",
             runtime_version=Path(args.benchmark_model).name, threads=args.threads, precision=precision,
             kernels="xnnpack" if args.xnnpack else "builtin", provenance="measured",
-            host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset,
+            host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset, fingerprint=fp,
             timing={"passes": args.passes, "num_runs": args.num_runs, "warmup_runs": args.warmup_runs,
                     "statistic": "median over passes of benchmark_model's average"})
         jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,
@@ -108,7 +140,8 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
         name = apple.device_name(unit)
         header = lutfile.make_header(name, space, backend="coreml", runtime="Core ML (coremltools MLModel.predict)",
                                      runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,
-                                     kernels=unit, provenance="measured", archs=arch_names)
+                                     kernels=unit, provenance="measured", archs=arch_names,
+                                     fingerprint={**host_fingerprint(runtime="coremltools"), "compute_units": unit})
         luts[unit] = lutfile.open_for_update(lutfile.lut_path(name), header, fresh=args.fresh)
     done = apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
     for unit, lut in luts.items():
@@ -125,22 +158,49 @@ def run_lut(args):
     return run_android(args, space, parts, arch_names)
 
 
-def run_predict(args) -> LUT:
+def run_predict(args):
     from . import predict
 
-    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
     try:
         from model.deploy import deploy_model
     except ImportError:
         deploy_model = None
-    fields, entries = predict.predict_lut(args.device, parts, deploy_model)
-    src = predict.SOURCES[args.device]
-    header = lutfile.make_header(args.device, space, backend="predicted", runtime="TFLite (published measurements)",
-                                 runtime_version=None, threads=None, precision="fp32", kernels="unknown",
-                                 host=src["phone"], archs=arch_names, **fields)
-    lut = LUT(header, entries, lutfile.lut_path(args.device, args.out))
-    lut.save()
-    e = fields["error"]
-    print(f"{lut.path}: {len(entries)} keys predicted from {e['n_entries']} published entries; leave-one-out MAPE "
-          f"{e['loo_mape_pct']:.1f}% (median {e['loo_median_ape_pct']:.1f}%, max {e['loo_max_ape_pct']:.1f}%)")
-    return lut
+    if args.check_transfer:
+        return print_transfer(predict.check_transfer(deploy_model))
+    if not args.device:
+        raise UserError("predict: pass --device (" + " | ".join((*predict.PHONES, "all")) + ") or --check-transfer")
+    space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
+    devices = predict.PHONES if args.device == "all" else (args.device,)
+    if args.out and len(devices) > 1:
+        raise UserError("--out names one file: pass one --device with it")
+    luts = []
+    for device in devices:
+        fields, entries = predict.predict_lut(device, parts, deploy_model)
+        src = predict.SOURCES[device]
+        header = lutfile.make_header(device, space, backend="predicted",
+                                     runtime="TFLite (published measurements)", runtime_version=None, threads=1
+                                     if src.get("format") == "nnmeter" else None, precision="fp32",
+                                     kernels="xnnpack" if src.get("format") == "nnmeter" else "unknown",
+                                     host=src["phone"], archs=arch_names, **fields)
+        lut = LUT(header, entries, lutfile.lut_path(device, args.out))
+        lut.save()
+        e = fields["error"]
+        print(f"{lut.path}: {len(entries)} keys predicted from {e['n_entries']} published entries; leave-one-out "
+              f"MAPE {e['loo_mape_pct']:.1f}% (median {e['loo_median_ape_pct']:.1f}%, max {e['loo_max_ape_pct']:.1f}%)"
+              f"; {sum('how' in v for v in entries.values())} entries extrapolated (see their 'how')")
+        luts.append(lut)
+    return luts
+
+
+def print_transfer(res: list[dict]) -> list[dict]:
+    print("cross-phone transfer: fit without the held-out phone's table (on the other nn-Meter phones), predict "
+          "its latency of the shipped archs; ranking vs the one its own table gives")
+    for r in res:
+        print(f"{r['held_out']:<9} (fit on {', '.join(r['fitted_on'])}): same ranking: "
+              f"{'yes' if r['same_ranking'] else 'NO'}  Kendall tau {r['kendall_tau']:.2f}  |  its published rows: "
+              f"MAPE {r['rows_mape_pct']:.1f}% raw, {r['rows_mape_pct_one_scale']:.1f}% after one scale "
+              f"({r['scale']:.2f}x)")
+        for n in r["rank_own"]:
+            print(f"    {n:<30} own {r['own_ms'][n]:8.2f} ms   transferred {r['transferred_ms'][n]:8.2f} ms   "
+                  f"rank {r['rank_own'].index(n) + 1} / {r['rank_transferred'].index(n) + 1}")
+    return res

@@ -12,10 +12,11 @@ from pathlib import Path
 from model.latency import LUT, LUT_DIR
 from model.space import SearchSpace
 from posekit.errors import UserError
+from posekit.fingerprint import fingerprint_id, host_fingerprint
 
 # Header fields that must agree before a run may add entries to an existing file.
 SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels",
-                "search_space_sha256", "clock")
+                "search_space_sha256", "clock", "fingerprint_id")
 DEFAULTS = {"clock": "wall"}
 
 
@@ -33,27 +34,38 @@ def host_description() -> str:
 
 def make_header(device: str, space: SearchSpace, *, backend: str, runtime: str, runtime_version: str | None,
                 threads: int | None, precision: str, kernels: str, provenance: str, host: str | None = None,
-                error=None, archs: list[str] = (), **extra) -> dict:
+                error=None, archs: list[str] = (), fingerprint: dict | None = None, **extra) -> dict:
+    """A LUT header; a measured LUT carries the device `fingerprint` (the host's own when not given) and its id."""
+    if provenance == "measured" and fingerprint is None:
+        fingerprint = host_fingerprint()
     h = {"device": device, "backend": backend, "runtime": runtime, "runtime_version": runtime_version,
          "threads": threads, "precision": precision, "kernels": kernels,
          "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
          "host": host if host is not None else host_description(), "search_space": space.name,
          "search_space_sha256": space.sha256, "provenance": provenance, "error": error, "calibration": None,
          "archs": list(archs)}
+    if fingerprint is not None:
+        h["fingerprint"], h["fingerprint_id"] = fingerprint, fingerprint_id(fingerprint)
     h.update(extra)
     return h
 
 
 def lut_path(device: str, out: str | Path | None = None) -> Path:
-    return Path(out) if out else LUT_DIR / f"{device}.json"
+    """--out, else where `load_lut(device)` reads it (host devices: this machine's per-fingerprint file)."""
+    from model.latency import HOST_DEVICES, host_lut_path
+
+    if out:
+        return Path(out)
+    return host_lut_path(device) if device in HOST_DEVICES else LUT_DIR / f"{device}.json"
 
 
-def open_for_update(path: Path, header: dict, fresh: bool = False) -> LUT:
+def open_for_update(path: Path, header: dict, fresh: bool = False, replace_foreign: bool = False) -> LUT:
     """The LUT to add entries to: the file's entries if it was measured with the same setup, else a new table.
 
     A different setup (threads, precision, kernels, runtime version, search space) is an error naming the field,
     unless `fresh` (then the old file is replaced when the first entries are saved). A predicted profile is replaced
-    by measurements without asking: measuring is what it stands in for.
+    by measurements without asking: measuring is what it stands in for; so is, with `replace_foreign` (the
+    per-machine default path), a file whose fingerprint is not this machine's.
     """
     if fresh or not path.exists():
         return LUT(header, {}, path)
@@ -64,6 +76,12 @@ def open_for_update(path: Path, header: dict, fresh: bool = False) -> LUT:
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{path}: corrupt LUT file; pass --fresh to measure it again from scratch") from None
     if str(old.get("provenance", "")).startswith("predicted"):
+        return LUT(header, {}, path)
+    if isinstance(old.get("fingerprint"), dict):  # the id of what the header says, not a stored id that may be stale
+        old = {**old, "fingerprint_id": fingerprint_id(old["fingerprint"])}
+    if replace_foreign and old.get("fingerprint_id") != header.get("fingerprint_id"):
+        print(f"{path}: measured on another machine ({old.get('fingerprint_id')}); replacing it with this "
+              f"machine's measurements")
         return LUT(header, {}, path)
     for f in SETUP_FIELDS:
         was, now = old.get(f, DEFAULTS.get(f)), header.get(f, DEFAULTS.get(f))
@@ -80,5 +98,7 @@ def entry(samples_ms, n_override: int | None = None) -> dict:
     import numpy as np
 
     a = np.asarray(samples_ms, dtype=float)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise UserError(f"no finite timing samples ({a.size} given): nothing to write")
     return {"median_ms": round(float(np.median(a)), 5), "mean_ms": round(float(a.mean()), 5),
             "std_ms": round(float(a.std()), 5), "n": int(n_override if n_override is not None else a.size)}

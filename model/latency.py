@@ -6,20 +6,25 @@ Key grammar (one entry per key; the whole network's latency is the sum of its ke
     tail:   ``tail:conv_k1_c1280_s1_relu6|in=8x6x320``   (only when the arch has a tail)
     head:   ``head:mbv1_d64-32_k4_sic|in=16x12x96|out=17``
 
-File (``luts/<device>.json``)::
+File (``luts/<device>.json``; host devices ``luts/host/<device>-<fingerprint id>.json``, one per machine)::
 
     {"header": {"device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels", "date",
-                "host", "search_space", "search_space_sha256", "provenance", "error", "calibration"},
-     "entries": {key: {"median_ms", "mean_ms", "std_ms", "n"}}}
+                "host", "search_space", "search_space_sha256", "provenance", "error", "calibration",
+                "fingerprint" (measured LUTs: `posekit.fingerprint`)},
+     "entries": {key: {"median_ms", "mean_ms", "std_ms", "n", ["how"]}}}
 
+Every entry is finite and > 0 ms, a skip (identity) entry exactly 0; both are checked at load and before a write.
 ``provenance`` is "measured" or "predicted from <source>"; ``error`` holds the prediction's error where
-predicted; ``calibration`` ({"scale", "offset_ms"}), when present, maps the summed LUT latency onto the
+predicted (and a predicted entry's ``how`` says how it was obtained when no published row is like it);
+``calibration`` ({"scale", "offset_ms"}), when present, maps the summed LUT latency onto the
 measured whole-network latency (fitted by the fidelity command).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +33,11 @@ from posekit.errors import UserError
 from .arch import Arch, Head, Layer
 
 LUT_DIR = Path(__file__).resolve().parent.parent / "luts"
-HEADER_FIELDS = ("device", "backend", "runtime", "precision", "provenance")
+HEADER_FIELDS = ("device", "backend", "runtime", "precision", "search_space", "search_space_sha256", "provenance")
+# what a measured LUT must also say about its setup (a synthetic test table has no runtime version or date)
+MEASURED_FIELDS = ("runtime_version", "threads", "kernels", "date", "fingerprint")
+ENTRY_FIELDS = ("median_ms", "mean_ms", "std_ms", "n")
+HOST_DEVICES = ("host", "host-int8")
 
 
 def _shape(hwc) -> str:
@@ -131,36 +140,151 @@ class LUT:
         return {"header": self.header, "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path: str | Path | None = None) -> Path:
+        """Write atomically after the same checks as load: a bad entry or header is never written."""
         from posekit.io import atomic_write_json
 
-        return atomic_write_json(path or self.path, self.to_dict())
+        where = path or self.path
+        check_header(where, self.header)
+        check_entries(where, self.entries, _real(self.header))
+        return atomic_write_json(where, self.to_dict())
+
+
+HOST_BACKEND = "host-litert"  # a LUT of this backend claims to describe the machine that reads it
+ALLOW_FOREIGN_ENV = "POSENAS_ALLOW_FOREIGN_LUT"  # =1: take a host LUT measured on another machine (see load_lut)
+
+
+def _key_op(key: str) -> str:
+    return key.split("|", 1)[0]
+
+
+def is_identity_key(key: str) -> bool:
+    """A skip block: it runs no op, so its latency is exactly 0 (every other entry is > 0)."""
+    return _key_op(key) == "skip"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_header(where, h: dict) -> None:
+    """Every header field present; a measured LUT carries its device fingerprint, a predicted one its error."""
+    miss = [f for f in HEADER_FIELDS if f not in h]
+    prov = str(h.get("provenance", ""))
+    if prov == "measured":
+        miss += [f for f in MEASURED_FIELDS if f not in h]
+    if prov.startswith("predicted") and not isinstance(h.get("error"), dict):
+        miss.append("error")
+    if miss:
+        raise UserError(f"{where}: header is missing {', '.join(miss)}; rebuild it with "
+                        f"`make lut DEVICE={h.get('device', Path(str(where)).stem)}`")
+
+
+def check_entries(where, entries: dict, strict_identity: bool = True) -> None:
+    """Every entry finite and > 0 (identity entries exactly 0): a NaN, infinite, negative or zero latency is refused
+    naming the key, at load and before any write. A synthetic table (`strict_identity` False: provenance neither
+    measured nor predicted, e.g. a test steering the search) may price skip at any finite cost >= 0."""
+    for k, e in entries.items():
+        if not isinstance(e, dict):
+            raise UserError(f"{where}: entries[{k!r}]: expected a mapping with median_ms")
+        for f in ENTRY_FIELDS:
+            if f not in e:
+                raise UserError(f"{where}: entries[{k!r}].{f}: missing")
+            v = e[f]
+            if not _finite(v):
+                raise UserError(f"{where}: entries[{k!r}].{f}: {v!r} is not a finite number")
+        if e["std_ms"] < 0 or e["n"] < 0:
+            raise UserError(f"{where}: entries[{k!r}]: negative std_ms or n")
+        for f in ("median_ms", "mean_ms"):
+            v = e[f]
+            if is_identity_key(k) and not strict_identity:
+                if v < 0:
+                    raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, a latency must be >= 0")
+            elif is_identity_key(k):
+                if v != 0:
+                    raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, but an identity (skip) entry must be 0")
+            elif v <= 0:
+                raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, a latency must be > 0")
+
+
+def _real(h: dict) -> bool:
+    """Measured or predicted: a table that claims to describe a device (skip entries then exactly 0)."""
+    prov = str(h.get("provenance", ""))
+    return prov == "measured" or prov.startswith("predicted")
+
+
+def host_lut_path(device: str, fp: dict | None = None) -> Path:
+    """This machine's LUT for a host device: luts/host/<device>-<fingerprint id>.json (generated, not committed:
+    a LUT from another CPU misleads, so each machine measures its own on first use)."""
+    from posekit.fingerprint import fingerprint_id, host_fingerprint
+
+    return LUT_DIR / "host" / f"{device}-{fingerprint_id(fp or host_fingerprint())}.json"
 
 
 def resolve_lut(device_or_path: str | Path) -> Path:
     p = Path(device_or_path)
-    return p if (p.suffix == ".json" or p.exists()) else LUT_DIR / f"{p.name}.json"
+    if p.suffix == ".json" or p.exists():
+        return p
+    if p.name in HOST_DEVICES:
+        return host_lut_path(p.name)
+    return LUT_DIR / f"{p.name}.json"
 
 
-def load_lut(device_or_path: str | Path, space=None) -> LUT:
-    """Load and check a LUT: corrupt file, missing header fields, or another search space -> one UserError."""
-    p = resolve_lut(device_or_path)
-    if not p.is_file():
-        dev = p.stem
-        raise UserError(f"{p}: no LUT for device '{dev}'; build it with `make lut DEVICE={dev}`")
+def check_fingerprint(lut: LUT, allow_foreign: bool | None = None) -> None:
+    """A LUT that claims to describe this machine (backend host-litert) must carry this machine's fingerprint;
+    otherwise one line naming both and the fix, unless allowed (argument, or POSENAS_ALLOW_FOREIGN_LUT=1)."""
+    from posekit.fingerprint import describe, differences, host_fingerprint
+
+    if lut.header.get("backend") != HOST_BACKEND:
+        return
+    if allow_foreign is None:
+        allow_foreign = os.environ.get(ALLOW_FOREIGN_ENV, "") not in ("", "0")
+    theirs = lut.header.get("fingerprint")
+    here = host_fingerprint(runtime=(theirs or {}).get("runtime", "ai-edge-litert"))
+    diff = differences(theirs, here, lut.header.get("threads"))
+    if diff and not allow_foreign:
+        dev = lut.device
+        raise UserError(f"{lut.path}: measured on {describe(theirs)}, but this machine is {describe(here)} "
+                        f"({'; '.join(diff)}); measure this machine's LUT with `make lut DEVICE={dev}` "
+                        f"(python -m device_bench lut --device {dev}), or pass --allow-foreign-lut "
+                        f"({ALLOW_FOREIGN_ENV}=1) to use it anyway")
+
+
+def read_lut(p: Path) -> LUT:
+    """Parse and validate one LUT file (header fields, every entry): no device or space checks."""
     try:
         d = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: corrupt LUT file ({e}); rebuild it with `make lut DEVICE={p.stem}`") from None
     if not isinstance(d, dict) or not isinstance(d.get("header"), dict) or not isinstance(d.get("entries"), dict):
         raise UserError(f"{p}: not a LUT file (needs 'header' and 'entries' mappings)")
-    h = d["header"]
-    miss = [f for f in HEADER_FIELDS if f not in h]
-    if miss:
-        raise UserError(f"{p}: header is missing {', '.join(miss)}")
-    for k, e in d["entries"].items():
-        if not isinstance(e, dict) or not isinstance(e.get("median_ms"), (int, float)):
-            raise UserError(f"{p}: entries[{k!r}]: needs a numeric median_ms")
-    lut = LUT(h, d["entries"], p)
+    check_header(p, d["header"])
+    check_entries(p, d["entries"], _real(d["header"]))
+    return LUT(d["header"], d["entries"], p)
+
+
+def load_lut(device_or_path: str | Path, space=None, allow_foreign: bool | None = None) -> LUT:
+    """Load and check a LUT: corrupt file, missing header fields, a NaN / infinite / negative / zero entry, a LUT of
+    another device than the one named, a host LUT measured on another machine, or another search space -> one
+    UserError naming the file and the key or field.
+
+    A device name reads luts/<device>.json (host devices: this machine's luts/host/<device>-<fingerprint>.json) and
+    its header must name that device; a path is taken as given (any device), but a host LUT in it must still match
+    this machine unless `allow_foreign`.
+    """
+    by_name = not (Path(device_or_path).suffix == ".json" or Path(device_or_path).exists())
+    p = resolve_lut(device_or_path)
+    if not p.is_file():
+        dev = Path(device_or_path).name if by_name else p.stem
+        if by_name and dev in HOST_DEVICES:
+            raise UserError(f"{p}: no {dev} LUT for this machine yet (LUTs are per CPU); measure it with "
+                            f"`make lut DEVICE={dev}` (python -m device_bench lut --device {dev})")
+        raise UserError(f"{p}: no LUT for device '{dev}'; build it with `make lut DEVICE={dev}`")
+    lut = read_lut(p)
+    if by_name and lut.device != Path(device_or_path).name:
+        raise UserError(f"{p}: header names device {lut.device!r}, not {Path(device_or_path).name!r}; rebuild it "
+                        f"with `make lut DEVICE={Path(device_or_path).name}` or pass the file as a path")
+    check_fingerprint(lut, allow_foreign)
+    h = lut.header
     if space is not None:
         if h.get("search_space_sha256") not in (None, space.sha256):
             raise UserError(f"{p}: built for search space '{h.get('search_space')}' "

@@ -73,12 +73,18 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--full", action="store_true", help="the full config: " + ", ".join(f"{k} {v}" for k, v in
                                                                                       FULL.items()))
     p.add_argument("--no-step-times", action="store_true", help="skip the search-step vs train-step timing")
+    p.add_argument("--allow-foreign-lut", action="store_true",
+                   help="use a host LUT measured on another machine (its device fingerprint differs; default: refuse)")
 
 
 def build_config(a, out: str | None = None):
     from .cost import device_name
     from .loop import Config
 
+    if a.allow_foreign_lut:  # read by model.latency.load_lut wherever this run loads the LUT
+        from model.latency import ALLOW_FOREIGN_ENV
+
+        os.environ[ALLOW_FOREIGN_ENV] = "1"
     base = FULL if a.full else DEMO
     pick = lambda v, k: base[k] if v is None else v  # noqa: E731
     if not (0 <= a.drop_path < 1):

@@ -110,11 +110,11 @@ def main(argv) -> int:
     cfg = cli.build_config(a, out=a.out)
     out = Path(a.out)
 
-    from model.latency import load_lut
+    from device_bench.lut import ensure_lut
     from model.space import load_space
 
     space = load_space(a.space)
-    lut = load_lut(a.lut, space)
+    lut = ensure_lut(a.lut, space)  # this machine's host LUT, measured on first use
     threads = a.runtime_threads or int(lut.header.get("threads") or 1)
     clock = a.clock or ("cpu" if str(lut.header.get("clock", "wall")).startswith("cpu") else "wall")
     if clock == "cpu" and threads != 1:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import make_block
-from model.latency import LUT, block_key, fixed_keys, load_lut
+from model.latency import LUT, block_key, fixed_keys
 from model.space import SearchSpace
 
 FLOPS = "flops"
@@ -62,7 +62,9 @@ def load_cost(device: str, space: SearchSpace) -> CostModel:
     """`flops` -> per-candidate FLOPs (computed); anything else -> `model.latency.load_lut(device, space)`."""
     if device == FLOPS:
         return flops_cost(space)
-    lut = load_lut(device, space)
+    from device_bench.lut import ensure_lut  # load_lut; this machine's host LUT is measured on first use
+
+    lut = ensure_lut(device, space)
     return lut_cost(lut, space, device_name(device))
 
 

@@ -103,8 +103,13 @@ def test_fake_adb_flow_measures_and_resumes(tmp_path, fake_adb):
         models[key].write_bytes(b"x" * n)
         parts[key] = Part(key, "block", (8, 8, 8 * (i + 1)), op="ir_k3_e3", out=8)
     parts["skip|in=8x8x8|out=8|s=1"] = Part("skip|in=8x8x8|out=8|s=1", "block", (8, 8, 8), op="skip", out=8)
-    lut = LUT({"device": "FAKE0001", "backend": "android-adb", "runtime": "x", "precision": "fp32",
-               "provenance": "measured"}, {}, tmp_path / "luts" / "FAKE0001.json")
+    fp = android.device_fingerprint(dev, bm, "f0")
+    assert fp["model"] == "Fake Phone 1" and fp["taskset"] == "f0"
+    assert fp["benchmark_model"].startswith("benchmark_model sha256")
+    lut = LUT({"device": "FAKE0001", "backend": "android-adb", "runtime": "x", "runtime_version": None,
+               "threads": 2, "precision": "fp32", "kernels": "xnnpack", "date": "2026-01-01", "search_space": "t",
+               "search_space_sha256": None, "provenance": "measured", "fingerprint": fp}, {},
+              tmp_path / "luts" / "FAKE0001.json")
     done = android.measure(lut, parts, models, dev, threads=2, runs=20, warmup=3, passes=2, taskset="f0", chunk=2)
     assert sorted(done) == sorted(models)
     saved = json.loads(lut.path.read_text())["entries"]
@@ -147,3 +152,64 @@ def test_coreml_backend_raises_its_clear_error_off_macos(capsys):
     err = capsys.readouterr().err
     assert "only on macOS" in err and err.count("\n") == 1
 
+
+
+# The profile table as printed by the tool versions without a [start] column (tsl's StatsCalculator, LiteRT's own
+# summarizer pads with spaces, not tabs): the parser reads the columns off each header line.
+NO_START_PROFILE = """INFO: count=50 first=2101 curr=2050 min=2011 max=2230 avg=2062.5 std=31
+INFO: Inference timings in us: Init: 15000, First inference: 2101, Warmup (avg): 2080, Inference (avg): 2062.5
+INFO: Operator-wise Profiling Info for Regular Benchmark Runs:
+============================== Run Order ==============================
+                   [node type]    [first]   [avg ms]        [%]     [cdf%]   [mem KB] [times called]     [Name]
+                       CONV_2D      1.101      1.050    51.220%    51.220%      0.000          1 [stem/conv]:0
+             DEPTHWISE_CONV_2D      0.802      0.800    39.024%    90.244%      0.000          1 [block 1/dw]:1
+                           ADD      0.201      0.200     9.756%   100.000%      0.000          1 [block 1/add]:2
+
+============================== Summary by node type ==============================
+\t             [Node type]\t  [count]\t  [avg ms]\t    [avg %]\t    [cdf %]\t  [mem KB]\t[times called]
+\t                 CONV_2D\t        1\t     1.050\t    51.220%\t    51.220%\t     0.000\t             1
+\t       DEPTHWISE_CONV_2D\t        1\t     0.800\t    39.024%\t    90.244%\t     0.000\t             1
+\t                     ADD\t        1\t     0.200\t     9.756%\t   100.000%\t     0.000\t             1
+
+Timings (microseconds): count=50 first=2104 curr=2051 min=2012 max=2231 avg=2063 std=31
+"""
+
+
+def test_parse_benchmark_output_profile_without_start_column():
+    r = android.parse_benchmark_output(NO_START_PROFILE)
+    assert r["count"] == 50 and r["avg_us"] == pytest.approx(2062.5)
+    assert [(o["type"], o["avg_ms"], o["pct"]) for o in r["ops"]] == [
+        ("CONV_2D", 1.05, 51.22), ("DEPTHWISE_CONV_2D", 0.8, 39.024), ("ADD", 0.2, 9.756)]
+    assert r["ops"][1]["name"] == "[block 1/dw]:1"  # a name with a space survives the space-padded layout
+    assert r["op_types"] == {"CONV_2D": 1.05, "DEPTHWISE_CONV_2D": 0.8, "ADD": 0.2}
+
+
+@pytest.fixture
+def real_adb(monkeypatch):
+    """Debian's adb (apt-get install adb): the real binary and its server, on a private port, no phone attached."""
+    import shutil
+    import subprocess
+
+    adb = shutil.which("adb")
+    if adb is None:
+        pytest.skip("no adb binary on PATH (apt-get install adb)")
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "5397")
+    yield adb
+    subprocess.run([adb, "kill-server"], capture_output=True, timeout=30)  # the server it started dies with the test
+
+
+def test_real_adb_without_a_phone_gives_one_clear_error(real_adb, tmp_path, capsys):
+    bm = tmp_path / "benchmark_model"
+    bm.write_bytes(b"\x7fELF")
+    assert android.attached(real_adb) == []
+    assert main(["lut", "--device", "pixel", "--quick", "--adb", real_adb, "--benchmark-model", str(bm),
+                 "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: adb lists no attached device") and not (tmp_path / "p.json"
+                                                                                              ).exists()
+    assert main(["bench", "--device", "SERIAL0", "--model", str(bm.with_suffix(".tflite")), "--adb", real_adb,
+                 "--benchmark-model", str(bm)]) == 2
+    assert "no attached device" in capsys.readouterr().err
+    # a command to a serial that is not there: adb's own message, in one line
+    with pytest.raises(UserError, match="not found"):
+        android.Adb("SERIAL0", real_adb).shell("echo hi", timeout=30)

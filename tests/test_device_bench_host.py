@@ -85,8 +85,8 @@ def test_bad_luts_give_one_clear_error(tmp_path, capsys):
     # fidelity with a LUT of another device, or one missing keys: one line, exit 2
     host_lut = tmp_path / "host.json"
     LUT(header(space), {}, host_lut).save()
-    assert main(["fidelity", "--device", "host-int8", "--lut", str(host_lut), "--n", "2"]) == 2
+    assert main(["fidelity", "--device", "host-int8", "--lut", str(host_lut), "--n", "3"]) == 2
     err = capsys.readouterr().err
     assert "for device 'host', not 'host-int8'" in err and err.count("\n") == 1
-    assert main(["fidelity", "--device", "host", "--lut", str(host_lut), "--n", "2"]) == 2
+    assert main(["fidelity", "--device", "host", "--lut", str(host_lut), "--n", "3"]) == 2
     assert "missing" in capsys.readouterr().err
