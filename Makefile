@@ -19,10 +19,10 @@ opt = $(if $(2),$(1) $(2))
 # A stage whose issue has not landed prints "not built yet" and fails.
 need = @test -f $(1)/__main__.py || { echo "$(1): not built yet (see the issue tracker)"; exit 1; }
 
-.PHONY: setup test lint demo search train lut convert quantize parity-test bench fidelity info clean help
+.PHONY: setup test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
 
 help:
-	@echo "make setup | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
+	@echo "make setup | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -72,6 +72,9 @@ convert: $(STAMP)
 quantize: $(STAMP)
 	$(call need,quantize)
 	$(PY) -m quantize $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA))
+
+qat: $(STAMP)
+	$(PY) -m quantize qat $(call opt,--ckpt,$(CKPT)) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS))
 
 parity-test: $(STAMP)
 	$(call need,parity)

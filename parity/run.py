@@ -212,6 +212,11 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
                "engine": runner.engine, "size_bytes": a.get("size_bytes"), **res, "dap": ref["ap"] - res["ap"],
                "_samples": samples}
         row["fails"] = metrics.check(row, rules)
+        if a.get("quantizer") == "qat":  # a QAT file is also held to its own PyTorch twin (quantize/qat.py): exact
+            from quantize.qat import twin_check
+
+            row["twin"] = twin_check(a, model_dir, ref["sample_inputs"])
+            row["fails"] += row["twin"].pop("fails")
         row["status"] = "fail" if row["fails"] else "pass"
         if row["fails"] and locate:
             try:

@@ -18,6 +18,11 @@ def parser() -> argparse.ArgumentParser:
 
 @main_guard
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["qat"]:  # quantization-aware training: python -m quantize qat --help
+        from .qat_main import main as qat_main
+
+        return qat_main(argv[1:])
     quiet_libraries()
     return run(parser().parse_args(argv))
 

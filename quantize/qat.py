@@ -78,9 +78,10 @@ class ActQuant(nn.Module):
         self._seen = True
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """The int8 values (as float) the runtime holds for x."""
+        """The int8 values (as float) the runtime holds for float x (XNNPACK's QUANTIZE: x * (1 / scale) in
+        float32, rounded half to even)."""
         scale, zp = self.qparams()
-        return torch.clamp(torch.round(x / scale) + zp, QMIN, QMAX)
+        return torch.clamp(torch.round(x * (1 / scale)) + zp, QMIN, QMAX)
 
     def forward(self, x):
         if self.observing:
@@ -88,6 +89,9 @@ class ActQuant(nn.Module):
         if not self.enabled:
             return x
         scale, zp = self.qparams()
+        if not self.training:
+            with torch.no_grad():
+                return (self.quantize(x) - zp) * scale
         q = torch.clamp(round_ste(x / scale) + zp, QMIN, QMAX)
         return (q - zp) * scale
 
@@ -175,15 +179,36 @@ class QSubPixel(nn.Module):
 
 
 class QResidual(nn.Module):
-    """MBConv with quantized ADD output (both ADD inputs are quantized by the ops that produce them)."""
+    """MBConv with quantized ADD output (both ADD inputs are quantized by the ops that produce them: `aq` the
+    block input's quantizer, `bq` the project conv's; held outside the module tree)."""
 
-    def __init__(self, conv: nn.Sequential, use_res: bool, addq: ActQuant | None):
+    def __init__(self, conv: nn.Sequential, use_res: bool, addq: ActQuant | None, aq=None, bq=None):
         super().__init__()
         self.conv, self.use_res, self.addq = conv, use_res, addq
+        self.__dict__["aq"], self.__dict__["bq"] = aq, bq
 
     def forward(self, x):
         y = self.conv(x)
-        return self.addq(x + y) if self.use_res else y
+        if not self.use_res:
+            return y
+        if not self.training and self.addq.enabled and self.aq.enabled:
+            return self._integer(x, y)
+        return self.addq(x + y)
+
+    @torch.no_grad()
+    def _integer(self, x, y):
+        """Eval: XNNPACK's int8 ADD (qs8 vadd): each input's scale ratio to the output's as a 20-bit fixed-point
+        multiplier, a rounding bias and one arithmetic shift."""
+        import math
+
+        (sa, _), (sb, _), (so, zo) = self.aq.qparams(), self.bq.qparams(), self.addq.qparams()
+        ra, rb = (sa / so).item(), (sb / so).item()  # float32 ratios, as XNNPACK computes them
+        shift = 20 - (math.frexp(max(ra, rb))[1] - 1)
+        ma, mb = (float(np.rint(np.float32(r) * np.float32(2.0**shift))) for r in (ra, rb))
+        qa, qb = torch.round(x.double() / sa.double()), torch.round(y.double() / sb.double())  # q - zero point
+        acc = qa * ma + qb * mb + 2.0 ** (shift - 1)
+        q = torch.clamp(torch.floor(acc / 2.0**shift) + zo.double(), QMIN, QMAX)
+        return ((q - zo.double()) * so.double()).float()
 
 
 class QHead(nn.Module):
@@ -211,13 +236,12 @@ class _Builder:
         if isinstance(m, nn.Sequential):
             return self.sequential(m, where)
         if isinstance(m, InvertedResidual):
-            inq = self.cur
+            aq = self.cur
             conv = self.sequential(m.conv, f"{where}.conv")
-            addq = ActQuant() if m.use_res else None
+            bq, addq = self.cur, ActQuant() if m.use_res else None
             if addq is not None:
                 self.cur = addq
-            del inq
-            return QResidual(conv, m.use_res, addq)
+            return QResidual(conv, m.use_res, addq, aq, bq)
         if isinstance(m, Backbone):
             for name in ("stem", "blocks", "tail"):
                 setattr(m, name, self.module(getattr(m, name), f"{where}.{name}"))
@@ -381,7 +405,7 @@ def twin_agreement(qat: QATNet, tflite_path: str | Path, batches) -> dict:
     from posekit import litert
 
     it = litert.interpreter(tflite_path, threads=1)
-    scale, zp = (float(v) for v in qat.outq.qparams())
+    scale, zp = (v.item() for v in qat.outq.qparams())
     same = near = total = 0
     worst, sig, noise = 0, 0.0, 0.0
     for b in batches:
@@ -397,6 +421,22 @@ def twin_agreement(qat: QATNet, tflite_path: str | Path, batches) -> dict:
     sqnr = float("inf") if noise == 0 else 10 * np.log10(sig / noise)
     return {"identical": same / total, "within_one_step": near / total, "max_step_diff": worst,
             "sqnr_db": round(sqnr, 2) if np.isfinite(sqnr) else None, "values": total}
+
+
+def twin_check(entry: dict, model_dir: str | Path, inputs, min_within_one: float = 0.99,
+               min_sqnr_db: float = 40.0) -> dict:
+    """Parity's check of a QAT .tflite (a manifest entry with quantizer 'qat') against the PyTorch twin it was
+    exported from, on NCHW `inputs`: the agreement of twin_agreement plus 'fails' (rules broken, [] if none)."""
+    model_dir = Path(model_dir)
+    twin = (entry.get("qat") or {}).get("twin")
+    if not twin or not (model_dir / twin).is_file():
+        return {"fails": [f"qat twin {twin!r}: missing (the .tflite cannot be checked against its QAT model)"]}
+    a = twin_agreement(load_qat(model_dir / twin)[0], model_dir / entry["file"], [np.asarray(x)[None] for x in inputs])
+    fails = [f"twin within_one_step {a['within_one_step']:.4f} < {min_within_one}"] * (
+        a["within_one_step"] < min_within_one)
+    if a["sqnr_db"] is not None and a["sqnr_db"] < min_sqnr_db:
+        fails.append(f"twin sqnr_db {a['sqnr_db']} < {min_sqnr_db}")
+    return {**a, "fails": fails}
 
 
 # ---------------------------------------------------------------- export: learned ranges -> the .tflite's scales
@@ -533,7 +573,7 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
     for name, aq in match.items():
         if name not in fq:
             continue  # a float I/O tensor
-        s, z = (float(v) for v in aq.qparams())
+        s, z = (v.item() for v in aq.qparams())
         fs, fz = float(fq[name][0][0]), int(fq[name][1][0])
         if not (np.float32(s) == np.float32(fs) and int(z) == fz):
             bad.append(f"{name}: file {fs:.6g}/{fz}, QAT {s:.6g}/{int(z)}")
