@@ -116,6 +116,12 @@ def main(argv=None) -> int:
         artifacts = a.artifacts or qat_train.default_artifacts(a.ckpt, name)
         report["artifact"] = qat_train.export(qat, trainer.arch, cfg, out, artifacts, a.int8_io)
         print(f"qat: wrote {artifacts / report['artifact']['file']} and {artifacts / 'manifest.json'}")
+        if cfg["eval"]:
+            report["compare"] = c = qat_train.compare(a.ckpt, artifacts, cfg)
+            for k in ("ptq", "qat"):
+                if k in c:
+                    print(f"qat: {k.upper()} int8 on {c['split']}: AP {c[k]['ap']:.4f} (float {c['float']['ap']:.4f}, "
+                          f"dAP {c[k]['dap']:+.4f}), OKS-agreement with float {c[k]['oks_agreement']:.4f}")
     qat_train.write_report(out / "report.json", report)
     return 0
 

@@ -212,3 +212,51 @@ def default_artifacts(ckpt: str, name: str) -> Path:
 
 def write_report(path: Path, report: dict):
     atomic_write_json(path, report)
+
+
+def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
+    """QAT int8 against PTQ int8 on the config's val split (flip test, ground-truth boxes, as parity scores AP):
+    OKS AP of the float checkpoint and of each .tflite, the AP drop, and the OKS-agreement of each .tflite's
+    keypoints with the float net's (mean over persons)."""
+    import numpy as np
+
+    from convert import manifest
+    from posekit import litert
+    from posekit.evaluate import _coco_dataset, evaluate_model, oks_agreement
+
+    net, arch, _ = load_checkpoint(ckpt)
+    man = manifest.read(artifacts) or {"artifacts": []}
+    files = {"float": None}
+    for a in man["artifacts"]:
+        if a["format"] == "tflite" and a["precision"] == "int8":
+            files.setdefault("qat" if a["quantizer"] == "qat" else "ptq", artifacts / a["file"])
+    if cfg.get("dataset") == "mpii":
+        return {"note": "compare: COCO OKS only"}
+
+    def predictor(path):
+        if path is None:
+            @torch.no_grad()
+            def f(x):
+                return net(torch.from_numpy(x)).numpy()
+            return f
+        it = litert.interpreter(path, threads=threads)
+        return lambda x: np.concatenate([litert.run(it, b[None].transpose(0, 2, 3, 1)) for b in x]).transpose(
+            0, 3, 1, 2)  # the .tflite's batch is 1, NHWC
+
+    split = cfg["val_split"]
+    ds = _coco_dataset(cfg["data"], split, arch.input_size, "gt", arch.num_joints)
+    order = sorted(range(len(ds.samples)), key=lambda i: ds.samples[i]["image_id"])  # to_coco_results' order
+    areas = np.array([ds.samples[i]["area"] for i in order])
+    labelled = np.stack([np.asarray(ds.samples[i]["joints"])[:, 2] > 0 for i in order])
+    out, kps = {"split": split, "persons": len(order)}, {}
+    for name, path in files.items():
+        s = evaluate_model(predictor(path), cfg["data"], split, arch.input_size, "gt", flip=True,
+                           num_joints=arch.num_joints, return_predictions=True, batch_size=8)
+        kps[name] = np.array([p["keypoints"] for p in s["predictions"]]).reshape(len(order), arch.num_joints, 3)
+        out[name] = {"ap": round(float(s["AP"]), 4), "file": str(path) if path else ckpt}
+    for name in files:
+        if name != "float":
+            oks = oks_agreement(kps["float"], kps[name], areas, labelled)
+            out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4),
+                             oks_agreement=round(float(np.nanmean(oks)), 4))
+    return out
