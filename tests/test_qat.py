@@ -160,3 +160,15 @@ def test_help(capsys):
         main(["qat", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "quantization-aware" in out and "--epochs" in out
+
+
+@pytest.mark.slow
+def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_thread):
+    from parity.__main__ import main
+
+    _, art = exported
+    rc = main(["--model-dir", str(art), "--crops", "3", "--no-locate", "--out", str(tmp_path / "p")])
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    (row,) = [r for r in rep["rows"] if r["quantizer"] == "qat"]
+    assert row["twin"]["within_one_step"] >= 0.99 and row["status"] == "pass", row
+    assert rc == 0, capsys.readouterr().out
