@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from posekit.cli import ArgumentParser, main_guard
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     from . import qat_train
 
     quiet_libraries()
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt (as train)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.ckpt is None:
