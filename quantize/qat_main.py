@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (default: the checkpoint's training data)")
     p.add_argument("--epochs", type=_non_negative, default=6, help="QAT epochs (default 6; 0: calibrated ranges only)")
     p.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
-    p.add_argument("--range-lr", type=_positive(float), default=1e-3,
-                   help="Adam learning rate of the activation ranges (default 1e-3)")
+    p.add_argument("--range-lr", type=_positive(float), default=1e-2,
+                   help="Adam learning rate of the activation ranges (default 1e-2)")
     p.add_argument("--batch-size", type=_positive(int), default=8, help="per process (default 8)")
     p.add_argument("--calib", type=_positive(int), default=32, help="calibration crops for the initial ranges (32)")
     p.add_argument("--limit", type=_positive(int), help="only the first N training persons (smoke tests)")
