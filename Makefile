@@ -18,10 +18,10 @@ TESTS   ?= tests
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: setup test lint demo search train lut convert quantize parity-test bench fidelity info clean help
+.PHONY: setup test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
 
 help:
-	@echo "make setup | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
+	@echo "make setup | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -63,6 +63,9 @@ convert: $(STAMP)
 
 quantize: $(STAMP)
 	$(PY) -m quantize run $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))
+
+qat: $(STAMP)
+	$(PY) -m quantize qat $(call opt,--ckpt,$(CKPT)) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS))
 
 parity-test: $(STAMP)
 	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA))

@@ -182,7 +182,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     metric_set = hashlib.sha256(",".join(metrics.METRICS).encode()).hexdigest()[:6]  # new metrics: re-measure
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
-        rules = thresholds.get(a["precision"])
+        qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)
+        rules = thresholds.get(f"{a['precision']}-qat" if qat else a["precision"], thresholds.get(a["precision"]))
         if rules is None:
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
@@ -200,6 +201,11 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
                "engine": runner.engine, "size_bytes": a.get("size_bytes"), **res, "dap": ref["ap"] - res["ap"],
                "_samples": samples}
         row["fails"] = metrics.check(row, rules)
+        if qat:  # a QAT file's conversion is held to its own PyTorch twin (quantize/qat.py): exact
+            from quantize.qat import twin_check
+
+            row["twin"] = twin_check(a, model_dir, ref["sample_inputs"])
+            row["fails"] += row["twin"].pop("fails")
         row["status"] = "fail" if row["fails"] else "pass"
         if row["fails"] and locate:
             try:

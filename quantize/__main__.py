@@ -36,6 +36,11 @@ parser = build_parser  # the old name
 
 @main_guard
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["qat"]:  # quantization-aware training: python -m quantize qat --help
+        from .qat_main import main as qat_main
+
+        return qat_main(argv[1:])
     quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)
     # `python -m quantize --ckpt ...` = `python -m quantize run --ckpt ...`; `--help` alone lists the subcommands

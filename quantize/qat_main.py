@@ -1,0 +1,132 @@
+"""python -m quantize qat: quantization-aware fine-tuning of a trained checkpoint, then a fully-integer .tflite whose
+scales are the learned ones (no re-calibration), exact to its PyTorch twin; listed in the manifest (quantizer qat)
+beside the post-training int8.
+
+Fake quantization reproduces the int8 graph the converter emits (quantize/qat.py): per-channel symmetric int8
+weights, per-tensor asymmetric int8 activations after every fused conv + BN + activation, at each residual ADD, the
+head's sub-pixel convs, the input; BatchNorm folded as the export folds it. Ranges start from calibration
+(min/max, as the PTQ int8) and are learned. Data pipeline: the checkpoint's own training config. A killed run
+resumes from <out>/last.pt when started again with the same options. Multi-GPU: torchrun --nproc_per_node N -m
+quantize qat ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from posekit.cli import ArgumentParser, main_guard
+from posekit.errors import UserError
+
+
+def _positive(kind):
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+
+    return parse
+
+
+def _non_negative(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m quantize qat", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="trained checkpoint (default: runs/demo/train/best.pt, what `make demo` trains)")
+    p.add_argument("--data", help="dataset root (default: the checkpoint's training data)")
+    p.add_argument("--epochs", type=_non_negative, default=6, help="QAT epochs (default 6; 0: calibrated ranges only)")
+    p.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
+    p.add_argument("--range-lr", type=_positive(float), default=1e-2,
+                   help="Adam learning rate of the activation ranges (default 1e-2)")
+    p.add_argument("--batch-size", type=_positive(int), default=8, help="per process (default 8)")
+    p.add_argument("--calib", type=_positive(int), default=32, help="calibration crops for the initial ranges (32)")
+    p.add_argument("--limit", type=_positive(int), help="only the first N training persons (smoke tests)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="training augmentation (default: as the checkpoint was trained)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=_non_negative, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--threads", type=_positive(int), help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", type=Path, help="run folder (default runs/qat/<model name>); a run there with the same "
+                                            "options is resumed")
+    p.add_argument("--artifacts", type=Path, help="artifacts folder (default: the one converted from this "
+                                                  "checkpoint, else artifacts/<model name>)")
+    p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors (default float32 I/O)")
+    p.add_argument("--no-eval", action="store_true", help="skip the AP of the twin before and after QAT")
+    p.add_argument("--no-export", action="store_true", help="train only (no .tflite, no manifest entry)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+@main_guard
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    import torch
+
+    from convert.__main__ import quiet_libraries
+    from convert.source import DEMO_CKPT
+    from model.checkpoint import read_checkpoint
+
+    from . import qat_train
+
+    quiet_libraries()
+    warnings.formatwarning = lambda msg, *args, **kw: f"warning: {msg}\n"  # one line, no source excerpt (as train)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.ckpt is None:
+        if not DEMO_CKPT.is_file():
+            raise UserError(f"{DEMO_CKPT}: no such checkpoint (run `make demo`, or pass --ckpt)")
+        a.ckpt = str(DEMO_CKPT)
+    ckpt = read_checkpoint(a.ckpt)
+    name = ckpt["arch"].get("name", "model")
+    cfg = qat_train.run_config(a, ckpt)
+    out = a.out or Path("runs") / "qat" / name
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    trainer = qat_train.QATTrainer(cfg, out, log=print)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"qat: {a.ckpt} ({name}), {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']} / ranges "
+              f"{cfg['range_lr']}, {len(trainer.ds)} training persons of {cfg['data']} -> {out}")
+    report = {"config": cfg}
+    if rank0 and cfg["eval"] and trainer.start == 0:
+        report["ap_before"] = qat_train.twin_ap(trainer.qat, cfg, trainer.arch)
+        print(f"qat: twin AP before QAT (calibrated ranges: the PTQ int8): {report['ap_before']:.4f}")
+    qat = trainer.fit()
+    if not rank0:
+        return 0
+    if cfg["eval"]:
+        report["ap_after"] = qat_train.twin_ap(qat, cfg, trainer.arch)
+        print(f"qat: twin AP after QAT: {report['ap_after']:.4f}")
+    report["metrics"] = trainer.records
+    if not a.no_export:
+        artifacts = a.artifacts or qat_train.default_artifacts(a.ckpt, name)
+        report["artifact"] = qat_train.export(qat, trainer.arch, cfg, out, artifacts, a.int8_io)
+        print(f"qat: wrote {artifacts / report['artifact']['file']} and {artifacts / 'manifest.json'}")
+        if cfg["eval"]:
+            report["compare"] = c = qat_train.compare(a.ckpt, artifacts, cfg)
+            for k in ("ptq", "qat"):
+                if k in c:
+                    print(f"qat: {k.upper()} int8 on {c['split']}: AP {c[k]['ap']:.4f} (float {c['float']['ap']:.4f}, "
+                          f"dAP {c[k]['dap']:+.4f}), OKS-agreement with float {c[k]['oks_agreement']:.4f}")
+    qat_train.write_report(out / "report.json", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""quantize qat: the fake-quant twin, the exported fully-integer .tflite against it, the manifest entry, resume after
+kill -9. Real (tiny) runs: EfficientPose-A (MBV1 head) at 64x48 with trained-scale weights (convert's random init:
+kaiming weights, BatchNorm statistics from real crops) on the bundled COCO crops."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+TINY = ["--limit", "4", "--batch-size", "2", "--calib", "4", "--no-eval", "--no-progress", "--threads", "1"]
+
+
+def qat(*args, check=True, **kw):
+    r = subprocess.run([sys.executable, "-m", "quantize", "qat", *args], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=900, **kw)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    from convert.source import load_source
+    from model.checkpoint import save_checkpoint
+
+    src = load_source(None, "efficientpose_a", "mbv1", "64x48")
+    return save_checkpoint(tmp_path_factory.mktemp("qat") / "small.pt", src.net, src.arch, note="test net")
+
+
+@pytest.fixture(scope="module")
+def exported(small_ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("qat-run")
+    qat("--ckpt", str(small_ckpt), "--epochs", "1", *TINY, "--out", str(base / "run"), "--artifacts",
+        str(base / "art"))
+    return base / "run", base / "art"
+
+
+def test_activation_scale_is_ai_edge_quantizers(one_thread):
+    """The learned range gives the scale / zero point ai-edge-quantizer derives from the same min/max."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize.uniform_quantize_tensor import tensor_zp_scale_from_min_max
+
+    from quantize.qat import ActQuant
+
+    g = np.random.default_rng(0)
+    for lo, hi, relu in [(-2.1, 2.6, False), (0.0, 5.3, True), (-0.01, 7.0, False), (-3.0, 0.2, False)]:
+        lo, hi = lo * g.uniform(0.5, 2), hi * g.uniform(0.5, 2)
+        q = ActQuant(relu)
+        with torch.no_grad():
+            q.lo.fill_(lo)
+            q.hi.fill_(hi)
+        zp, scale = tensor_zp_scale_from_min_max(np.array([lo], np.float32), np.array([hi], np.float32), 8, False,
+                                                 qtyping.QuantGranularity.TENSORWISE)
+        s, z = q.qparams()
+        assert np.float32(s.item()) == np.float32(scale[0]) and int(z.item()) == int(zp[0])
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow  # the fixture: a QAT run and its export (~1-4 min on 2 shared cores)
+def test_tflite_is_exact_to_its_twin(exported, one_thread):
+    """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
+    all identical against XNNPACK)."""
+    from convert.source import calibration_batches, eval_batches
+    from posekit import litert
+    from quantize.qat import load_qat, twin_agreement
+
+    run, art = exported
+    man = json.loads((art / "manifest.json").read_text())
+    (entry,) = [a for a in man["artifacts"] if a["quantizer"] == "qat"]
+    assert entry["precision"] == "int8" and entry["qat"]["fully_integer"]
+    path = art / entry["file"]
+    assert not litert.float_compute_ops(path)
+    assert litert.op_dtypes(path).get("CONV_2D:int8", 0) > 0
+    twin, arch, _ = load_qat(art / entry["qat"]["twin"])
+    crops = eval_batches(arch, n=4) + calibration_batches(arch, n=4)
+    a = twin_agreement(twin, path, crops)
+    assert a["within_one_step"] >= 0.99, a
+    assert a["sqnr_db"] is None or a["sqnr_db"] >= 40, a  # None: no difference at all
+    # the twin is the trained QAT model: the run's last.pt holds the same weights and ranges
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(v, last["model"][k]) for k, v in twin.state_dict().items())
+
+
+@pytest.mark.slow
+def test_file_scales_are_the_learned_ones(exported):
+    """No re-calibration: every activation scale / zero point in the file is one of the QAT model's ranges."""
+    from quantize.qat import _tensor_quant, load_qat
+
+    _, art = exported
+    twin = load_qat(art / "qat" / "model_qat.pt")[0]
+    learned = {(np.float32(s.item()), int(z.item())) for s, z in (q.qparams() for q in twin.quantizers())}
+    fq = _tensor_quant((art / "tflite" / "model_int8_qat.tflite").read_bytes())
+    acts = {(np.float32(s[0]), int(z[0])) for s, z in fq.values() if len(s) == 1 and z[0] != 0}
+    assert acts and acts <= learned
+
+
+@pytest.mark.slow  # four QAT processes
+def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_ckpt, tmp_path):
+    args = ["--ckpt", str(small_ckpt), "--epochs", "2", *TINY, "--no-export"]
+    qat(*args, "--out", str(tmp_path / "whole"))
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "quantize", "qat", *args, "--out", str(out)], cwd=REPO, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (out / "last.pt").exists() and p.poll() is None and time.time() - t0 < 600:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["epoch"]
+    assert done < 2, "the run finished before it could be killed"
+    r = qat(*args, "--out", str(out))
+    assert "resuming" in r.stdout
+    a = torch.load(tmp_path / "whole" / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    # other options in the same run folder: refused, not silently mixed
+    r = qat("--ckpt", str(small_ckpt), "--epochs", "3", *TINY, "--no-export", "--out", str(out), check=False)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "epochs" in r.stderr
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--epochs", "-1"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--ckpt", "no/such.pt"], "no/such.pt"),
+])
+def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
+    from quantize.__main__ import main
+
+    try:
+        rc = main(["qat", *argv, "--out", str(tmp_path / "r")])
+    except SystemExit as e:  # argparse: usage line, then the error line
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and msg in err[-1], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_help(capsys):
+    from quantize.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["qat", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "quantization-aware" in out and "--epochs" in out
+
+
+@pytest.mark.slow
+def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_thread):
+    from parity.__main__ import main
+
+    _, art = exported
+    rc = main(["--model-dir", str(art), "--crops", "3", "--no-locate", "--out", str(tmp_path / "p")])
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    (row,) = [r for r in rep["rows"] if r["quantizer"] == "qat"]
+    assert row["twin"]["within_one_step"] >= 0.99 and row["status"] == "pass", row
+    assert rc == 0, capsys.readouterr().out
