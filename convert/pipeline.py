@@ -17,6 +17,7 @@ from tqdm import tqdm
 from model.arch import dump
 from model.checkpoint import save_checkpoint
 from model.deploy import deploy_model
+from posekit import metadata
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
 
@@ -88,6 +89,7 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
     h, w = src.arch.input_size
     sample = torch.randn(1, 3, h, w)
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
+    opts["_head"] = head  # facts embedded in each file (posekit.metadata); "_" keys are not part of an artifact's key
     entries, extra, todo = [], {}, []
     for target in targets:
         key = _key(src, target, opts if target.startswith("tflite-int8") else {})
@@ -147,6 +149,7 @@ def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: s
 def _timed(target, net, arch, out, sample, batches, opts, log=print):
     t = time.perf_counter()
     new, extra = _one(target, net, arch, out, sample, batches, opts, log)
+    new = [metadata.embed_entry(out, e, opts["_head"]) for e in new]  # in-file metadata, then size/sha256 again
     return new, extra, time.perf_counter() - t
 
 
