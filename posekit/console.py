@@ -8,8 +8,8 @@ import sys
 
 # stage -> what it does (the order of the pipeline)
 STAGES = {
-    "model": "inspect an architecture: parameters, FLOPs, shapes (python -m model)",
-    "device_bench": "latency lookup tables, benchmarks, LUT fidelity (python -m device_bench)",
+    "model": "inspect, validate and scale arch files (python -m model)",
+    "device_bench": "per-op latency tables on real targets, model benchmarks, LUT fidelity (python -m device_bench)",
     "search": "latency-aware architecture search (python -m search)",
     "train": "train a pose network on COCO / MPII (python -m train)",
     "convert": "TFLite / Core ML / ONNX artifacts + manifest.json (python -m convert)",
