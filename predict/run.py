@@ -46,6 +46,26 @@ def resolve_model(path) -> Path:
     return p
 
 
+def read_facts(path: Path) -> dict:
+    """The file's own metadata; for a file converted before metadata was embedded, its manifest entry (the
+    manifest.json of the model folder holding it), with a note."""
+    try:
+        return metadata.read(path)
+    except UserError as e:
+        for mf in (path.parent / "manifest.json", path.parent.parent / "manifest.json"):
+            if not mf.is_file():
+                continue
+            try:
+                m = json.loads(mf.read_text())
+                rel = path.resolve().relative_to(mf.parent.resolve()).as_posix()
+                entry = next(a for a in m["artifacts"] if a["file"] == rel)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
+                continue
+            print(f"note: {e}; using {mf}")
+            return {**metadata.facts(m, entry), "format": metadata.suffix_format(path)}
+        raise
+
+
 class Predictor:
     """`predictor(image_rgb, boxes)` -> keypoints (N, J, 3): x, y in image pixels and the heatmap peak."""
 
@@ -53,7 +73,7 @@ class Predictor:
         from parity.runners import make_runner
 
         self.path = resolve_model(model)
-        self.facts = f = metadata.read(self.path)
+        self.facts = f = read_facts(self.path)
         fmt = f["format"]
         if fmt == "coreml":
             fmt = "coreml-neuralnetwork" if self.path.suffix == ".mlmodel" else "coreml-mlprogram"

@@ -72,7 +72,19 @@ def art(tmp_path_factory, root):
     return converted(tmp_path_factory, root)
 
 
-def _torch_keypoints(out, boxes_by_image):
+def _gt_boxes(n_images: int = 4):
+    """(images, COCO detection results) from the bundled train2017 annotations' person boxes (labelled persons): the
+    images the test model was fitted on, where its heatmaps have real peaks."""
+    ann = json.loads((REPO / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+            for a in ann["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd")]
+    ids = sorted({d["image_id"] for d in dets})[:n_images]
+    files = {i["id"]: i["file_name"] for i in ann["images"]}
+    images = [REPO / "data" / "coco-mini" / "train2017" / files[i] for i in ids]
+    return images, [d for d in dets if d["image_id"] in ids]
+
+
+def _torch_keypoints(ckpt, images, boxes_by_image):
     """PyTorch's keypoints on the same crops, made by the data pipeline (posekit.transforms) from the checkpoint."""
     import torch
 
@@ -80,9 +92,9 @@ def _torch_keypoints(out, boxes_by_image):
     from posekit.evaluate import keypoints_from_heatmaps
     from posekit.transforms import box_to_center_scale, load_image_crop
 
-    net, arch, _ = load_checkpoint(out / "source.pt")
+    net, arch, _ = load_checkpoint(ckpt)
     kps = []
-    for img in IMAGES:
+    for img in images:
         for box in boxes_by_image[int(img.stem)]:
             c, s = box_to_center_scale(box, arch.input_size)
             x, M = load_image_crop(img, c, s, arch.input_size)
@@ -92,7 +104,7 @@ def _torch_keypoints(out, boxes_by_image):
     return np.stack(kps)
 
 
-def _predict_alone(out, m, fmt, precision, tmp_path, boxes=True):
+def _predict_alone(out, m, fmt, precision, tmp_path, images=IMAGES, dets=DETS):
     """Copy one artifact alone into an empty folder (no manifest, no checkpoint) and run `posenas predict` on it."""
     a = next(a for a in m["artifacts"] if a["format"] == fmt and a["precision"] == precision)
     alone = tmp_path / "alone"
@@ -101,23 +113,23 @@ def _predict_alone(out, m, fmt, precision, tmp_path, boxes=True):
     dst = alone / src.name
     shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
     res = tmp_path / "pred"
-    argv = ["predict", "--model", str(dst), *map(str, IMAGES), "--out", str(res)]
-    assert console.main(argv + (["--boxes", str(DETS)] if boxes else [])) == 0
+    argv = ["predict", "--model", str(dst), *map(str, images), "--out", str(res)]
+    assert console.main(argv + (["--boxes", str(dets)] if dets else [])) == 0
     return json.loads((res / "keypoints.json").read_text()), res
 
 
-def _agreement(out, m, fmt, precision, tmp_path):
+def _agreement(out, m, fmt, precision, tmp_path, images=IMAGES, dets=DETS):
     from posekit.evaluate import oks_agreement
     from predict.run import read_boxes
 
-    results, res = _predict_alone(out, m, fmt, precision, tmp_path)
-    dets = read_boxes(DETS, 0.5)
-    boxes = {int(p.stem): [b for b, _ in dets[int(p.stem)]] for p in IMAGES}
-    ref = _torch_keypoints(out, boxes)
+    results, res = _predict_alone(out, m, fmt, precision, tmp_path, images, dets)
+    by_image = read_boxes(dets, 0.5)
+    boxes = {int(p.stem): [b for b, _ in by_image[int(p.stem)]] for p in images}
+    ref = _torch_keypoints(m["source"]["checkpoint"], images, boxes)
     pred = np.array([r["keypoints"] for r in results], np.float64).reshape(len(results), -1, 3)
-    assert [r["image_id"] for r in results] == [int(p.stem) for p in IMAGES for _ in boxes[int(p.stem)]]
-    areas = np.array([b[2] * b[3] for p in IMAGES for b in boxes[int(p.stem)]])
-    for p in IMAGES:  # the overlay is a real image of the input's size
+    assert [r["image_id"] for r in results] == [int(p.stem) for p in images for _ in boxes[int(p.stem)]]
+    areas = np.array([b[2] * b[3] for p in images for b in boxes[int(p.stem)]])
+    for p in images:  # the overlay is a real image of the input's size
         png = cv2.imread(str(res / f"{p.stem}_pose.png"))
         assert png is not None and png.shape == cv2.imread(str(p)).shape
     return oks_agreement(ref, pred, areas), ref, pred
@@ -135,17 +147,39 @@ def test_predict_fp32_from_metadata_alone_matches_pytorch(art, tmp_path, fmt):
 @pytest.mark.slow
 def test_predict_int8_from_metadata_alone_within_parity(art, tmp_path):
     out, m = art
-    oks, _, _ = _agreement(out, m, "tflite", "int8", tmp_path)
-    assert np.nanmean(oks) >= 0.90, oks
+    images, dets = _gt_boxes()
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    oks, _, _ = _agreement(out, m, "tflite", "int8", tmp_path, images, tmp_path / "dets.json")
+    assert len(oks) == len(dets) >= 8 and np.nanmean(oks) >= 0.90, oks
 
 
 @pytest.mark.slow
 def test_predict_whole_image_and_model_folder(art, tmp_path):
     """No --boxes: the whole image is one person; a model folder runs its tflite int8 (manifest)."""
     out, m = art
-    results, _ = _predict_alone(out, m, "tflite", "fp32", tmp_path, boxes=False)
+    results, _ = _predict_alone(out, m, "tflite", "fp32", tmp_path, dets=None)
     assert [r["image_id"] for r in results] == [int(p.stem) for p in IMAGES]
     assert all(len(r["keypoints"]) == 3 * 17 for r in results)
     from predict.run import resolve_model
 
     assert resolve_model(out).name == "model_int8.tflite"
+
+
+@pytest.mark.slow
+def test_predict_without_metadata_uses_the_manifest_or_says_what_is_missing(art, tmp_path, capsys):
+    import onnx
+
+    out, m = art
+    a = next(a for a in m["artifacts"] if a["format"] == "onnx")
+    d = tmp_path / "model"
+    (d / "onnx").mkdir(parents=True)
+    model = onnx.load(str(out / a["file"]))
+    del model.metadata_props[:]  # as converted before metadata was embedded
+    onnx.save(model, str(d / a["file"]))
+    argv = ["predict", "--model", str(d / a["file"]), str(IMAGES[0]), "--out", str(tmp_path / "o")]
+    assert console.main(argv) == 2
+    assert "metadata_props has no 'posenas' entry" in capsys.readouterr().err
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert console.main(argv) == 0
+    assert f"using {d / 'manifest.json'}" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "o" / "keypoints.json").read_text())) == 1
