@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,tf]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps tflite-support==0.4.4  # see pyproject.toml
+	@ldconfig -p | grep -q 'libusb-1.0.so.0 ' || { apt-get update -qq && apt-get install -y -q libusb-1.0-0; } || \
+		echo "setup: tflite-support's metadata parser needs libusb-1.0 (apt-get install libusb-1.0-0)"
 	@touch $@
 
 test: $(STAMP)

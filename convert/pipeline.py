@@ -22,7 +22,7 @@ from tqdm import tqdm
 from model.arch import dump
 from model.checkpoint import save_checkpoint
 from model.deploy import deploy_model
-from posekit import manifest
+from posekit import manifest, metadata
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
 from posekit.lock import folder_lock
@@ -109,6 +109,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
     if "tflite-tf-int8" in targets and "tf" not in opts["candidates"]:
         opts["candidates"].append("tf")  # the TensorFlow int8 is scored among the int8 candidates
+    opts["_head"] = head  # facts embedded in each file (posekit.metadata); "_" keys are not part of an artifact's key
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
@@ -187,6 +188,7 @@ def _remote(target: str, blob: bytes, out: str, opts: dict):
 def _timed(target, net, arch, out, sample, batches, opts, log=print):
     t = time.perf_counter()
     new, extra = _one(registry.get(target), net, arch, out, sample, batches, opts, log)
+    new = [metadata.embed_entry(out, e, opts["_head"]) for e in new]  # in-file metadata, then size/sha256 again
     return new, extra, time.perf_counter() - t
 
 
