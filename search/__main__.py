@@ -55,8 +55,9 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
                    "default target and of x-ratios in --targets")
     p.add_argument("--targets", help="several targets, e.g. 0.5x,1x,20 (x: times the reference's latency; else "
                    "ms): one derived arch per target from the same supernet, plus family.png")
-    p.add_argument("--lam-rate", type=float, default=0.5, help="step of the lambda update towards the target, in "
-                   "units of the running heatmap loss")
+    p.add_argument("--lam-rate", type=float, default=0.1, help="integral gain of lambda towards the target (per "
+                   "alpha step, in units of the running heatmap loss)")
+    p.add_argument("--lam-p", type=float, default=1.0, help="proportional gain of lambda towards the target")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=float, default=1e-3)
     p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")
@@ -99,10 +100,11 @@ def build_config(a, out: str | None = None):
         input_size=parse_hw(pick(a.input, "input")), batch_size=pick(a.batch_size, "batch_size"),
         lam=0.0 if a.lam is None else a.lam, tau=a.tau, temperature=a.temperature, temperature_end=t_end,
         paths=a.paths, target_ms=a.target_ms, reference=a.target_ref,
-        target_from_reference=a.lam is None and a.target_ms is None, lam_rate=a.lam_rate, w_optim=a.w_optim,
-        w_lr=a.w_lr, alpha_lr=pick(a.alpha_lr, "alpha_lr"), drop_path=a.drop_path, seed=a.seed, limit=a.limit,
-        workers=a.workers, cache_images=not a.full, out=out or a.out or f"runs/search/{device_name(a.device)}",
-        resume=a.resume, time_steps=not a.no_step_times, targets=targets)
+        target_from_reference=a.lam is None and a.target_ms is None, lam_rate=a.lam_rate, lam_p=a.lam_p,
+        w_optim=a.w_optim, w_lr=a.w_lr, alpha_lr=pick(a.alpha_lr, "alpha_lr"), drop_path=a.drop_path, seed=a.seed,
+        limit=a.limit, workers=a.workers, cache_images=not a.full,
+        out=out or a.out or f"runs/search/{device_name(a.device)}", resume=a.resume, time_steps=not a.no_step_times,
+        targets=targets)
 
 
 def setup_threads(a):

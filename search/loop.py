@@ -7,11 +7,12 @@ probability-weighted LUT latency of every layer plus the fixed stem/head (Eq. 4-
   `all` is the paper's weighted sum over every candidate (Eq. 3) with dropping-path on w steps.
 - Temperature: T anneals geometrically from `temperature` to `temperature_end` over the alpha steps (FBNet / GDAS
   anneal theirs the same way), so p sharpens and w is trained more and more on the paths the search is choosing.
-- Target: with a target latency, lambda is a dual variable on the loss's scale: after every alpha step it moves by
-  `lam_rate * L * ln(expected / target)`, L a running mean of the heatmap loss (~1e-3 here), so it grows while the
-  expected latency is above the target and falls (below zero if needed) while it is below; the derive step then
-  takes the most probable arch whose LUT latency is within 2% of the target (derive.py). Without a target, lambda
-  is fixed: the paper's Eq. 6 as written.
+- Target: with a target latency, lambda is a PI controller on the loss's scale: after every alpha step its integral
+  part moves by `lam_rate * L * ln(expected / target)`, L a running mean of the heatmap loss (~1e-3 here), so it
+  grows while the expected latency is above the target and falls (below zero if needed) while it is below; the
+  step itself uses lambda + `lam_p * L * ln(expected / target)` (the proportional part damps the oscillation).
+  The derive step then takes the most probable arch whose LUT latency is within 2% of the target (derive.py).
+  Without a target, lambda is fixed: the paper's Eq. 6 as written.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Config:
     target_ms: float | None = None
     reference: str | None = "efficientpose_a"  # shipped arch (with the space's head) the targets refer to
     target_from_reference: bool = False  # no target_ms: search for the reference's cost on the same LUT
-    lam_rate: float = 0.5
+    lam_rate: float = 0.1
+    lam_p: float = 1.0  # proportional gain of the lambda controller (same units as lam_rate)
     w_optim: str = "adam"
     w_lr: float = 1e-3
     alpha_lr: float = 0.1
@@ -233,11 +235,14 @@ class Search:
         else:
             mse = heatmap_loss(self.net(x), y, w)
         cost = self.expected()
-        loss = mse + self.lam * log_tau(cost, self.cfg.tau)
+        scale = self.loss_ema if self.loss_ema is not None else max(mse.item(), 1e-12)
+        lam = self.lam
+        if self.target is not None:  # PI control: the proportional part damps the integral's oscillation
+            lam += self.cfg.lam_p * scale * math.log(self.cost.calibrated(cost.item()) / self.target)
+        loss = mse + lam * log_tau(cost, self.cfg.tau)
         # Adam sees the loss divided by the running heatmap loss (~1e-3): a constant factor, so the same objective
         # and direction, but gradients of DARTS' scale, where alpha's weight decay 1e-3 means what it means there
         # (on the raw ~1e-5 gradients it would pull every alpha back to 0 as hard as the data pushes).
-        scale = self.loss_ema if self.loss_ema is not None else max(mse.item(), 1e-12)
         loss = loss / scale
         alphas = list(self.net.alphas)
         # autograd.grad: only alpha's gradient, no weight gradients computed (a third less work than backward()).
@@ -343,7 +348,7 @@ class Search:
                 raise RuntimeError(f"rank {self.rank}: alpha diverged from rank 0")
 
     # ---- step timing -----------------------------------------------------------------------------------------
-    def step_times(self, ref_name: str | None = None, repeats: int = 5) -> dict:
+    def step_times(self, ref_name: str | None = None, repeats: int = 3) -> dict:
         """One search step (w step + alpha step, this run's mode) vs one training step of the reference arch with
         the space's head (EfficientPose-A, MBV1 head), same batch and input: median seconds (wall and CPU) and the
         peak memory of each. Runs on copies, so the saved search state is untouched.
