@@ -14,7 +14,7 @@ from pathlib import Path
 from posekit.cli import ArgumentParser, main_guard
 from posekit.errors import UserError
 
-DEMO = {"epochs": 10, "warmup_epochs": 2, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.1,
+DEMO = {"epochs": 40, "warmup_epochs": 6, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.1,
         "temperature_end": 0.2}
 # --full: the nominal input (the LUT's) and a long schedule on the whole training set.
 FULL = {"epochs": 100, "warmup_epochs": 20, "input": "256x192", "batch_size": 32, "threads": 0, "alpha_lr": 1e-3,
@@ -57,7 +57,7 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
                    "ms): one derived arch per target from the same supernet, plus family.png")
     p.add_argument("--lam-rate", type=float, default=0.1, help="integral gain of lambda towards the target (per "
                    "alpha step, in units of the running heatmap loss)")
-    p.add_argument("--lam-p", type=float, default=1.0, help="proportional gain of lambda towards the target")
+    p.add_argument("--lam-p", type=float, default=0.0, help="proportional gain of lambda towards the target (PI)")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=float, default=1e-3)
     p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.1: few steps; --full 1e-3)")

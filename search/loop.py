@@ -10,7 +10,8 @@ probability-weighted LUT latency of every layer plus the fixed stem/head (Eq. 4-
 - Target: with a target latency, lambda is a PI controller on the loss's scale: after every alpha step its integral
   part moves by `lam_rate * L * ln(expected / target)`, L a running mean of the heatmap loss (~1e-3 here), so it
   grows while the expected latency is above the target and falls (below zero if needed) while it is below; the
-  step itself uses lambda + `lam_p * L * ln(expected / target)` (the proportional part damps the oscillation).
+  step itself uses lambda + `lam_p * L * ln(expected / target)` (a proportional part, 0 by default: on the demo it
+  held the expected latency on the target but kept p mixed longer).
   The derive step then takes the most probable arch whose LUT latency is within 2% of the target (derive.py).
   Without a target, lambda is fixed: the paper's Eq. 6 as written.
 """
@@ -61,7 +62,7 @@ class Config:
     reference: str | None = "efficientpose_a"  # shipped arch (with the space's head) the targets refer to
     target_from_reference: bool = False  # no target_ms: search for the reference's cost on the same LUT
     lam_rate: float = 0.1
-    lam_p: float = 1.0  # proportional gain of the lambda controller (same units as lam_rate)
+    lam_p: float = 0.0  # proportional gain of the lambda controller (same units as lam_rate; 0 = integral only)
     w_optim: str = "adam"
     w_lr: float = 1e-3
     alpha_lr: float = 0.1
@@ -235,7 +236,12 @@ class Search:
         else:
             mse = heatmap_loss(self.net(x), y, w)
         cost = self.expected()
-        scale = self.loss_ema if self.loss_ema is not None else max(mse.item(), 1e-12)
+        m = mse.item()
+        if self.world > 1:  # one loss scale and one lambda on every rank
+            t = torch.tensor([m], device=self.dev)
+            dist.all_reduce(t)
+            m = float(t) / self.world
+        scale = self.loss_ema if self.loss_ema is not None else max(m, 1e-12)
         lam = self.lam
         if self.target is not None:  # PI control: the proportional part damps the integral's oscillation
             lam += self.cfg.lam_p * scale * math.log(self.cost.calibrated(cost.item()) / self.target)
@@ -251,7 +257,6 @@ class Search:
             a.grad = g
         self._allreduce(alphas)
         self.a_opt.step()
-        m = mse.item()
         self.loss_ema = m if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * m
         if self.target is not None:  # dual ascent on lambda, on the loss's scale, on the (smooth) expected cost
             self.lam += self.cfg.lam_rate * self.loss_ema * math.log(self.cost.calibrated(cost.item()) / self.target)
