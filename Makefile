@@ -11,6 +11,7 @@ CKPT    ?=
 MODEL   ?=
 MODEL_DIR ?=
 TARGET_MS ?=
+TARGETS ?=
 CALIB   ?=
 THREADS ?= 1
 TESTS   ?= tests
@@ -47,7 +48,7 @@ demo: $(STAMP)
 
 search: $(STAMP)
 	$(call need,search)
-	$(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--input,$(INPUT))
+	$(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--targets,$(TARGETS)) $(call opt,--input,$(INPUT))
 
 train: $(STAMP)
 	$(call need,train)
