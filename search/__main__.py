@@ -170,7 +170,7 @@ def run_search(cfg, quiet: bool = False):
     arch.meta["search"]["seconds"] = round(time.time() - t0, 1)
     arch.meta["search"]["cpu_seconds"] = round(time.process_time() - c0, 1)
     times = None
-    if cfg.time_steps:
+    if cfg.time_steps and s.reference is not None:
         times = s.step_times()
         arch.meta["step_times"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in times.items()}
     path = derive.write(arch, out / "arch.yaml", s.cost)

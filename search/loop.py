@@ -119,8 +119,13 @@ class Search:
         # The target in the cost's unit (calibrated ms on a LUT with a calibration): given, or the reference's.
         self.reference = None  # {"name", "cost" (uncalibrated LUT sum / MFLOPs)}
         if cfg.reference:
-            ref = reference_arch(cfg.reference, self.space)
-            self.reference = {"name": ref.name, "cost": round(reference_cost(self.cost, self.space, ref), 6)}
+            try:
+                ref = reference_arch(cfg.reference, self.space)
+                self.reference = {"name": ref.name, "cost": round(reference_cost(self.cost, self.space, ref), 6)}
+            except (UserError, ValueError) as e:  # another space or LUT: a reference is needed only for targets
+                if cfg.target_from_reference:
+                    raise UserError(f"--target-ref {cfg.reference}: no cost on {cfg.device} for it ({e}); "
+                                    "give --target-ms or --lam") from None
         self.target = cfg.target_ms
         if self.target is None and cfg.target_from_reference:
             if self.reference is None:
