@@ -363,9 +363,10 @@ class Search:
         the space's head (EfficientPose-A, MBV1 head), same batch and input: median seconds (wall and CPU) and the
         peak memory of each. Runs on copies, so the saved search state is untouched.
 
-        Memory: each step runs once more in a forked child; its peak RSS (getrusage ru_maxrss) minus its RSS before
-        the step is what the step added: activations, gradients, optimizer state and allocator slack, approximate
-        (memory the parent's allocator had already touched and freed is reused without counting).
+        Memory: each step runs once more in a forked child that first returns glibc's free heap to the system and
+        has every block over 64 KiB mmapped; its peak RSS (getrusage ru_maxrss) minus its RSS before the step is
+        what the step added: activations, gradients, optimizer state (approximate: RSS in pages, small blocks
+        from the heap the parent left, whatever else the process holds).
         """
         from model.net import build
 
@@ -410,7 +411,8 @@ class Search:
                 "head)", "search_step_s": s_wall, "train_step_s": t_wall, "ratio": s_wall / t_wall,
                 "search_step_cpu_s": s_cpu, "train_step_cpu_s": t_cpu, "ratio_cpu": s_cpu / t_cpu,
                 "search_step_peak_mb": _peak_mb(search_step), "train_step_peak_mb": _peak_mb(train_step),
-                "memory_method": "forked child: getrusage ru_maxrss minus RSS before the step (approximate)"}
+                "memory_method": "forked child, glibc heap trimmed and large blocks mmapped: getrusage ru_maxrss minus "
+                                 "RSS before the step (approximate)"}
 
 
 def _rss_mb() -> float:
@@ -428,6 +430,14 @@ def _peak_mb(fn) -> float | None:
 
     def child(q):
         try:
+            try:  # glibc: give freed heap back and mmap every large block, so the step's tensors show in the RSS
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                libc.malloc_trim(0)
+                libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+            except (OSError, AttributeError):
+                pass
             r0 = _rss_mb()
             fn()
             q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - r0)  # ru_maxrss: KiB on Linux
