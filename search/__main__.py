@@ -14,8 +14,9 @@ from pathlib import Path
 from posekit.cli import ArgumentParser, main_guard
 from posekit.errors import UserError
 
-DEMO = {"epochs": 40, "warmup_epochs": 6, "input": "128x96", "batch_size": 8, "threads": 1, "alpha_lr": 0.3,
-        "temperature_end": 0.2}
+# The demo: 53 persons in two halves, batch 4 -> 6 w steps + 6 alpha steps per epoch, ~200 alpha steps in all.
+DEMO = {"epochs": 40, "warmup_epochs": 6, "input": "128x96", "batch_size": 4, "threads": 1, "alpha_lr": 0.3,
+        "temperature_end": 0.1}
 # --full: the nominal input (the LUT's) and a long schedule on the whole training set.
 FULL = {"epochs": 100, "warmup_epochs": 20, "input": "256x192", "batch_size": 32, "threads": 0, "alpha_lr": 1e-3,
         "temperature_end": 0.2}
@@ -60,7 +61,7 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
     p.add_argument("--lam-p", type=float, default=0.0, help="proportional gain of lambda towards the target (PI)")
     p.add_argument("--w-optim", choices=("adam", "sgd"), default="adam")
     p.add_argument("--w-lr", type=float, default=1e-3)
-    p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.3: ~100 alpha steps; --full 1e-3)")
+    p.add_argument("--alpha-lr", type=float, help="Adam lr of alpha (demo 0.3: ~200 alpha steps; --full 1e-3)")
     p.add_argument("--drop-path", type=float, default=0.5, help="probability of dropping a candidate in a w step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N persons of the data (quick runs)")
