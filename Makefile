@@ -11,8 +11,8 @@ CKPT    ?=
 MODEL   ?=
 MODEL_DIR ?=
 TARGET_MS ?=
-CALIB   ?=
 TARGETS ?=
+CALIB   ?=
 THREADS ?= 1
 TESTS   ?= tests
 
@@ -47,7 +47,7 @@ demo: $(STAMP)
 	$(PY) -m demo $(call opt,--data,$(DATA))
 
 search: $(STAMP)
-	$(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--input,$(INPUT))
+	$(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--targets,$(TARGETS)) $(call opt,--input,$(INPUT))
 
 train: $(STAMP)
 	$(PY) -m train --arch $(or $(ARCH),efficientpose_a) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--input,$(INPUT))

@@ -83,6 +83,22 @@ def _fmt(v, unit="", nd=3):
     return f"{v:.{nd}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
+def _search_line(m: dict) -> str:
+    """Target, how close the derived arch landed, whether p decided, and the step cost (the search's arch meta)."""
+    sm, t, st = m.get("search", {}), m.get("target") or {}, m.get("step_times") or {}
+    parts = []
+    if t:
+        lat = m.get("lut_latency_ms", t.get("target_lut"))
+        ref = (sm.get("reference") or {}).get("name")
+        parts.append(f"target {t['target']:.2f} ms{f' ({ref})' if ref and sm.get('target_ms') is None else ''}, "
+                     f"derived {lat:.2f} ms ({100 * (lat - t['target_lut']) / t['target_lut']:+.1f}%)")
+    if "convergence" in m:
+        parts.append(f"convergence {m['convergence']:.2f} (layers with top p >= 0.5)")
+    if st:
+        parts.append(f"search step {st['ratio']:.1f}x a training step of {st['reference']}")
+    return "; ".join(parts) or "n/a"
+
+
 def table(s: dict) -> list[tuple[str, str]]:
     lat, host, ap = s["lut_latency_ms"], s["host_measured_ms"], s["ap"]
     at = f"at {s['input_size'][0]}x{s['input_size'][1]}"
@@ -92,6 +108,7 @@ def table(s: dict) -> list[tuple[str, str]]:
         ("derived arch", f"{s['arch']['name']} ({s['arch']['file']})"),
         ("blocks", " ".join(s["arch"]["blocks"])),
         ("head", json.dumps(s["arch"]["head"])),
+        ("search", _search_line(s["arch"]["meta"])),
         ("params", f"{s['params'] / 1e6:.3f} M"),
         ("FLOPs", f"{s['gflops']:.3f} G ({s['gmacs']:.3f} GMACs) at {s['input_size'][0]}x{s['input_size'][1]}"),
         (f"LUT latency {at}, pixel (predicted)", _fmt(lat.get("pixel"), " ms")),

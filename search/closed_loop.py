@@ -26,10 +26,12 @@ from posekit.io import atomic_write_json
 
 
 def ref_arch(name: str, space) -> Arch:
+    from .cost import reference_arch
+
     a = load(name)
     if a.stem != space.stem or len(a.blocks) != len(space.layers()):
         raise UserError(f"--ref {name}: its stem/blocks do not match search space {space.name}")
-    return a.replace(head=space.head, name=f"{a.name}-{space.head.type}")
+    return reference_arch(name, space)  # built from a dict with the space's head, not mutated
 
 
 def calib_batches(input_size, n: int = 8, data: str | None = None) -> list[torch.Tensor]:

@@ -13,8 +13,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import make_block
-from model.latency import LUT, block_key, fixed_keys
+from model.latency import LUT, block_key, fixed_keys, load_lut
 from model.space import SearchSpace
+from posekit.errors import UserError
 
 FLOPS = "flops"
 
@@ -109,3 +110,41 @@ def flops_cost(space: SearchSpace) -> CostModel:
     total = _flops(lambda: build(space.arch_for(choices)), (1, 3, *space.input_size)) / 1e6
     fixed = total - sum(float(t[0]) for t in tables)
     return CostModel(FLOPS, "MFLOPs", tables, fixed, None, {"device": FLOPS, "provenance": "torch.utils.flop_counter"})
+
+
+def reference_arch(name: str, space: SearchSpace, head=None):
+    """A shipped arch (e.g. efficientpose_a) with the space's head (or `head`): built from its dict, not mutated."""
+    from model.arch import from_dict, load
+
+    try:
+        a = load(name)
+    except FileNotFoundError:
+        raise UserError(f"reference arch {name!r}: not found (a shipped name such as efficientpose_a, or a file)") \
+            from None
+    h = (head or space.head).to_dict()
+    d = {**a.to_dict(), "head": h, "name": f"{a.name}-{h['type']}", "meta": {}}
+    return from_dict(d)
+
+
+def in_space(arch, space: SearchSpace) -> list[str] | None:
+    """The arch's block ops when it is a point of the space (same stem, widths, strides, candidates), else None."""
+    layers = space.layers()
+    if [x.to_dict() for x in arch.stem] != [x.to_dict() for x in space.stem] or len(arch.blocks) != len(layers):
+        return None
+    for b, x in zip(arch.blocks, layers):
+        if b.op not in x.candidates or b.out != x.cout or b.stride != x.stride:
+            return None
+    return [b.op for b in arch.blocks]
+
+
+def reference_cost(cost: CostModel, space: SearchSpace, arch) -> float:
+    """The arch's cost on the same tables (uncalibrated LUT sum, or MFLOPs), for an arch inside the space, or for
+    any arch whose keys the LUT has."""
+    ops = in_space(arch, space)
+    if ops is not None and arch.head == space.head and tuple(arch.input_size) == tuple(space.input_size):
+        return cost.of(space, ops)
+    if cost.unit == "ms" and cost.source.get("lut"):
+        return load_lut(cost.source["lut"]).latency(arch)
+    from model.flops import count_flops
+
+    return count_flops(arch)["flops"] / 1e6

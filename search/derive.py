@@ -58,47 +58,68 @@ def closest_to_target(logp: list[torch.Tensor], tables: list[torch.Tensor], fixe
     return idx, fixed + sum(float(t[i]) for t, i in zip(tables, idx))
 
 
-def derive(search, name: str | None = None) -> Arch:
-    """The derived arch of a finished `loop.Search`, with expected / LUT latency and FLOPs in `meta`.
+def project(search, target: float) -> tuple[list[str], dict]:
+    """Latency-aware projection: the most probable arch (max sum of log p at the final temperature) whose LUT
+    latency is within 2% of `target` (in the cost's unit, calibrated where the LUT has a calibration)."""
+    cost, space = search.cost, search.space
+    with torch.no_grad():
+        logp = [torch.log(p.clamp_min(1e-30)) for p in search.net.probs()]
+    goal = cost.uncalibrated(target)
+    idx, _ = closest_to_target(logp, cost.tables, cost.fixed, goal)
+    choices = [x.candidates[i] for x, i in zip(space.layers(), idx)]
+    argmax = search.net.choices()
+    return choices, {"target": round(target, 4), "target_lut": round(goal, 4),
+                     "argmax_lut": round(cost.of(space, argmax), 4),
+                     "layers_changed_from_argmax": sum(a != b for a, b in zip(argmax, choices)),
+                     "rule": "most probable arch (max sum of log p) with the LUT cost within 2% of the target"}
 
-    Without a target: argmax per layer. With --target-ms: the most probable arch whose (calibrated) LUT latency
-    is closest to the target (`closest_to_target`); the plain argmax is kept in meta for comparison.
+
+def derive(search, name: str | None = None, target: float | None = None, with_loss: bool = True) -> Arch:
+    """The derived arch of a finished `loop.Search`, with expected / LUT latency, FLOPs and convergence in `meta`.
+
+    Without a target: argmax per layer. With one (the search's, or `target`): `project`, the most probable arch
+    within 2% of the target; the plain argmax is kept in meta for comparison.
     """
+    from .loop import convergence
+
     cfg, cost, space = search.cfg, search.cost, search.space
+    target = search.target if target is None else target
     choices = search.net.choices()
     target_meta = {}
-    if cfg.target_ms is not None:
-        with torch.no_grad():
-            logp = [torch.log(p) for p in search.net.probs()]
-        goal = cost.uncalibrated(cfg.target_ms)
-        idx, _ = closest_to_target(logp, cost.tables, cost.fixed, goal)
-        target_meta = {"target_ms": cfg.target_ms, "target_lut_ms": round(goal, 4),
-                       "argmax_blocks": choices, "argmax_lut_ms": round(cost.of(space, choices), 4),
-                       "rule": "most probable arch with the LUT latency closest to the target"}
-        choices = [x.candidates[i] for x, i in zip(space.layers(), idx)]
+    if target is not None:
+        choices, target_meta = project(search, target)
+        target_meta["argmax_blocks"] = search.net.choices()
     u = cost.unit
     derived_cost = cost.of(space, choices)
     fl = count_flops(space.arch_for(choices))  # at the space's nominal input, like the LUT
+    with torch.no_grad():
+        probs = search.net.probs()
+        probs1 = search.net.probs(1.0)
     meta = {
         "search": {
             "device": cost.device, "cost_unit": u, "lut": cost.source.get("lut"),
             "lut_provenance": cost.source.get("provenance"), "space": space.name, "space_sha256": space.sha256,
             "epochs": search.epoch, "warmup_epochs": cfg.warmup_epochs, "search_input_size": list(cfg.input_size),
-            "lambda_start": cfg.lam, "lambda_end": round(search.lam, 6), "tau": cfg.tau,
-            "temperature": cfg.temperature, "seed": cfg.seed, "target_ms": cfg.target_ms,
-            "calibration": cost.calibration,
+            "paths": cfg.paths, "lambda_start": cfg.lam, "lambda_end": round(search.lam, 8), "tau": cfg.tau,
+            "temperature": cfg.temperature, "temperature_end": round(search.net.temperature, 5), "seed": cfg.seed,
+            "target": None if search.target is None else round(search.target, 4), "target_ms": cfg.target_ms,
+            "reference": search.reference, "calibration": cost.calibration,
         },
+        # Fraction of layers whose top candidate has p >= 0.5, at the final temperature (the distribution the
+        # search ended on) and at T = 1 (softmax(alpha) itself).
+        "convergence": round(convergence(probs), 4),
+        "convergence_t1": round(convergence(probs1), 4),
         f"expected_cost_{u}": round(search.expected_value(), 4),
         f"lut_cost_{u}": round(derived_cost, 4),
         "flops": fl["flops"], "gflops": round(fl["flops"] / 1e9, 4), "params": fl["params"],
     }
+    if with_loss:
+        meta["supernet_val_loss"] = round(search.path_loss(choices), 8)
     if u == "ms":  # the names the other stages read
         meta["expected_latency_ms"] = meta.pop("expected_cost_ms")
         meta["lut_latency_ms"] = meta.pop("lut_cost_ms")
         if cost.calibration:
             meta["calibrated_latency_ms"] = round(cost.calibrated(derived_cost), 4)
-    with torch.no_grad():
-        probs = search.net.probs()
     if target_meta:
         meta["target"] = target_meta
     meta["probs"] = {f"{i}:{op}": round(float(p[x.candidates.index(op)]), 4)
@@ -113,21 +134,18 @@ def write(arch: Arch, path: str | Path, cost: CostModel) -> Path:
     return dump(arch, path, header=head)
 
 
-def reference_costs(cost: CostModel, archs=("efficientpose_a",)) -> dict[str, float]:
+def reference_costs(cost: CostModel, space, archs=("efficientpose_a",)) -> dict[str, float]:
     """The same LUT's latency of shipped archs with the space's head, where the LUT has their keys (context only)."""
     if cost.device == FLOPS or not cost.source.get("lut"):
         return {}
-    from model.arch import load
+    from .cost import reference_arch
 
     lut = load_lut(cost.source["lut"])
     out = {}
     for name in archs:
-        a = load(name)
-        for head in ("mbv1", a.head.type):
-            a = a.replace(head=a.head.replace(type=head))
-            if not lut.missing(network_keys(a)):
-                out[f"{name} ({head} head)"] = lut.latency(a)
-                break
+        a = reference_arch(name, space)
+        if not lut.missing(network_keys(a)):
+            out[f"{name} ({a.head.type} head)"] = lut.latency(a)
     return out
 
 
@@ -138,6 +156,12 @@ def summary(arch: Arch, cost: CostModel) -> str:
     line = f"LUT latency on {cost.device}: {lat:.2f} ms" if u == "ms" else f"cost ({cost.device}): {lat:.2f} {u}"
     if "calibrated_latency_ms" in m:
         line += f" (calibrated {m['calibrated_latency_ms']:.2f} ms)"
+    t = m.get("target")
+    if t:
+        line += (f" (target {t['target']:.2f} {u}: {100 * (lat - t['target_lut']) / t['target_lut']:+.1f}%; "
+                 f"{t['layers_changed_from_argmax']} layer(s) moved off the argmax by the projection)")
     lines.append(line + f"; FLOPs {m['gflops']:.3f} G at {arch.input_size[0]}x{arch.input_size[1]}; "
                  f"params {m['params'] / 1e6:.2f} M")
+    lines.append(f"convergence: {m['convergence']:.2f} of layers have a top candidate with p >= 0.5 "
+                 f"(T = {m['search']['temperature_end']}; {m['convergence_t1']:.2f} at T = 1)")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The search stage: the LUT steers the derived arch, the arch file round-trips, a killed search resumes exactly.
+"""The search stage: the LUT steers the derived arch, the arch file round-trips, a killed search resumes exactly,
+a target is hit, a family of targets is derived, the accuracy signal reaches alpha, a crafted state file is refused.
 
 Tiny runs (64x48 input, 16 persons, 2 epochs, 1 CPU thread) on the bundled COCO subset; the relations tested do
 not depend on size. Synthetic LUTs are written here with the space's exact keys (model.latency's file format).
@@ -69,7 +70,7 @@ def macs_like(d):
     return 1e-6 * (h * w * c * c * e + hw * c * e * k * k + hw * c * e * d["out"])
 
 
-def search(tmp_path, device, name, cli=False, **kw):
+def search(tmp_path, device, name, cli=False, until=None, **kw):
     """A tiny search; cli=True goes through everything the CLI does (plot, step times, files)."""
     cfg = Config(device=device, out=str(tmp_path / name), **{**TINY, **kw})
     if cli:
@@ -78,7 +79,7 @@ def search(tmp_path, device, name, cli=False, **kw):
         s, arch, _ = run_search(cfg, quiet=True)
         return s, arch
     s = Search(cfg)
-    s.run()
+    s.run(until=until)
     return s, derive(s)
 
 
@@ -131,8 +132,11 @@ def test_derived_arch_file_round_trips_and_builds(lam_runs, macs_lut):
     back = load(out / "arch.yaml")
     assert back.to_dict() == arch.to_dict()
     assert back.meta["lut_latency_ms"] == pytest.approx(load_lut(lut, SPACE).latency(back), abs=1e-3)
-    for k in ("expected_latency_ms", "flops", "params", "step_times_s"):
+    for k in ("expected_latency_ms", "flops", "params", "step_times", "convergence", "supernet_val_loss"):
         assert k in back.meta
+    st = back.meta["step_times"]
+    assert st["paths"] == "sample" and st["ratio"] > 0 and st["search_step_s"] > 0 and st["train_step_s"] > 0
+    assert "efficientpose_a" in st["reference"] and "search_step_peak_mb" in st
     net = build(back).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 64, 48)).shape == (1, 17, 16, 12)
@@ -143,11 +147,13 @@ def test_derived_arch_file_round_trips_and_builds(lam_runs, macs_lut):
 
 def test_resume_replays_the_uninterrupted_run(tmp_path, macs_lut):
     lut = macs_lut
-    kw = dict(lam=0.05, warmup_epochs=1)
-    whole, _ = search(tmp_path, lut, "whole", epochs=2, **kw)
-    search(tmp_path, lut, "cut", epochs=1, **kw)  # "killed" after epoch 1 (warm-up): state.pt is what it left
-    resumed, _ = search(tmp_path, lut, "cut", epochs=2, resume=True, **kw)
-    assert resumed.epoch == 2 and [h["epoch"] for h in resumed.history] == [1, 2]
+    # Sampled paths (the default), an annealed temperature and a target: every random draw and lambda replay.
+    kw = dict(lam=0.0, warmup_epochs=1, temperature_end=0.5, target_ms=extremes(lut)[0] * 1.5)
+    whole, _ = search(tmp_path, lut, "whole", epochs=3, **kw)
+    search(tmp_path, lut, "cut", epochs=3, until=2, **kw)  # "killed" after epoch 2 (mid-search): its state.pt
+    resumed, _ = search(tmp_path, lut, "cut", epochs=3, resume=True, **kw)
+    assert resumed.epoch == 3 and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.lam == pytest.approx(whole.lam, abs=1e-12)
     for x, y in zip(whole.net.alphas, resumed.net.alphas):
         assert torch.allclose(x, y, atol=1e-6)
     assert whole.net.choices() == resumed.net.choices()
@@ -168,7 +174,9 @@ def test_target_derive_lands_near_the_target(tmp_path, macs_lut):
     target = lo + 0.4 * (hi - lo)
     s, arch = search(tmp_path, macs_lut, "mid", lam=0.0, target_ms=target, epochs=1)
     assert arch.meta["lut_latency_ms"] == pytest.approx(target, rel=0.03)
-    assert arch.meta["target"]["target_ms"] == target and len(arch.meta["target"]["argmax_blocks"]) == 26
+    assert arch.meta["target"]["target"] == pytest.approx(target, abs=1e-4)
+    assert arch.meta["search"]["target_ms"] == target
+    assert len(arch.meta["target"]["argmax_blocks"]) == 26
 
 
 def test_closest_to_target_is_the_most_probable_arch_within_tolerance():
@@ -223,6 +231,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     d["header"]["search_space_sha256"] = "0" * 16
     (tmp_path / "other.json").write_text(json.dumps(d))
     cases = [(["--device", "nodevice"], "no LUT for device 'nodevice'"),
+             (["--device", "flops", "--targets", "1x,fast"], "--targets"),
              (["--device", str(bad)], "corrupt LUT file"),
              (["--device", other], "built for search space"),
              (["--device", "flops", "--input", "100x96"], "--input"),
@@ -232,3 +241,61 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and msg in err and "\n" not in err, err
     assert not (tmp_path / "none" / "arch.yaml").exists()
+
+
+class Payload:
+    """What a crafted state.pt carries: unpickling it would call os.system (touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_state_file_is_refused_and_never_run(tmp_path, capsys, macs_lut):
+    out, marker = tmp_path / "evil", tmp_path / "ran"
+    out.mkdir()
+    cfg = Config(device=macs_lut, out=str(out), **TINY)
+    torch.save({"config": cfg.key(), "epoch": 1, "net": Payload(marker)}, out / "state.pt")
+    argv = ["--device", macs_lut, "--out", str(out), "--resume", "--input", "64x48", "--limit", "16",
+            "--batch-size", "4", "--epochs", "3", "--warmup-epochs", "0", "--no-step-times"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "state.pt" in err and "refused" in err and "\n" not in err, err
+    assert not marker.exists()  # the payload did not run
+    assert not (out / "arch.yaml").exists()
+
+
+def test_lambda_zero_keeps_capacity_and_a_lower_supernet_loss(lam_runs):
+    """The accuracy signal reaches alpha: without the cost term the search keeps larger ops (fewer skips, more
+    FLOPs) than with a dominating one, and its supernet's validation loss on the derived path is lower."""
+    (_, free), (_, cheap) = lam_runs
+    skips = lambda a: sum(b.op == "skip" for b in a.blocks)  # noqa: E731
+    assert skips(free) < skips(cheap)
+    assert free.meta["flops"] > cheap.meta["flops"]
+    assert free.meta["supernet_val_loss"] < cheap.meta["supernet_val_loss"]
+
+
+def test_default_target_and_a_family_of_targets(tmp_path, macs_lut, capsys):
+    """Without --lam the CLI searches for EfficientPose-A's cost on the same LUT (printed) and lands within 10%;
+    --targets derives one arch per target from the same supernet, ordered like the targets, and the family plot."""
+    out = tmp_path / "fam"
+    argv = ["--device", macs_lut, "--out", str(out), "--input", "64x48", "--limit", "16", "--batch-size", "4",
+            "--epochs", "3", "--warmup-epochs", "1", "--no-step-times", "--targets", "0.6x,0.8x,1x"]
+    assert main(argv) == 0
+    log = (out / "search.log").read_text()
+    ref = load_cost(macs_lut, SPACE).of(SPACE, [b.op for b in load("efficientpose_a").blocks])
+    assert f"target: {ref:.2f} ms" in log and "convergence" in log
+    arch = load(out / "arch.yaml")
+    assert arch.meta["search"]["target"] == pytest.approx(ref, rel=1e-4)
+    assert arch.meta["lut_latency_ms"] == pytest.approx(ref, rel=0.10)
+    lat = []
+    for r in (0.6, 0.8, 1.0):
+        a = load(out / f"arch_{r:g}x.yaml")
+        assert a.meta["lut_latency_ms"] == pytest.approx(r * ref, rel=0.10)
+        lat.append(a.meta["lut_latency_ms"])
+    assert lat == sorted(lat) and len(set(lat)) == 3
+    assert (out / "family.png").stat().st_size > 10_000
