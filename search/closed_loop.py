@@ -81,7 +81,7 @@ def time_tflite(paths: list[Path], threads: int, repeats: int, warmup: int = 5, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __main__ as cli
+    from . import cli
 
     p = ArgumentParser(prog="python -m search closed-loop", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv) -> int:
-    from . import __main__ as cli
+    from . import cli
     from .loop import config_dict
 
     a = build_parser().parse_args(argv)

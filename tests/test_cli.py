@@ -16,7 +16,7 @@ PARSERS = {
     "train": lambda: importlib.import_module("train.__main__").build_parser(),
     "model": lambda: importlib.import_module("model.cli").build_parser(),
     "device_bench": lambda: importlib.import_module("device_bench.__main__").build_parser(),
-    "search": lambda: importlib.import_module("search.__main__").build_parser(),
+    "search": lambda: importlib.import_module("search.cli").build_parser(),
     "search closed-loop": lambda: importlib.import_module("search.closed_loop").build_parser(),
     "convert": lambda: importlib.import_module("convert.__main__").build_parser(),
     "convert head-bench": lambda: importlib.import_module("convert.__main__").bench_parser(),

@@ -74,7 +74,7 @@ def search(tmp_path, device, name, cli=False, until=None, **kw):
     """A tiny search; cli=True goes through everything the CLI does (plot, step times, files)."""
     cfg = Config(device=device, out=str(tmp_path / name), **{**TINY, **kw})
     if cli:
-        from search.__main__ import run_search
+        from search.cli import run_search
 
         s, arch, _ = run_search(cfg, quiet=True)
         return s, arch
