@@ -106,6 +106,7 @@ def test_kill_9_during_coreml_export_leaves_nothing_running_and_a_rerun_resumes(
     assert "Failed to load _MLModelProxy" in (out / "convert.log").read_text(errors="replace")
 
 
+@pytest.mark.slow  # a tiny two-target conversion (~1 min on a loaded 2-core machine)
 def test_second_convert_into_a_folder_being_written_fails_at_once(tiny_arch_file, root, tmp_path):
     out = tmp_path / "art"
     first = _convert(root, tiny_arch_file, out, "onnx", "tflite-fp32")
