@@ -256,11 +256,9 @@ EXPORTERS = {"tflite": _export_tflite, "tflite-tf": _export_tflite_tf, "tflite-q
 
 
 def _entry(out: Path, t, path: Path, quantizer: str | None = None) -> dict:
-    from posekit.litert import io_details
+    from posekit.litert import io_entries
 
-    d = io_details(path)
-    ins = [{**x, "layout": "NHWC", "kind": "tensor", "normalization_folded": False} for x in d["inputs"]]
-    outs = [{**x, "layout": "NHWC"} for x in d["outputs"]]
+    ins, outs = io_entries(path)
     return manifest.artifact(out, path, t.format, t.precision, quantizer, ins, outs)
 
 

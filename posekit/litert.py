@@ -124,6 +124,14 @@ def io_details(path_or_interp) -> dict:
             "outputs": [one(k, v) for k, v in runner.get_output_details().items()]}
 
 
+def io_entries(path, normalization_folded: bool = False) -> tuple[list, list]:
+    """A .tflite's inputs and outputs as manifest entries (NHWC tensors; names, shapes, dtypes, quantization)."""
+    d = io_details(path)
+    ins = [{**x, "layout": "NHWC", "kind": "tensor", "normalization_folded": normalization_folded}
+           for x in d["inputs"]]
+    return ins, [{**x, "layout": "NHWC"} for x in d["outputs"]]
+
+
 def run(it, x: np.ndarray) -> np.ndarray:
     """Run the single-input, single-output signature on `x` (already in the model's layout); quantizes float input
     for an int8-I/O model and dequantizes its output, so callers always see float."""

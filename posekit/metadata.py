@@ -37,8 +37,8 @@ def suffix_format(path) -> str:
 
 
 def facts(head: dict, entry: dict) -> dict:
-    """The facts of one artifact: `head` is the manifest's header (convert.manifest.header), `entry` its artifact
-    entry (convert.manifest.artifact: inputs/outputs as the file declares them)."""
+    """The facts of one artifact: `head` is the manifest's header (posekit.manifest.header), `entry` its artifact
+    entry (posekit.manifest.artifact: inputs/outputs as the file declares them)."""
     inp, out = entry["inputs"][0], entry["outputs"][0]
     src = head.get("source", {})
     h, w = head["input_size"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert.__main__ import add_model_args, quiet_libraries, run
+from convert.cli import add_model_args, quiet_libraries, run
 from posekit.cli import ArgumentParser, main_guard
 
 

@@ -542,6 +542,7 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
     from ai_edge_quantizer import quantizer
 
     from posekit import litert
+    from quantize.tflite import _aeq_recipe
 
     path = Path(path)
     work = Path(work or path.parent)
@@ -550,8 +551,8 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
     try:
         litert.to_tflite(_Float(qat), sample[:1], fp32)
         model = fp32.read_bytes()
-        q = quantizer.Quantizer(bytearray(model), litert._aeq_recipe("static_wi8_ai8", int8_io))  # noqa: SLF001
-        with litert._quiet():  # noqa: SLF001
+        q = quantizer.Quantizer(bytearray(model), _aeq_recipe("static_wi8_ai8", int8_io))
+        with litert.quiet():
             # One pass gives the QSV table's layout (every tensor the recipe quantizes); its values are replaced.
             qsvs = q.calibrate({litert.SIGNATURE: [{"image": sample[:1].permute(0, 2, 3, 1).numpy()}]})
         match = _match_tensors(qat, fp32, sample[:1], set(qsvs))
@@ -564,7 +565,7 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
             e = qsvs[name]
             e["min"] = np.full_like(np.asarray(e["min"]), lo)
             e["max"] = np.full_like(np.asarray(e["max"]), max(aq.hi.item(), 0.0))
-        with litert._quiet():  # noqa: SLF001
+        with litert.quiet():
             out = bytes(q.quantize(qsvs, enable_progress_report=False).quantized_model)
     finally:
         fp32.unlink(missing_ok=True)

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     import torch
 
-    from convert.__main__ import quiet_libraries
+    from convert.cli import quiet_libraries
     from convert.source import DEMO_CKPT
     from model.checkpoint import read_checkpoint
 

@@ -68,7 +68,7 @@ class QATTrainer:
             self.start, self.records = int(state["epoch"]), list(state["metrics"])
             self.log(f"qat: resuming {last} after epoch {self.start}/{cfg['epochs']}")
         else:
-            from convert.source import calibration_batches
+            from quantize.calibration import calibration_batches
 
             self.qat = QATNet(net)
             calib = calibration_batches(self.arch, cfg["data"], cfg["calib"])
@@ -160,8 +160,11 @@ def twin_ap(qat: QATNet, cfg: dict, arch) -> float | None:
 def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io: bool, log=print) -> dict:
     """Write <artifacts>/tflite/model_int8_qat[_io].tflite and the twin <artifacts>/qat/model_qat.pt, list the
     file in the manifest (quantizer 'qat') beside what convert wrote; returns the manifest entry."""
-    from convert import manifest, tflite
-    from convert.source import calibration_batches, eval_batches, load_source
+    from convert.source import load_source
+    from posekit import manifest
+    from posekit.litert import io_entries
+    from quantize.calibration import calibration_batches, eval_batches
+    from quantize.tflite import fully_integer
 
     artifacts = Path(artifacts)
     path = artifacts / "tflite" / ("model_int8_qat_io.tflite" if int8_io else "model_int8_qat.tflite")
@@ -175,11 +178,11 @@ def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io
     log(f"qat: {path}: {info['tensors']} quantized tensors, scales == the QAT model's; vs its PyTorch twin on "
         f"{len(evals)} val crops: {agree['identical']:.2%} of int8 outputs identical, "
         f"{agree['within_one_step']:.2%} within one step")
-    ins, outs = tflite.io_entries(path)
+    ins, outs = io_entries(path)
     entry = manifest.artifact(artifacts, path, "tflite", "int8", "qat", ins, outs,
                               qat={"twin": twin.relative_to(artifacts).as_posix(), "twin_sha256": sha256_file(twin),
                                    "source_checkpoint": cfg["ckpt"], "epochs": cfg["epochs"],
-                                   "fully_integer": tflite.fully_integer(path), "twin_agreement": agree,
+                                   "fully_integer": fully_integer(path), "twin_agreement": agree,
                                    "run": str(run_dir)})
     old = manifest.read(artifacts)
     if old is not None and (old.get("source") or {}).get("checkpoint_sha256") == cfg["ckpt_sha256"]:
@@ -220,8 +223,7 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     keypoints with the float net's (mean over persons)."""
     import numpy as np
 
-    from convert import manifest
-    from posekit import litert
+    from posekit import litert, manifest
     from posekit.evaluate import _coco_dataset, evaluate_model, oks_agreement
 
     net, arch, _ = load_checkpoint(ckpt)

@@ -33,7 +33,7 @@ def test_convert_refuses_bad_calibration_data_before_writing_anything(tmp_path, 
     """The issue's row: convert used to leave arch.yaml and model_fp32.tflite without a manifest."""
     import torch
 
-    from convert.__main__ import main
+    from convert.cli import main
     from model import build, load
     from model.checkpoint import save_checkpoint
     from train.loop import with_input

@@ -1,0 +1,115 @@
+"""python -m convert: write every artifact of a model and its manifest.json (this module is the CLI; __main__
+runs it); `python -m convert head-bench` times the MBV1 head's deconv rewrites (see model/deploy.py)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, positive_int
+from posekit.lock import folder_lock
+
+from .targets import BY_NAME, GROUPS
+
+
+def quiet_libraries():
+    """The converters log a lot that is not for the user (absl C++ logs, coremltools' missing macOS runtime on
+    Linux, torchao's optional kernels): drop their Python log records below ERROR; what they print on fds 1/2 goes
+    to <out>/convert.log during a run (convert/worker.py: chatter_to)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    for name in ("coremltools", "torchao", "absl", "torch.utils._pytree", "torch.export", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def add_model_args(p: argparse.ArgumentParser, default_targets: str):
+    p.add_argument("--ckpt", help="checkpoint (model/checkpoint.py format); default: runs/demo/train/best.pt if "
+                                  "it exists, else EfficientPose-A with the MBV1 head (random init, so marked)")
+    p.add_argument("--arch", help="arch file or shipped name (instead of --ckpt): random init, for conversion only")
+    p.add_argument("--head", choices=("plain", "mbv1", "mbv2"), help="switch the head type of --arch")
+    p.add_argument("--input", type=hxw, help="override the input size, HxW (e.g. 128x96)")
+    p.add_argument("--calib", type=positive_int, default=32, help="calibration crops for static int8 (default 32)")
+    p.add_argument("--data", type=data_dir,
+                   help="dataset root for calibration crops (default: bundled data/coco-mini or mpii-mini)")
+    p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
+    p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
+                                                          "zero point in the manifest); default float32 I/O")
+    p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e", "tf"),
+                   help="int8 quantizers to build and score on held-out crops by OKS-agreement with the float "
+                        "model (SQNR as tie-break) (default: the two ai-edge-quantizer recipes; pt2e costs a second "
+                        "conversion; tf: the TensorFlow path, `tf` extra); the best fully-integer one with int8 "
+                        "activations ships, all scores go to manifest.json")
+    p.add_argument("--jobs", type=positive_int, default=2,
+                   help="processes: 2 runs Core ML + ONNX beside TFLite (default 2)")
+    p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
+                   help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(BY_NAME)} (default "
+                        f"{default_targets}; the registry: convert/targets.py)")
+
+
+def run(args, log=print):
+    from .pipeline import convert, expand_targets
+    from .source import load_source
+
+    if args.calib < 1:
+        from posekit.errors import UserError
+
+        raise UserError(f"--calib {args.calib}: needs at least 1 crop")
+    targets = expand_targets(args.targets)
+    with contextlib.ExitStack() as stack:
+        if args.out:  # one writer per folder: refuse at once, before loading the model
+            stack.enter_context(folder_lock(args.out, "an artifact folder"))
+        src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
+        if "tflite-int8" in targets:  # bad calibration data is refused before any file is written
+            from posekit.data import check_pose_data
+
+            check_pose_data(src.arch.num_joints, args.data)
+        out = args.out or Path("artifacts") / src.name
+        log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
+        convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log,
+                locked=bool(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m convert", description=__doc__,
+                       epilog="`python -m convert head-bench --help` for the head benchmark")
+    add_model_args(p, "all")
+    return p
+
+
+parser = build_parser  # the old name
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m convert head-bench",
+                       description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
+                                   "litert-torch's direct lowering and the plain head (one interleaved run).")
+    p.add_argument("--in-shape", default=(16, 12, 96), type=hxw_type(n=3),
+                   help="head input HxWxC (default: EfficientPose-A's 16x12x96)")
+    p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--iters", type=positive_int, default=30)
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
+    p.add_argument("--rewrites", nargs="+", default=None, choices=("subpixel", "phases", "zeros", "dense", "none"),
+                   help="MBV1 deconv rewrites to time (default: all; none = litert-torch's direct lowering)")
+    return p
+
+
+@main_guard
+def main(argv=None):
+    quiet_libraries()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["head-bench"]:
+        from model.deploy import REWRITES
+
+        from .bench import head_bench
+
+        a = bench_parser().parse_args(argv[1:])
+        head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES)
+        return 0
+    return run(build_parser().parse_args(argv))
+
