@@ -211,7 +211,7 @@ class TFLiteTwin(nn.Module):
         self.output_index = int(it.get_output_details()[0]["index"])
         self.consts: dict[int, np.ndarray] = {}
         produced = {t for op in self.ops for t in op.outputs}
-        for idx, d in self.details.items():
+        for idx in self.details:
             if idx not in produced and idx != self.input_index:
                 try:
                     self.consts[idx] = np.array(it.get_tensor(idx))
@@ -444,8 +444,9 @@ def first_difference(twin: TFLiteTwin, x: np.ndarray, max_steps: float = 1.0) ->
     """The first op (in execution order) whose int8 output, as the runtime computes it (builtin kernels,
     all tensors kept), differs from the twin's by more than `max_steps` quantization steps on >1% of its values:
     where a converter or requantization error enters. None when every op agrees."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     import warnings
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -526,45 +527,53 @@ def coreml_weight_check(net: nn.Module, path: str | Path) -> dict:
     file's palette, or rounded with its scales)?
 
     Each compressed tensor is matched to the PyTorch deploy graph's conv of the same shape (in order). A weight
-    agrees when the file's decompressed value is a nearest representable value of the PyTorch weight: equal to the
-    twin's, or as near as it within TIE_TOL x the tensor's max |w|. That tolerance covers what is not a converter
-    error: the palette or scales stored in fp16 (relative error 2^-11 < 1e-3 of the largest weight), the weights
-    rounded to fp16 before compression (fp16 programs), and a weight sitting on the midpoint between two entries.
+    agrees when the file's decompressed value is one of the two representable values (palette entries, or integer
+    steps of the file's scale) that bracket the PyTorch weight, to TIE_TOL x the tensor's max |w|: the nearest one
+    (the twin's), or the other when the compressor rounds the other way without being wrong. That covers the palette
+    or scales stored in fp16 (relative error 2^-11 < 1e-3 of the largest weight), the weights rounded to fp16
+    before compression (fp16 programs), a weight on a midpoint, and coremltools computing uniform-palette indices in
+    fp16 arithmetic (measured: up to half a step past the midpoint). A wrong palette entry, index or scale moves a
+    weight off its bracket.
     Returns {'weights_exact': fraction of compressed weight values that agree, 'tensors': [...per tensor...],
     'worst': the tensor with the most disagreements}."""
     path = Path(path)
     comp = _coreml_compressed(path)
     if not comp:
         raise UserError(f"{path}: no compressed weights found")
-    cands = [m.weight.detach().float().numpy() for _, m in deploy_weights(net)]
-    names = [n for n, _ in deploy_weights(net)]
+    mods = deploy_weights(net)
+    cands = [m.weight.detach().float().numpy() for _, m in mods]
     tensors, total, good, pos = [], 0, 0, 0
     for e in comp:
         d = e["dense"]
         j = next((k for k in range(pos, len(cands)) if cands[k].shape == d.shape), None)
-        if j is None:  # e.g. a conv_transpose weight stored (I, O/g, kh, kw) like PyTorch's: shape equal anyway
+        total += d.size
+        if j is None:
             tensors.append({"tensor": e["name"], "module": None, "agree": 0.0, "count": int(d.size),
-                            "note": f"no PyTorch conv weight of shape {list(d.shape)}"})
-            total += d.size
+                            "note": f"no PyTorch conv weight of shape {list(d.shape)} after the previous match"})
             continue
         pos = j + 1
-        w = cands[j].astype(np.float32)
+        w = cands[j].astype(np.float64)
+        atol = TIE_TOL * float(np.abs(w).max() or 1.0)
         if e["kind"] == "lut":
-            lut = e["lut"]
-            twin = lut[np.abs(w.reshape(-1, 1) - lut.reshape(1, -1)).argmin(1)].reshape(w.shape)
+            u = np.unique(e["lut"].astype(np.float64))
+            i = np.searchsorted(u, w)
+            lo, hi = u[np.clip(i - 1, 0, u.size - 1)], u[np.clip(i, 0, u.size - 1)]
+            twin = np.where(np.abs(w - lo) <= np.abs(w - hi), lo, hi)
         else:
             shape = [1] * w.ndim
             shape[e["axis"]] = -1
-            sc = e["scale"].reshape(shape) if e["scale"].size > 1 else e["scale"].reshape(())
-            zp = e["zero_point"].reshape(shape) if e["zero_point"].size > 1 else e["zero_point"].reshape(())
-            q = np.clip(np.sign(w / sc) * np.floor(np.abs(w / sc) + 0.5) + zp, *e["qrange"])
+            sc = e["scale"].astype(np.float64).reshape(shape if e["scale"].size > 1 else ())
+            zp = e["zero_point"].astype(np.float64).reshape(shape if e["zero_point"].size > 1 else ())
+            r = w / sc + zp
+            qlo, qhi = np.clip(np.floor(r), *e["qrange"]), np.clip(np.ceil(r), *e["qrange"])
+            lo, hi = (qlo - zp) * sc, (qhi - zp) * sc
+            q = np.clip(np.sign(r - zp) * np.floor(np.abs(r - zp) + 0.5) + zp, *e["qrange"])
             twin = (q - zp) * sc
-        tol = TIE_TOL * float(np.abs(w).max() or 1.0)
-        ok = (np.abs(d - twin) <= tol) | (np.abs(w - d) <= np.abs(w - twin) + tol)
+        ok = (np.abs(d - lo) <= atol) | (np.abs(d - hi) <= atol)
         n_ok = int(ok.sum())
-        tensors.append({"tensor": e["name"], "module": names[j], "kind": e["kind"], "agree": n_ok / d.size,
-                        "count": int(d.size), "max_abs_diff": float(np.abs(d - twin).max())})
-        total += d.size
+        tensors.append({"tensor": e["name"], "module": mods[j][0], "kind": e["kind"], "agree": n_ok / d.size,
+                        "count": int(d.size), "nearest": float((np.abs(d - twin) <= atol).mean()),
+                        "max_abs_diff": float(np.abs(d - twin).max())})
         good += n_ok
     worst = min(tensors, key=lambda t: t["agree"])
     return {"weights_exact": good / total, "tensors": tensors, "worst": worst}
