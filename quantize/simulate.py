@@ -9,8 +9,9 @@ quantization the file declares, derived from the PyTorch weights, never from the
   (round half away from zero, as TFLite's quantizers do) into the file's integer range; biases become int32 at
   in_scale x w_scale; every int8 activation tensor of the file is fake-quantized with its scale and zero point (a
   fused ReLU/ReLU6 clamps first, as the kernels clamp in the integer domain). Float activations (int8-dynamic
-  weights, fp16 weights) stay float. So a file whose stored integers, requantization scales or fold disagree with
-  the PyTorch weights computes something its twin does not.
+  weights, fp16 weights) stay float, except where a hybrid kernel (int8 weights, float input) quantizes its input
+  on the fly (`dynamic_quant`, as TFLite's builtin kernels do). So a file whose stored integers, requantization
+  scales or fold disagree with the PyTorch weights computes something its twin does not.
 - Core ML (`coreml_weight_check`): the compressed weights (palettes and indices, int8 values and scales) read back
   from the .mlpackage; the twin's weight is the PyTorch weight projected onto the file's palette (nearest entry) or
   rounded with the file's scales, and compared with what the file decompresses to.
@@ -31,7 +32,7 @@ from torch import nn
 
 from posekit.errors import UserError
 
-__all__ = ["round_half_away", "fake_quant", "quantize_weight", "QParams", "TFLiteTwin", "tflite_twin",
+__all__ = ["round_half_away", "fake_quant", "dynamic_quant", "quantize_weight", "QParams", "TFLiteTwin", "tflite_twin",
            "compare_outputs", "first_difference", "coreml_weight_check", "deploy_weights"]
 
 
@@ -64,6 +65,18 @@ def fake_quant(x: torch.Tensor, scale, zero_point=0, qmin: int = -128, qmax: int
         inside = (x >= lo) & (x <= hi)
         return torch.where(inside, x + (y - x).detach(), y.detach())
     return y
+
+
+def dynamic_quant(x: torch.Tensor, qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+    """What a TFLite hybrid kernel (int8 weights, float activations) does to its input: asymmetric int8 quantization
+    over the whole tensor with a range that includes 0 (tensor_utils::AsymmetricQuantizeFloats), dequantized.
+    Measured: the twin then matches TFLite's builtin hybrid kernels to ~140 dB."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    if lo == hi:
+        return torch.zeros_like(x)
+    scale = (hi - lo) / (qmax - qmin)
+    zp = float(np.clip(np.round(qmin - lo / scale), qmin, qmax))
+    return fake_quant(x, scale, zp, qmin, qmax)
 
 
 def quantize_weight(w: torch.Tensor, scale, zero_point=0, axis: int | None = 0, qmin: int = -127,
@@ -258,7 +271,7 @@ class TFLiteTwin(nn.Module):
                             f"(is this artifact made from this network?)")
         self.weights, self._w = [], {}
         for op, (name, m) in zip(weighted, mods):
-            wi = op.inputs[2] if op.name == "TRANSPOSE_CONV" else op.inputs[1]
+            wi = op.inputs[1]  # TRANSPOSE_CONV: (output_shape, weights, input, bias); convs: (input, weights, bias)
             src = self._const_source(wi)
             stored = self.consts.get(src)
             w = m.weight.detach().float()
@@ -314,7 +327,15 @@ class TFLiteTwin(nn.Module):
             return x
         return q.fq(x)
 
+    def _hybrid_input(self, op, x: torch.Tensor, weight: int) -> torch.Tensor:
+        """A float input to an op with int8 weights (a hybrid kernel) is quantized on the fly by the runtime."""
+        if self.quantized and self.qparams.get(self._const_source(op.inputs[weight])) is not None and \
+                self.qparams.get(op.inputs[2 if op.name == "TRANSPOSE_CONV" else 0]) is None:
+            return dynamic_quant(x)
+        return x
+
     def _conv(self, op, x):
+        x = self._hybrid_input(op, x, 1)
         w, b = self._w[op.index]
         o = op.options
         sh, sw = o.get("StrideH", 1), o.get("StrideW", 1)
@@ -334,6 +355,7 @@ class TFLiteTwin(nn.Module):
         return _act(y, o.get("FusedActivationFunction", 0)).permute(0, 2, 3, 1)
 
     def _transpose_conv(self, op, x):
+        x = self._hybrid_input(op, x, 1)
         w, b = self._w[op.index]
         o = op.options
         sh, sw = o.get("StrideH", 1), o.get("StrideW", 1)

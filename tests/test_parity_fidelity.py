@@ -41,6 +41,7 @@ def quantized(tmp_path_factory):
     to_tflite(dep, torch.zeros(1, 3, *INPUT), root / "tflite/model_fp32.tflite")
     quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8.tflite", "int8",
                     calibration_batches(arch, None, 8))
+    quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8_dynamic.tflite", "int8-dynamic")
     changed = change_tflite_weight_scale(root / "tflite/model_int8.tflite", root / "tflite/scale_int8.tflite",
                                          op_index=-1, channel=0, factor=0.5)
     m = coreml_convert(dep, root / "coreml/model_fp32.mlpackage", "fp16")
@@ -49,6 +50,7 @@ def quantized(tmp_path_factory):
     entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC"),
                _entry(root, "tflite/model_int8.tflite", "tflite", "int8", "NHWC", "ai-edge-quantizer static_wi8_ai8"),
                _entry(root, "tflite/scale_int8.tflite", "tflite", "int8", "NHWC", "ai-edge-quantizer static_wi8_ai8"),
+               _entry(root, "tflite/model_int8_dynamic.tflite", "tflite", "int8-dynamic", "NHWC"),
                _entry(root, "coreml/model_pal8.mlpackage", "coreml-mlprogram", "palettized-8bit"),
                _entry(root, "coreml/entry_pal8.mlpackage", "coreml-mlprogram", "palettized-8bit")]
     write_manifest(root, arch, entries, ckpt)
@@ -85,6 +87,10 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     assert good["status"] == "pass", good["fails"]
     assert good["fidelity_sqnr_db"] >= 40 and good["fidelity_in_step"] >= 0.99 and good["weights_exact"] == 1
     assert good["fidelity_graph_sqnr_db"] >= 60
+    # int8-dynamic: the twin quantizes each hybrid conv's input on the fly, as the runtime's kernels do
+    dyn = rows["tflite/model_int8_dynamic.tflite"]
+    assert dyn["status"] == "pass", dyn["fails"]
+    assert dyn["fidelity_sqnr_db"] >= 80 and dyn["weights_exact"] == 1 and dyn["fidelity_in_step"] is None
     # the changed file: conversion fidelity fails, and the first op the twin disagrees with is the changed conv
     assert bad["status"] == "fail"
     assert bad["fails"] and all(f.startswith(metrics.FIDELITY_PREFIX) for f in bad["fails"]), bad["fails"]
