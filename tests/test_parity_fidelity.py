@@ -90,12 +90,12 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     # int8-dynamic: the twin quantizes each hybrid conv's input on the fly, as the runtime's kernels do
     dyn = rows["tflite/model_int8_dynamic.tflite"]
     assert dyn["status"] == "pass", dyn["fails"]
-    assert dyn["fidelity_sqnr_db"] >= 80 and dyn["weights_exact"] == 1 and dyn["fidelity_in_step"] is None
+    assert dyn["fidelity_sqnr_db"] >= 60 and dyn["weights_exact"] == 1 and dyn["fidelity_in_step"] is None
     # the changed file: conversion fidelity fails, and the first op the twin disagrees with is the changed conv
     assert bad["status"] == "fail"
     assert bad["fails"] and all(f.startswith(metrics.FIDELITY_PREFIX) for f in bad["fails"]), bad["fails"]
-    assert bad["fidelity_in_step"] < 0.99 or bad["fidelity_sqnr_db"] < 40
-    assert bad["fidelity_divergence"]["op"] == changed["op"]
+    assert bad["fidelity_in_step"] < 0.99 and bad["fidelity_sqnr_db"] < 30
+    assert bad["fidelity_divergence"]["op"] == changed["op"] == bad["fidelity_worst_op"]["op"]
     assert "FAIL tflite/scale_int8.tflite" in out.err and "conversion fidelity" in out.err
     # ... while its keypoint rules alone pass: the task metrics cannot tell it from the correct file
     rules = metrics.load_thresholds()["int8"]
