@@ -103,9 +103,11 @@ def main(argv=None) -> int:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
         fid = r.get("fidelity_divergence") or {}
         if "op_name" in fid:
+            off = f"{fid['fraction_off']:.1%} of its values more than one step off" if fid.get("in_step") is not None \
+                else f"SQNR {fid['sqnr_db']:.1f} dB"
             print(f"  first op the twin disagrees with: op {fid['op']} {fid['op_name']} {fid['tensor']!r} ~ PyTorch "
-                  f"{fid['torch_module']}: {fid['fraction_off']:.1%} of its values off by up to "
-                  f"{fid['max_steps']:.3g} steps", file=sys.stderr)
+                  f"{fid['torch_module']}: {off}; stored weights as the twin's: {fid.get('stored_weights_equal')}",
+                  file=sys.stderr)
         elif "tensor" in fid:
             print(f"  compressed weight {fid['tensor']!r} (PyTorch {fid['torch_module']}): {fid['fraction_off']:.2%} "
                   f"of its values are not the twin's", file=sys.stderr)

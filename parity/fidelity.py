@@ -22,6 +22,7 @@ import numpy as np
 
 from posekit.errors import UserError
 
+VERSION = 2  # bump when the twin or a fidelity figure changes: cached results are re-measured
 METRICS = ("fidelity_sqnr_db", "fidelity_in_step", "fidelity_graph_sqnr_db", "weights_exact")
 TFLITE = ("int8", "int8-dynamic")
 COREML = ("int8-weights", "palettized-8bit", "palettized-6bit")

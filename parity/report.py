@@ -132,7 +132,8 @@ def write(result: dict, out_dir: Path, skeleton) -> tuple[Path, Path]:
             fid = r.get("fidelity_divergence") or {}
             if "op_name" in fid:
                 why += (f" — first op the twin disagrees with: {fid['op_name']} {fid['tensor']!r} (PyTorch "
-                        f"{fid['torch_module']}), {fid['fraction_off']:.1%} of its values off")
+                        f"{fid['torch_module']}), worst-op SQNR {fid['sqnr_db']:.1f} dB, in one step "
+                        f"{fid.get('in_step')}")
             elif "tensor" in fid:
                 why += f" — compressed weight {fid['tensor']!r} (PyTorch {fid['torch_module']}) differs from the twin's"
             loc = r.get("first_divergence") or {}

@@ -219,7 +219,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
     # new metrics or a new twin: re-measure
-    metric_set = hashlib.sha256(",".join(metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}",)).encode()).hexdigest()[:6]
+    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{fidelity.VERSION}",)
+    metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
@@ -252,7 +253,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             row, rules, None if keypoints_apply else f"reference AP {ref['ap']:.3f} < {LOW_AP}: the PyTorch keypoints "
                                                      f"are not a truth to agree with (untrained network)")
         row["status"] = "fail" if row["fails"] else "pass"
-        if row["fails"] and locate and any(not f.startswith(metrics.FIDELITY_PREFIX) for f in row["fails"]):
+        if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
                 from parity.locate import first_divergence
 
