@@ -34,6 +34,10 @@ def int8_hint(selection: dict | None, shipped: str | None) -> str:
         f" (to ship one: python -m convert --int8-candidates {others[0]['quantizer'].split()[-1]})"
 
 
+def _num(v, width: int, prec: int) -> str:
+    return f"{'-':>{width}s}" if v is None or (isinstance(v, float) and v != v) else f"{v:{width}.{prec}f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m parity", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,25 +90,39 @@ def main(argv=None) -> int:
     jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
           f"({result['num_crops']} crops)")
-    print(f"{'artifact':44s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'det.':>6s} "
-          f"{'PCK':>6s} {'AP':>6s} {'dAP':>7s}  status")
+    print(f"{'artifact':40s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'OKS-agr':>7s} "
+          f"{'AP':>6s} {'dAP':>7s} {'fid.SQNR':>8s} {'in-step':>7s} {'w.exact':>7s}  status")
     for r in result["rows"]:
         if r["engine"] is None:
-            print(f"{r['file']:44s} {'(did not run)':22s} {'':>59s}  FAIL")
+            print(f"{r['file']:40s} {'(did not run)':22s} {'':>76s}  FAIL")
             continue
-        print(f"{r['file']:44s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
-              f"{r['argmax_same']:7.3f} {r['argmax_same_detected']:6.3f} {r['pck']:6.3f} {r['ap']:6.3f} "
-              f"{r['dap']:+7.3f}  {r['status'].upper()}")
+        print(f"{r['file']:40s} {r['engine'][:22]:22s} {r['max_abs_rel']:10.2e} {r['sqnr_db']:8.2f} "
+              f"{r['argmax_same']:7.3f} {_num(r.get('oks_agreement'), 7, 3)} {r['ap']:6.3f} {r['dap']:+7.3f} "
+              f"{_num(r.get('fidelity_sqnr_db'), 8, 2)} {_num(r.get('fidelity_in_step'), 7, 4)} "
+              f"{_num(r.get('weights_exact'), 7, 4)}  {r['status'].upper()}")
+    na = sorted({n.split(": not applicable ")[1] for r in result["rows"] for n in r.get("not_applicable", [])})
+    for why in na:
+        print(f"keypoint rules not applicable {why}")
     failed = [r for r in result["rows"] if r["fails"]]
     for r in failed:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
+        fid = r.get("fidelity_divergence") or {}
+        if "op_name" in fid:
+            off = f"{fid['fraction_off']:.1%} of its values more than one step off" if fid.get("in_step") is not None \
+                else f"SQNR {fid['sqnr_db']:.1f} dB"
+            print(f"  first op the twin disagrees with: op {fid['op']} {fid['op_name']} {fid['tensor']!r} ~ PyTorch "
+                  f"{fid['torch_module']}: {off}; stored weights as the twin's: {fid.get('stored_weights_equal')}",
+                  file=sys.stderr)
+        elif "tensor" in fid:
+            print(f"  compressed weight {fid['tensor']!r} (PyTorch {fid['torch_module']}): {fid['fraction_off']:.2%} "
+                  f"of its values are not the twin's", file=sys.stderr)
         loc = r.get("first_divergence") or {}
         if "op" in loc:
             print(f"  first diverging op: {loc['op']} {loc['tensor']!r} ~ PyTorch {loc['torch_module']}: relative "
                   f"error {loc['rel_error']:.3g} (max before it {loc['before']:.3g})", file=sys.stderr)
         elif loc:
             print(f"  {loc.get('note')}", file=sys.stderr)
-        if r["precision"] == "int8":
+        if r["precision"] == "int8" and any(not f.startswith("conversion fidelity") for f in r["fails"]):
             print(int8_hint(result.get("int8_selection"), r.get("quantizer")), file=sys.stderr)
     print(f"report: {jpath} and {hpath}")
     if not result["rows"]:

@@ -17,7 +17,13 @@ from posekit.errors import UserError
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
 METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_same", "argmax_within1",
-           "argmax_same_detected", "pck", "kp_dist_px", "dap")
+           "argmax_same_detected", "pck", "kp_dist_px", "dap", "oks_agreement",
+           "fidelity_sqnr_db", "fidelity_in_step", "fidelity_graph_sqnr_db", "weights_exact")
+# Rules on these judge keypoints against PyTorch's: not applicable when the reference is untrained (its keypoints
+# are noise, not a truth); the numeric and conversion-fidelity rules gate regardless.
+KEYPOINT_METRICS = ("argmax_same", "argmax_within1", "argmax_same_detected", "pck", "kp_dist_px", "dap",
+                    "oks_agreement")
+FIDELITY_PREFIX = "conversion fidelity: "  # failed fidelity rules say so: a converter error, not quantization cost
 DETECTED = 0.2  # a joint is "detected" when its heatmap peak reaches this (SimpleBaseline / HRNet in_vis_thre)
 
 
@@ -118,13 +124,19 @@ def load_thresholds(path: str | Path | None = None) -> dict:
     return out
 
 
-def check(row: dict, rules: dict) -> list[str]:
-    """Failed rules of one artifact row, e.g. ['sqnr_db 21.3 < 40'] (a missing metric fails too)."""
-    fails = []
+def check(row: dict, rules: dict, keypoints_na: str | None = None) -> tuple[list[str], list[str]]:
+    """(failed rules, rules not applicable) of one artifact row, e.g. (['sqnr_db 21.3 < 40'], []); a missing metric
+    fails too. keypoints_na: why the keypoint rules do not apply (an untrained reference), or None."""
+    fails, na = [], []
     for metric, (op, v) in rules.items():
         x = row.get(metric)
+        if keypoints_na and metric in KEYPOINT_METRICS:
+            na.append(f"{metric} {op} {v:g}: not applicable ({keypoints_na})")
+            continue
+        tag = FIDELITY_PREFIX if metric.startswith("fidelity_") or metric == "weights_exact" else ""
         if x is None or (isinstance(x, float) and np.isnan(x)):
-            fails.append(f"{metric} not measured (rule {op} {v:g})")
+            why = f" ({row['fidelity_note']})" if tag and row.get("fidelity_note") else ""
+            fails.append(f"{tag}{metric} not measured (rule {op} {v:g}){why}")
         elif (op == "<=" and not x <= v) or (op == ">=" and not x >= v):
-            fails.append(f"{metric} {x:.4g} {'>' if op == '<=' else '<'} {v:g}")
-    return fails
+            fails.append(f"{tag}{metric} {x:.4g} {'>' if op == '<=' else '<'} {v:g}")
+    return fails, na

@@ -10,11 +10,16 @@ import numpy as np
 
 from posekit.io import atomic_path, atomic_write_json, atomic_write_text
 
-COLUMNS = [("file", "artifact"), ("engine", "ran on"), ("max_abs", "max|d|"), ("mean_abs", "mean|d|"),
-           ("max_abs_rel", "max|d|/range"), ("cosine", "cosine"), ("sqnr_db", "SQNR dB"),
-           ("argmax_same", "argmax same"), ("argmax_within1", "argmax ±1"),
-           ("argmax_same_detected", "argmax same, detected"), ("pck", "PCK@0.05"), ("ap", "AP"),
-           ("dap", "ΔAP"), ("status", "status")]
+COLUMNS = [("file", "artifact"), ("engine", "ran on"),
+           # is the conversion exact? (the artifact against its twin: quantize.simulate)
+           ("fidelity_sqnr_db", "fidelity SQNR dB (vs twin)"), ("fidelity_in_step", "fidelity: int8 within 1 step"),
+           ("weights_exact", "weights as the twin's"), ("fidelity_graph_sqnr_db", "graph SQNR dB (float twin)"),
+           # what does quantization cost? (keypoints against PyTorch's)
+           ("oks_agreement", "OKS-agreement"), ("ap", "AP"), ("dap", "ΔAP"),
+           # diagnostics against the PyTorch heatmaps
+           ("sqnr_db", "SQNR dB vs PyTorch"), ("max_abs", "max|d|"), ("max_abs_rel", "max|d|/range"),
+           ("cosine", "cosine"), ("argmax_same", "argmax same"), ("argmax_within1", "argmax ±1"),
+           ("argmax_same_detected", "argmax same, detected"), ("pck", "PCK@0.05"), ("status", "status")]
 
 
 def _slug(s: str) -> str:
@@ -120,8 +125,17 @@ def write(result: dict, out_dir: Path, skeleton) -> tuple[Path, Path]:
         color = "#c8f7c5" if r["status"] == "pass" else "#f7c5c5"
         cells = "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for k, _ in COLUMNS)
         body.append(f"<tr style='background:{color}'>{cells}</tr>")
+        if r.get("not_applicable"):
+            body.append(f"<tr><td colspan={len(COLUMNS)}>{html.escape('; '.join(r['not_applicable']))}</td></tr>")
         if r["fails"]:
             why = "; ".join(r["fails"])
+            fid = r.get("fidelity_divergence") or {}
+            if "op_name" in fid:
+                why += (f" — first op the twin disagrees with: {fid['op_name']} {fid['tensor']!r} (PyTorch "
+                        f"{fid['torch_module']}), worst-op SQNR {fid['sqnr_db']:.1f} dB, in one step "
+                        f"{fid.get('in_step')}")
+            elif "tensor" in fid:
+                why += f" — compressed weight {fid['tensor']!r} (PyTorch {fid['torch_module']}) differs from the twin's"
             loc = r.get("first_divergence") or {}
             if "op" in loc:
                 why += (f" — first diverging op: {loc['op']} {loc['tensor']!r} (PyTorch {loc['torch_module']}), "

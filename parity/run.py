@@ -8,6 +8,7 @@ sha256 and data selection, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from parity import metrics
+from parity import fidelity, metrics
 from parity.runners import TorchRunner, make_runner
 from posekit.errors import UserError
 from posekit.io import atomic_path, atomic_write_json, sha256_file
@@ -71,6 +72,7 @@ def load_reference(man: dict, model_dir: Path, ckpt: str | None):
 
 TRAIN_CROPS = 64  # train crops added to the val crops by default (they only widen the heatmap comparison)
 SAMPLES = 4  # crops kept per runtime for the keypoint overlays
+FIDELITY_CROPS = 8  # crops the artifact is compared with its twin on (conversion fidelity)
 
 
 class Data:
@@ -95,7 +97,8 @@ class Data:
                                               n_train, ap_split]).encode()).hexdigest()[:16]
 
     def run(self, fn, sink) -> dict:
-        """Run fn on every crop, calling sink(x, heatmaps) per batch; returns the val OKS AP: {'ap', 'num_persons'}."""
+        """Run fn on every crop, calling sink(x, heatmaps) per batch; returns the val OKS AP and each AP-split
+        person's decoded keypoints: {'ap', 'num_persons', 'keypoints' (N, J, 3), 'areas' (N,), 'labelled' (N, J)}."""
         from posekit.evaluate import evaluate_model
 
         def rec(x):
@@ -104,20 +107,26 @@ class Data:
             return y
 
         stats = evaluate_model(rec, self.root, self.ap_split, self.input_size, boxes="gt", flip=True,
-                               num_joints=self.num_joints, limit=self.limit, batch_size=8)
+                               num_joints=self.num_joints, limit=self.limit, batch_size=8, return_keypoints=True)
         n = len(self.train) if self.train is not None else 0
         for i in range(0, n, 8):
             x = np.stack([self.train[j]["image"].numpy() for j in range(i, min(i + 8, n))])
             sink(x, fn(x))
-        return {"ap": float(stats["AP"]), "num_persons": int(stats["num_persons"])}
+        return {"ap": float(stats["AP"]), "num_persons": int(stats["num_persons"]), "keypoints": stats["keypoints"],
+                "areas": stats["areas"], "labelled": stats["labelled"]}
+
+
+KEYPOINT_ARRAYS = ("keypoints", "areas", "labelled")
 
 
 def reference(data: Data, net, cache: Path, key: str) -> dict:
-    """The PyTorch heatmaps of every crop, written once to cache/ref-<key>.f32 and read back memory-mapped."""
+    """The PyTorch heatmaps of every crop, written once to cache/ref-<key>.f32 and read back memory-mapped; the
+    first crops (overlays, conversion fidelity) and the AP split's decoded keypoints in ref-<key>.npz."""
     raw, meta, samples = cache / f"ref-{key}.f32", cache / f"ref-{key}.json", cache / f"ref-{key}.npz"
     if not (meta.is_file() and raw.is_file() and samples.is_file()):
         cache.mkdir(parents=True, exist_ok=True)
         info, keep_x, keep_y = {"count": 0}, [], []
+        keep = max(SAMPLES, FIDELITY_CROPS)
 
         with atomic_path(raw) as tmp:
             with open(tmp, "wb") as fh:
@@ -125,23 +134,36 @@ def reference(data: Data, net, cache: Path, key: str) -> dict:
                     fh.write(np.ascontiguousarray(y, np.float32).tobytes())
                     info["count"] += len(y)
                     info["shape"] = list(y.shape[1:])
-                    if sum(map(len, keep_x)) < SAMPLES:
-                        keep_x.append(x[:SAMPLES])
+                    if sum(map(len, keep_x)) < keep:
+                        keep_x.append(x[:keep])
                         keep_y.append(y[:SAMPLES])
 
-                info.update(data.run(TorchRunner(net), sink))
+                stats = data.run(TorchRunner(net), sink)
+        kp = {k: stats.pop(k) for k in KEYPOINT_ARRAYS}
+        info.update(stats)
         with atomic_path(samples) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, inputs=np.concatenate(keep_x)[:SAMPLES], heatmaps=np.concatenate(keep_y)[:SAMPLES])
+                np.savez(fh, inputs=np.concatenate(keep_x)[:keep], heatmaps=np.concatenate(keep_y)[:SAMPLES], **kp)
         atomic_write_json(meta, info)  # last: marks the cache complete
     info = json.loads(meta.read_text())
     z = np.load(samples)
     return {**info, "heatmaps": np.memmap(raw, np.float32, "r", shape=(info["count"], *info["shape"])),
-            "sample_inputs": z["inputs"], "sample_heatmaps": z["heatmaps"]}
+            "sample_inputs": z["inputs"][:SAMPLES], "fidelity_inputs": z["inputs"][:FIDELITY_CROPS],
+            "sample_heatmaps": z["heatmaps"], **{k: z[k] for k in KEYPOINT_ARRAYS}}
 
 
-def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -> dict:
-    """Agreement of one runtime with the reference on every crop (cached per artifact: a killed run resumes)."""
+def oks_agreement(ref: dict, kps: np.ndarray) -> float:
+    """Mean over persons of each person's mean OKS (over labelled joints) of the runtime's keypoints against
+    PyTorch's (posekit.evaluate.oks_agreement: COCO sigmas, the person's annotated area)."""
+    from posekit.evaluate import oks_agreement as per_person
+
+    o = per_person(ref["keypoints"], kps, ref["areas"], ref["labelled"])
+    return float(np.nanmean(o)) if np.isfinite(o).any() else float("nan")
+
+
+def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, fidelity=None) -> dict:
+    """Agreement of one runtime with the reference on every crop, plus `fidelity()`'s figures (cached per
+    artifact: a killed run resumes)."""
     f, fs = cache / f"{key}.json", cache / f"{key}.npz"
     if f.is_file() and fs.is_file():
         return {**json.loads(f.read_text()), "samples": np.load(fs)["heatmaps"]}
@@ -157,10 +179,14 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str) -
         pos[0] += n
 
     stats = data.run(runner, sink)
-    res = {**acc.result(), **stats, "hist": acc.hist.tolist()}
+    kps = stats.pop("keypoints")
+    for k in KEYPOINT_ARRAYS[1:]:
+        stats.pop(k)
+    res = {**acc.result(), **stats, "oks_agreement": oks_agreement(ref, kps), "hist": acc.hist.tolist(),
+           **(fidelity() if fidelity else {})}
     with atomic_path(fs) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, heatmaps=np.concatenate(keep)[:SAMPLES])
+            np.savez(fh, heatmaps=np.concatenate(keep)[:SAMPLES], keypoints=kps)
     atomic_write_json(f, res)
     return {**res, "samples": np.concatenate(keep)[:SAMPLES]}
 
@@ -175,11 +201,15 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     ref_key = (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else "random") + f"-{data.key}"
     ref = reference(data, net, cache, ref_key)
     if ref["ap"] < LOW_AP:
-        warnings.warn(f"reference AP {ref['ap']:.3f} < {LOW_AP}: parity on an untrained-looking network says little "
+        warnings.warn(f"reference AP {ref['ap']:.3f} < {LOW_AP}: an untrained-looking network; the keypoint rules are "
+                      f"not applicable (the numeric and conversion-fidelity rules still gate) "
                       f"(flat heatmaps); convert a trained checkpoint", stacklevel=1)
     stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
-    metric_set = hashlib.sha256(",".join(metrics.METRICS).encode()).hexdigest()[:6]  # new metrics: re-measure
+    # new metrics or a new twin: re-measure
+    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{fidelity.VERSION}",)
+    metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
+    keypoints_apply = ref["ap"] >= LOW_AP
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)
@@ -187,27 +217,37 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
         if rules is None:
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
+        base = {"file": a["file"], "format": a["format"], "precision": a["precision"], "quantizer": a.get("quantizer"),
+                "engine": None, "status": "fail", "manifest_sha256": a.get("sha256")}
+        path = model_dir / a["file"]
+        sha = sha256_file(path) if path.exists() else None
+        base["sha256"] = sha
+        if sha is not None and a.get("sha256") and sha != a["sha256"]:
+            # the verdict is about bytes: a file changed since convert recorded it is not the file that was converted
+            rows.append({**base, "fails": [f"changed since convert: sha256 {sha[:16]} differs from the manifest's "
+                                           f"{a['sha256'][:16]} (re-run `make convert`)"]})
+            continue
         try:
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
-            sha = a.get("sha256") or sha256_file(runner.path)
             eng = hashlib.sha256(runner.engine.encode()).hexdigest()[:6]  # macOS: runtime and executor differ
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}")
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
+                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"]))
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
-            rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "engine": None,
-                         "status": "fail", "fails": [f"could not run: {e}"]})
+            rows.append({**base, "fails": [f"could not run: {e}"]})
             continue
         samples = res.pop("samples")
-        row = {"file": a["file"], "format": a["format"], "precision": a["precision"], "quantizer": a.get("quantizer"),
-               "engine": runner.engine, "size_bytes": a.get("size_bytes"), **res, "dap": ref["ap"] - res["ap"],
+        row = {**base, "engine": runner.engine, "size_bytes": a.get("size_bytes"), **res, "dap": ref["ap"] - res["ap"],
                "_samples": samples}
-        row["fails"] = metrics.check(row, rules)
+        row["fails"], row["not_applicable"] = metrics.check(
+            row, rules, None if keypoints_apply else f"reference AP {ref['ap']:.3f} < {LOW_AP}: the PyTorch keypoints "
+                                                     f"are not a truth to agree with (untrained network)")
         if qat:  # a QAT file's conversion is held to its own PyTorch twin (quantize/qat.py): exact
             from quantize.qat import twin_check
 
             row["twin"] = twin_check(a, model_dir, ref["sample_inputs"])
             row["fails"] += row["twin"].pop("fails")
         row["status"] = "fail" if row["fails"] else "pass"
-        if row["fails"] and locate:
+        if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
                 from parity.locate import first_divergence
 
@@ -220,6 +260,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             "reference": {"engine": TorchRunner.engine, "ap": ref["ap"], "ap_split": ap_split},
             "num_joints": int(man["num_joints"]),
             "heatmap_stride": stride, "normalization": man.get("normalization"),
-            "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network, parity says little"]
+            "warnings": [f"reference AP {ref['ap']:.3f} < {LOW_AP}: untrained network: keypoint rules not applicable, "
+                         f"numeric and conversion-fidelity rules gate"]
             if ref["ap"] < LOW_AP else [],
             "int8_selection": man.get("int8_selection"), "rows": rows, "_ref": ref}

@@ -182,12 +182,14 @@ def _with_flip_test(predict_fn, flip: bool, flip_pairs):
 def evaluate_model(predict_fn, root=DEFAULT_COCO, split: str = "val2017", input_size=(256, 192), boxes="gt",
                    flip: bool = True, flip_pairs=COCO_FLIP_PAIRS, return_predictions: bool = False,
                    batch_size: int = 16, num_joints: int = 17, limit: int | None = None, workers: int = 0,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, return_keypoints: bool = False) -> dict:
     """COCO OKS AP of any runtime.
 
     predict_fn(batch np.float32 (N, 3, H, W) normalized) -> np.float32 heatmaps (N, J, H/4, W/4).
     boxes: "gt" or a person detection results json. flip: average with the flipped input's heatmaps.
-    Returns {AP, AP50, AP75, APm, APl, AR, ..., "num_persons"} (+ "predictions": COCO results list when asked).
+    Returns {AP, AP50, AP75, APm, APl, AR, ..., "num_persons"} (+ "predictions": COCO results list when asked;
+    + with return_keypoints, per person in dataset order: "keypoints" (N, J, 3) image pixels + confidence, "areas"
+    (N,) the annotation's area, "labelled" (N, J) the joints it labels: what `oks_agreement` takes).
     """
     ds = _coco_dataset(root, split, input_size, boxes, num_joints, limit)
 
@@ -198,6 +200,10 @@ def evaluate_model(predict_fn, root=DEFAULT_COCO, split: str = "val2017", input_
     stats["num_persons"] = len(ds)
     if return_predictions:
         stats["predictions"] = results
+    if return_keypoints:
+        stats["keypoints"] = np.stack(kps).astype(np.float32)
+        stats["areas"] = np.array([float(m["area"]) for m in metas], np.float64)
+        stats["labelled"] = np.stack([np.asarray(m["joints"])[:, 2] > 0 for m in metas])
     return stats
 
 

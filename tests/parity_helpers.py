@@ -183,3 +183,84 @@ def convert_artifacts(root: Path, head: str = "mbv1") -> Path:
                        text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return root
+
+
+def change_tflite_weight_scale(src: Path, dst: Path, op_index: int | None = None, channel: int | None = 0,
+                               factor: float = 1.5) -> dict:
+    """Copy an int8 .tflite, multiplying the per-channel weight scale of one output channel (every channel when
+    `channel` is None) of one CONV_2D (the `op_index`-th, default the middle one) by `factor` without touching its
+    int8 values: the runtime then requantizes with a wrong scale. Returns {'op': operator index, 'tensor': name}."""
+    from ai_edge_litert import schema_py_generated as s
+
+    buf = bytearray(src.read_bytes())
+    m = s.Model.GetRootAs(buf, 0)
+    g = m.Subgraphs(0)
+    codes = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    convs = [i for i in range(g.OperatorsLength())
+             if codes.get(max(m.OperatorCodes(g.Operators(i).OpcodeIndex()).BuiltinCode(),
+                              m.OperatorCodes(g.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode())) == "CONV_2D"]
+    i = convs[len(convs) // 2] if op_index is None else convs[op_index]
+    t = g.Tensors(int(g.Operators(i).InputsAsNumpy()[1]))
+    sc = t.Quantization().ScaleAsNumpy()  # a view into `buf`
+    assert sc.size > 1, "expected per-channel weight scales"
+    if channel is None:
+        sc *= factor
+    else:
+        sc[channel] *= factor
+    dst.write_bytes(bytes(buf))
+    return {"op": i, "tensor": t.Name().decode()}
+
+
+def change_coreml_palette_entry(src: Path, dst: Path, shift: float = 0.25) -> str:
+    """Copy a palettized .mlpackage, moving the most used entry of its first palette by `shift` x the palette's
+    range inside weights/weight.bin; returns that op's output name."""
+    from coremltools import proto
+
+    from parity.coreml_exec import CoreMLProgram, blob_span, unpack_bits
+
+    shutil.copytree(src, dst)
+    impl = CoreMLProgram(dst)._impl
+    data = dst / "Data/com.apple.CoreML"
+    for op in impl.block.operations:
+        if op.type != "constexpr_lut_to_dense":
+            continue
+        a = impl._args(op, impl.consts)
+        lut_v = op.attributes["lut"] if "lut" in op.attributes else op.inputs["lut"].arguments[0].value
+        dtype = np.float16 if lut_v.type.tensorType.dataType == proto.MIL_pb2.DataType.FLOAT16 else np.float32
+        wfile = data / "weights/weight.bin"
+        off, size = blob_span(wfile, lut_v.blobFileValue.offset)
+        raw = bytearray(wfile.read_bytes())
+        lut = np.frombuffer(raw, dtype, size // np.dtype(dtype).itemsize, off).astype(np.float32)
+        idx = unpack_bits(a["indices"], int(np.log2(lut.size)), int(np.prod(np.asarray(a["shape"]).ravel())))
+        k = int(np.bincount(idx.astype(np.int64), minlength=lut.size).argmax())
+        lut[k] += shift * float(lut.max() - lut.min())
+        raw[off:off + size] = lut.astype(dtype).tobytes()
+        wfile.write_bytes(bytes(raw))
+        return op.outputs[0].name
+    raise AssertionError(f"no palettized weight in {src}")
+
+
+def fitted_tiny_net(crops: int = 64, seed: int = 0):
+    """tiny_net with its joint classifier (head.final, 1x1 conv) fitted by least squares to the ground-truth
+    heatmaps of real train crops: peaked heatmaps where joints tend to be, as a trained net has, in a second (an
+    untrained net's flat heatmaps make every keypoint comparison a coin toss)."""
+    from posekit.data import CocoPose
+    from posekit.keypoints import DEFAULT_COCO
+
+    net = tiny_net(seed=seed)
+    ds = CocoPose(DEFAULT_COCO, "train2017", INPUT, train=False, limit=crops, cache_images=False)
+    items = [ds[i] for i in range(len(ds))]
+    x = torch.stack([it["image"] for it in items])
+    hm = torch.stack([it["heatmaps"] for it in items])
+    feats = []
+    h = net.head.final.register_forward_pre_hook(lambda m, a: feats.append(a[0]))
+    with torch.no_grad():
+        net(x)
+    h.remove()
+    f = feats[0].permute(0, 2, 3, 1).reshape(-1, feats[0].shape[1])
+    a = torch.cat([f, torch.ones(len(f), 1)], 1)
+    sol = torch.linalg.lstsq(a, hm.permute(0, 2, 3, 1).reshape(len(f), -1)).solution  # (C + 1, J)
+    with torch.no_grad():
+        net.head.final.weight.copy_(sol[:-1].T.reshape(net.head.final.weight.shape))
+        net.head.final.bias.copy_(sol[-1])
+    return net

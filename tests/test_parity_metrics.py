@@ -67,11 +67,24 @@ def test_rules_and_default_thresholds(tmp_path):
     assert rules["fp16"]["sqnr_db"] == (">=", 40) and rules["int8"]["dap"] == ("<=", 0.02)
     for p in ("fp32", "fp16", "int8", "int8-dynamic", "int8-weights", "palettized-8bit", "palettized-6bit"):
         assert p in rules, p
-    assert check({"sqnr_db": 41.0, "argmax_same": 0.995}, rules["fp16"]) == []
-    fails = check({"sqnr_db": 30.0, "argmax_same": 0.995}, rules["fp16"])
+    assert check({"sqnr_db": 41.0, "oks_agreement": 0.995}, rules["fp16"]) == ([], [])
+    fails, _ = check({"sqnr_db": 30.0, "oks_agreement": 0.995}, rules["fp16"])
     assert fails == ["sqnr_db 30 < 40"]
-    assert check({"sqnr_db": float("inf"), "argmax_same": 1.0}, rules["fp16"]) == []
-    assert "dap not measured" in check({"sqnr_db": 30.0, "argmax_same": 1.0}, rules["int8"])[-1]
+    assert check({"sqnr_db": float("inf"), "oks_agreement": 1.0}, rules["fp16"]) == ([], [])
+    assert "dap not measured" in check({"sqnr_db": 30.0, "oks_agreement": 1.0}, rules["int8"])[0][-1]
+    # every lossy precision answers both questions: a conversion-fidelity rule and a keypoint rule
+    for p in ("int8", "int8-dynamic", "int8-weights", "palettized-8bit", "palettized-6bit"):
+        assert "weights_exact" in rules[p] and "oks_agreement" in rules[p] and "dap" in rules[p], p
+        assert rules[p]["sqnr_db"] == (">=", 15), p
+    assert rules["int8"]["fidelity_sqnr_db"] == (">=", 30) and rules["int8"]["fidelity_in_step"] == (">=", 0.99)
+    # an untrained reference: keypoint rules are not applicable (reported with the reason), the others still gate
+    row = {"sqnr_db": 10.0, "oks_agreement": 0.1, "dap": 0.5, "weights_exact": 1.0, "fidelity_sqnr_db": 90.0,
+           "fidelity_in_step": 1.0, "fidelity_graph_sqnr_db": 120.0}
+    fails, na = check(row, rules["int8"], "reference AP 0.01 < 0.3")
+    assert fails == ["sqnr_db 10 < 15"]
+    assert sorted(n.split()[0] for n in na) == ["dap", "oks_agreement"] and "reference AP 0.01" in na[0]
+    fails, _ = check({**row, "fidelity_in_step": 0.5}, rules["int8"], "untrained")
+    assert fails[0].startswith("conversion fidelity: fidelity_in_step 0.5 < 0.99")
     bad = tmp_path / "t.yaml"
     bad.write_text("fp16: {snr: '>= 3'}\n")
     with pytest.raises(UserError, match="fp16.snr"):

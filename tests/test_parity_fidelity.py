@@ -1,0 +1,162 @@
+"""Parity you can trust: conversion fidelity against the artifact's twin (quantize.simulate), keypoint rules judged
+separately, and verdicts tied to the artifact's bytes. Tiny nets at 64x48 on the bundled COCO crops."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from parity import metrics
+from parity.__main__ import main
+from tests.parity_helpers import (
+    INPUT,
+    _entry,
+    change_coreml_palette_entry,
+    change_tflite_weight_scale,
+    compress,
+    coreml_convert,
+    fitted_tiny_net,
+    tiny_arch,
+    write_manifest,
+)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """A tiny net's checkpoint, its int8 .tflite (calibrated on real crops, as convert makes it), the same int8 file
+    with ONE per-channel weight scale x1.5, a Core ML 8-bit palettized model and a copy with one palette entry moved;
+    all in one manifest."""
+    from convert.source import calibration_batches
+    from model.checkpoint import save_checkpoint
+    from model.deploy import deploy_model
+    from posekit.litert import quantize_tflite, to_tflite
+
+    root = tmp_path_factory.mktemp("fidelity") / "tiny"
+    (root / "tflite").mkdir(parents=True)
+    (root / "coreml").mkdir()
+    net, arch = fitted_tiny_net(), tiny_arch()
+    ckpt = save_checkpoint(root / "model.pt", net, arch)
+    dep = deploy_model(net)
+    to_tflite(dep, torch.zeros(1, 3, *INPUT), root / "tflite/model_fp32.tflite")
+    quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8.tflite", "int8",
+                    calibration_batches(arch, None, 8))
+    quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8_dynamic.tflite", "int8-dynamic")
+    changed = change_tflite_weight_scale(root / "tflite/model_int8.tflite", root / "tflite/scale_int8.tflite",
+                                         op_index=-1, channel=0, factor=0.5)
+    m = coreml_convert(dep, root / "coreml/model_fp32.mlpackage", "fp16")
+    compress(m, "palettized-8bit", root / "coreml/model_pal8.mlpackage")
+    entry = change_coreml_palette_entry(root / "coreml/model_pal8.mlpackage", root / "coreml/entry_pal8.mlpackage")
+    entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC"),
+               _entry(root, "tflite/model_int8.tflite", "tflite", "int8", "NHWC", "ai-edge-quantizer static_wi8_ai8"),
+               _entry(root, "tflite/scale_int8.tflite", "tflite", "int8", "NHWC", "ai-edge-quantizer static_wi8_ai8"),
+               _entry(root, "tflite/model_int8_dynamic.tflite", "tflite", "int8-dynamic", "NHWC"),
+               _entry(root, "coreml/model_pal8.mlpackage", "coreml-mlprogram", "palettized-8bit"),
+               _entry(root, "coreml/entry_pal8.mlpackage", "coreml-mlprogram", "palettized-8bit")]
+    write_manifest(root, arch, entries, ckpt)
+    return root, changed, entry
+
+
+def _run(argv, capsys):
+    n = torch.get_num_threads()
+    try:
+        rc = main(argv)
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr()
+    return rc, out
+
+
+def _rows(root):
+    """report.json's rows, with JSON's "inf" (an exact match's SQNR) read back as a float."""
+    rows = json.loads((root / "parity/report.json").read_text())["rows"]
+    return {r["file"]: {k: float(v) if v == "inf" else v for k, v in r.items()} for r in rows}
+
+
+def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(quantized, capsys):
+    """(a) One per-channel weight scale of the joint classifier (the last conv) halved, its int8 values untouched:
+    the runtime requantizes that joint's heatmap with a wrong scale (its confidences halve, its peak stays); the
+    twin, which rounds the PyTorch weights with the file's scales, does not. The conversion-fidelity rules fail and
+    name the op, while the keypoint rules alone would pass it: the split catches what task metrics miss."""
+    root, changed, _ = quantized
+    rc, out = _run(["--model-dir", str(root), "--crops", "6", "--only", "int8"], capsys)
+    assert rc == 1, out.err
+    rows = _rows(root)
+    good, bad = rows["tflite/model_int8.tflite"], rows["tflite/scale_int8.tflite"]
+    # the correct file: its twin reproduces it (to the requantization rounding), every stored integer included
+    assert good["status"] == "pass", good["fails"]
+    assert good["fidelity_sqnr_db"] >= 40 and good["fidelity_in_step"] >= 0.99 and good["weights_exact"] == 1
+    assert good["fidelity_graph_sqnr_db"] >= 60
+    # int8-dynamic: the twin quantizes each hybrid conv's input on the fly, as the runtime's kernels do
+    dyn = rows["tflite/model_int8_dynamic.tflite"]
+    assert dyn["status"] == "pass", dyn["fails"]
+    assert dyn["fidelity_sqnr_db"] >= 60 and dyn["weights_exact"] == 1 and dyn["fidelity_in_step"] is None
+    # the changed file: conversion fidelity fails, and the first op the twin disagrees with is the changed conv
+    assert bad["status"] == "fail"
+    assert bad["fails"] and all(f.startswith(metrics.FIDELITY_PREFIX) for f in bad["fails"]), bad["fails"]
+    assert bad["fidelity_in_step"] < 0.99 and bad["fidelity_sqnr_db"] < 30
+    assert bad["fidelity_divergence"]["op"] == changed["op"] == bad["fidelity_worst_op"]["op"]
+    assert "FAIL tflite/scale_int8.tflite" in out.err and "conversion fidelity" in out.err
+    # ... while its keypoint rules alone pass: the task metrics cannot tell it from the correct file
+    rules = metrics.load_thresholds()["int8"]
+    keypoint_rules = {k: v for k, v in rules.items() if k in metrics.KEYPOINT_METRICS}
+    assert set(keypoint_rules) == {"oks_agreement", "dap"}
+    assert metrics.check(bad, keypoint_rules) == ([], [])
+    assert metrics.check(bad, {"sqnr_db": rules["sqnr_db"]}) == ([], [])
+    # untrained reference: the keypoint rules are reported as not applicable, and say why
+    assert good["not_applicable"] and "reference AP" in good["not_applicable"][0]
+    assert "keypoint rules not applicable" in out.out
+
+
+def test_changed_palette_entry_fails_fidelity(quantized, capsys):
+    """(c) One palette entry of a Core ML 8-bit palettized model moved: its decompressed weights are no longer the
+    PyTorch weights projected onto the file's palette."""
+    root, _, entry = quantized
+    rc, out = _run(["--model-dir", str(root), "--crops", "2", "--only", "pal8"], capsys)
+    assert rc == 1
+    rows = _rows(root)
+    good, bad = rows["coreml/model_pal8.mlpackage"], rows["coreml/entry_pal8.mlpackage"]
+    assert good["weights_exact"] == 1 and not any(f.startswith(metrics.FIDELITY_PREFIX) for f in good["fails"])
+    assert good["status"] == "pass", good["fails"]
+    assert bad["status"] == "fail" and bad["weights_exact"] < 1
+    assert any(f.startswith(metrics.FIDELITY_PREFIX + "weights_exact") for f in bad["fails"])
+    assert bad["fidelity_divergence"]["tensor"] == entry
+
+
+def test_tampered_after_cached_run_fails_naming_the_sha(quantized, capsys, tmp_path):
+    """(b) Run parity (results cached), flip 64 bytes in the middle of the fp32 .tflite, run again: the row fails
+    as changed since convert, though a cached result for the old bytes exists."""
+    import shutil
+
+    root, _, _ = quantized
+    d = tmp_path / "m"
+    shutil.copytree(root, d, ignore=shutil.ignore_patterns("parity"))
+    rc, out = _run(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
+    assert rc == 0, out.err
+    f = d / "tflite/model_fp32.tflite"
+    raw = bytearray(f.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+    f.write_bytes(bytes(raw))
+    rc, out = _run(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
+    assert rc == 1
+    assert "FAIL tflite/model_fp32.tflite" in out.err and "changed since convert" in out.err and "sha256" in out.err
+    row = _rows(d)["tflite/model_fp32.tflite"]
+    assert row["status"] == "fail" and row["sha256"] != row["manifest_sha256"]
+
+
+def test_fake_quant_rounds_like_tflite():
+    """The primitive QAT reuses: ties away from zero (torch.round rounds them to even), clamp to the int8 range,
+    per-channel scales, straight-through gradient inside the range."""
+    from quantize.simulate import fake_quant, quantize_weight, round_half_away
+
+    assert round_half_away(torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5])).tolist() == [1, 2, 3, -1, -3]
+    x = torch.tensor([0.25, 0.75, -0.25, 100.0, -100.0])
+    assert fake_quant(x, 0.5, 0).tolist() == [0.5, 1.0, -0.5, 63.5, -64.0]
+    w = torch.tensor([[1.0, -2.0], [0.3, 0.1]])
+    assert quantize_weight(w, torch.tensor([2 / 127, 0.3 / 127]), axis=0).tolist() == [[64, -127], [127, 42]]
+    x = torch.tensor([0.3, 200.0], requires_grad=True)
+    fake_quant(x, 0.5, 0, ste=True).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]
+    assert np.allclose(fake_quant(torch.tensor([[0.26], [0.26]]), torch.tensor([0.5, 0.1]), 0, axis=0).numpy(),
+                       [[0.5], [0.3]])
