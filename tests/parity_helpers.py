@@ -78,6 +78,39 @@ def compress(mlmodel, how: str, path: Path):
     return m
 
 
+def _entry(root: Path, file: str, fmt: str, precision: str, layout: str = "NCHW", quantizer=None) -> dict:
+    from posekit.io import sha256_file
+
+    p = root / file
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    shape = [1, 3, *INPUT] if layout == "NCHW" else [1, *INPUT, 3]
+    oshape = [1, 17, INPUT[0] // 4, INPUT[1] // 4] if layout == "NCHW" else [1, INPUT[0] // 4, INPUT[1] // 4, 17]
+    return {"file": file, "format": fmt, "precision": precision, "quantizer": quantizer, "size_bytes": size,
+            "sha256": sha256_file(p),
+            "inputs": [{"name": "image", "shape": shape, "dtype": "float32", "layout": layout, "kind": "tensor",
+                        "quantization": None, "normalization_folded": False}],
+            "outputs": [{"name": "heatmaps", "shape": oshape, "dtype": "float32", "layout": layout,
+                         "quantization": None}]}
+
+
+def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
+    from model.arch import dump
+    from posekit.io import atomic_write_json, sha256_file
+    from posekit.keypoints import MEAN, STD, keypoint_info
+    from posekit.manifest import tool_versions
+
+    info = keypoint_info(17)
+    arch_file = dump(arch, root / "arch.yaml")
+    atomic_write_json(root / "manifest.json", {
+        "schema_version": 1, "model": arch.name, "created": "test", "tool_versions": tool_versions(),
+        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "arch_file": str(arch_file),
+                   "arch_sha256": sha256_file(arch_file)},
+        "arch": arch.to_dict(), "num_joints": 17, "keypoint_names": info["names"], "skeleton": info["skeleton"],
+        "flip_pairs": info["flip_pairs"], "heatmap_stride": 4, "input_size": list(INPUT),
+        "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(MEAN), "std": list(STD)},
+        "artifacts": entries})
+
+
 # ---------------------------------------------------------------------------------------- deliberately broken copies
 def flip_tflite_weight_sign(src: Path, dst: Path, op: str = "CONV_2D") -> str:
     """Copy a float .tflite, negating the weight tensor of its first `op`; returns that tensor's name."""
