@@ -19,6 +19,7 @@ LOCK = ".lock"
 def folder_lock(folder: str | Path, what: str = "this folder"):
     """Hold the folder's lock, or fail at once with a UserError naming the holder."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -31,6 +32,13 @@ def folder_lock(folder: str | Path, what: str = "this folder"):
                             f"--out)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join([os.path.basename(sys.executable), *sys.argv])}\n".encode(), 0)
-        yield path
+        try:
+            yield path
+        except BaseException:
+            if created:  # a run refused before it wrote anything leaves no folder behind (bad input: nothing written)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    folder.rmdir()
+            raise
     finally:
         os.close(fd)  # releases the lock

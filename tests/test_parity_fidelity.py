@@ -27,10 +27,11 @@ def quantized(tmp_path_factory):
     """A tiny net's checkpoint, its int8 .tflite (calibrated on real crops, as convert makes it), the same int8 file
     with ONE per-channel weight scale x1.5, a Core ML 8-bit palettized model and a copy with one palette entry moved;
     all in one manifest."""
-    from convert.source import calibration_batches
     from model.checkpoint import save_checkpoint
     from model.deploy import deploy_model
-    from posekit.litert import quantize_tflite, to_tflite
+    from posekit.litert import to_tflite
+    from quantize.calibration import calibration_batches
+    from quantize.tflite import quantize_tflite
 
     root = tmp_path_factory.mktemp("fidelity") / "tiny"
     (root / "tflite").mkdir(parents=True)

@@ -77,8 +77,8 @@ def one_thread():
 def test_tflite_is_exact_to_its_twin(exported, one_thread):
     """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
     all identical against XNNPACK)."""
-    from convert.source import calibration_batches, eval_batches
     from posekit import litert
+    from quantize.calibration import calibration_batches, eval_batches
     from quantize.qat import load_qat, twin_agreement
 
     run, art = exported
