@@ -57,7 +57,7 @@ def test_one_calibration_function_real_crops():
 @pytest.mark.parametrize("argv", [
     ["convert", "--arch", "efficientpose_a", "--input", "64x48", "--targets", "tflite-int8"],
     ["device_bench", "lut", "--device", "host-int8", "--quick", "--no-shipped-archs"],
-    ["device_bench", "fidelity", "--device", "host-int8", "--n", "2"],
+    ["device_bench", "fidelity", "--device", "host-int8", "--n", "3"],
     ["search", "closed-loop", "--epochs", "1"],
 ])
 def test_data_reaches_every_int8_calibration(argv, tmp_path):
