@@ -65,14 +65,6 @@ def test_activation_scale_is_ai_edge_quantizers(one_thread):
         assert np.float32(s.item()) == np.float32(scale[0]) and int(z.item()) == int(zp[0])
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow  # the fixture: a QAT run and its export (~1-4 min on 2 shared cores)
 def test_tflite_is_exact_to_its_twin(exported, one_thread):
     """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
