@@ -9,7 +9,7 @@ sys.path.insert(0, str(ROOT))  # before any project import: the checkout under t
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
-SLOW_TIMEOUT_S = 900  # the per-test limit of @pytest.mark.slow tests (the default is `timeout` in pyproject.toml)
+SLOW_TIMEOUT_S = 1200  # the per-test limit of @pytest.mark.slow tests (the default is `timeout` in pyproject.toml)
 
 
 def pytest_collection_modifyitems(config, items):
