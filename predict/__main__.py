@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import ArgumentParser, fraction, main_guard, positive_int
 from posekit.errors import UserError
 
 
@@ -27,20 +27,16 @@ def parser() -> argparse.ArgumentParser:
                         "(runs its tflite int8, else tflite fp32, onnx, Core ML)")
     p.add_argument("--boxes", type=Path, help="person boxes: COCO detection results json (image ids = the COCO "
                                               "file names' numbers); default: the whole image is one person")
-    p.add_argument("--min-score", type=float, default=0.5, help="detection score threshold for --boxes "
+    p.add_argument("--min-score", type=fraction, default=0.5, help="detection score threshold for --boxes "
                                                                 "(default 0.5)")
     p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default runs/predict)")
     p.add_argument("--no-overlay", action="store_true", help="write keypoints.json only")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     return p
 
 
 def parse(argv):
     a = parser().parse_args(argv)
-    if not 0.0 <= a.min_score <= 1.0:
-        raise UserError(f"--min-score {a.min_score}: expected a value in [0, 1]")
-    if a.threads < 1:
-        raise UserError(f"--threads {a.threads}: expected at least 1")
     for img in a.images:
         if not img.is_file():
             raise UserError(f"{img}: no such image file")

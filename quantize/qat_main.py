@@ -18,51 +18,37 @@ import sys
 import warnings
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, main_guard
+from posekit.cli import (
+    ArgumentParser,
+    data_dir,
+    main_guard,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    torch_device,
+)
 from posekit.errors import UserError
-
-
-def _positive(kind):
-    def parse(s):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-        return v
-
-    return parse
-
-
-def _non_negative(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
 
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m quantize qat", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="trained checkpoint (default: runs/demo/train/best.pt, what `make demo` trains)")
-    p.add_argument("--data", help="dataset root (default: the checkpoint's training data)")
-    p.add_argument("--epochs", type=_non_negative, default=6, help="QAT epochs (default 6; 0: calibrated ranges only)")
-    p.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
-    p.add_argument("--range-lr", type=_positive(float), default=1e-2,
+    p.add_argument("--data", type=data_dir, help="dataset root (default: the checkpoint's training data)")
+    p.add_argument("--epochs", type=nonneg_int, default=6, help="QAT epochs (default 6; 0: calibrated ranges only)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
+    p.add_argument("--range-lr", type=positive_float, default=1e-2,
                    help="Adam learning rate of the activation ranges (default 1e-2)")
-    p.add_argument("--batch-size", type=_positive(int), default=8, help="per process (default 8)")
-    p.add_argument("--calib", type=_positive(int), default=32, help="calibration crops for the initial ranges (32)")
-    p.add_argument("--limit", type=_positive(int), help="only the first N training persons (smoke tests)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="per process (default 8)")
+    p.add_argument("--calib", type=positive_int, default=32, help="calibration crops for the initial ranges (32)")
+    p.add_argument("--limit", type=positive_int, help="only the first N training persons (smoke tests)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="training augmentation (default: as the checkpoint was trained)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=_non_negative, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--threads", type=_positive(int), help="torch CPU threads")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--device", type=torch_device, default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=Path, help="run folder (default runs/qat/<model name>); a run there with the same "
                                             "options is resumed")
     p.add_argument("--artifacts", type=Path, help="artifacts folder (default: the one converted from this "

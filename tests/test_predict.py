@@ -50,7 +50,8 @@ def test_predict_bad_input_is_one_error_line(tmp_path, capsys):
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
     assert console.main(["predict", "--model", str(model), str(IMAGES[0]), "--min-score", "2"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --min-score 2.0: expected a value in [0, 1]"
+    assert capsys.readouterr().err.strip() == ("error: argument --min-score: expected a finite number >= 0 and <= 1, "
+                                               "got '2' (see python -m predict --help)")
     assert console.main(["predict", "--model", str(model), str(tmp_path / "none.jpg")]) == 2
     assert "none.jpg: no such image file" in capsys.readouterr().err
     bad = tmp_path / "dets.json"
