@@ -81,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-parser = build_parser  # the old name
-
 
 def bench_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m convert head-bench",

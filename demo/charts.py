@@ -13,7 +13,7 @@ from model import load  # noqa: E402
 from model.arch import Arch  # noqa: E402
 from model.flops import count_flops  # noqa: E402
 from model.latency import LUT, network_keys  # noqa: E402
-from posekit.io import atomic_path  # noqa: E402
+from posekit.io import save_figure  # noqa: E402
 
 REFERENCE = ("efficientpose_a", "efficientpose_b", "efficientpose_c", "mobilenetv2_simplebaseline")
 
@@ -54,7 +54,4 @@ def latency_flops_chart(rows: list[dict], devices: list[str], path: Path) -> Pat
         ax.set_title(f"latency vs FLOPs, {dev} LUT")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

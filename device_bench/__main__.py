@@ -134,8 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-parser = build_parser  # the old name
-
 
 @main_guard
 def main(argv=None) -> int:

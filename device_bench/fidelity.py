@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import random
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from model.latency import load_lut, network_keys
 from model.net import build
 from model.space import load_space
 from posekit.errors import UserError
-from posekit.io import atomic_path, atomic_write_json
+from posekit.io import atomic_write_json, save_figure
 
 from . import host
 from .timing import round_robin
@@ -92,10 +91,7 @@ def scatter(path: Path, pred, meas, title: str, cal: dict | None) -> Path:
     ax.set(xlabel="LUT sum (ms)", ylabel="measured whole network (ms)", title=title, xlim=(lo, hi), ylim=(lo, hi))
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def run_fidelity(args) -> dict:
@@ -152,7 +148,3 @@ def run_fidelity(args) -> dict:
         lut.save()
         print(f"{lut.path}: calibration stored (LUT.latency(arch, calibrated=True) applies it)")
     return res
-
-
-def load_results(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -12,6 +12,7 @@ Written atomically (temp file + rename), so a kill never leaves a half-written c
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -41,15 +42,35 @@ def save_checkpoint(path, net: torch.nn.Module, arch: Arch, **state) -> Path:
     return Path(path)
 
 
+def load_state_file(path, what: str = "checkpoint", map_location="cpu"):
+    """What one of the project's torch state files holds (a checkpoint, a QAT twin, a run's last.pt, a search
+    state), loaded with weights_only=True: tensors, numbers, strings, lists and dicts only, so a file that asks to
+    build objects (code) is refused, never run. A missing, truncated or foreign file: a one-line UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what}")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{p}: not a loadable {what}: refused, it holds objects or code (only tensors, numbers, "
+                        "lists and dicts are loaded)") from None
+    except Exception as e:  # torch raises many types for a corrupt / non-torch file
+        raise UserError(f"{p}: not a loadable {what}: {first_line(e) or type(e).__name__}") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict, where: str) -> torch.nn.Module:
+    """module.load_state_dict(state), a mismatch as one line naming `where`."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{where}: model: weights do not match the arch: {first_line(e)}") from None
+    return module
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """The raw checkpoint dict (weights_only), with a one-line UserError for a missing or foreign file."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such checkpoint")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt / non-torch file
-        raise UserError(f"{p}: not a loadable checkpoint: {first_line(e)}") from None
+    ckpt = load_state_file(p, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
         raise UserError(f"{p}: not a posenas checkpoint (needs 'arch' and 'model'; format {FORMAT})")
     return ckpt
@@ -59,9 +80,5 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseNet, Arch, dict]:
     """(PoseNet in eval mode with the weights, its Arch, the whole checkpoint dict)."""
     ckpt = read_checkpoint(path, map_location)
     arch = from_dict(ckpt["arch"], src=f"{path}: arch")
-    net = PoseNet(arch)
-    try:
-        net.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: model: weights do not match the arch: {first_line(e)}") from None
+    net = load_weights(PoseNet(arch), ckpt["model"], str(path))
     return net.eval(), arch, ckpt

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from parity.coreml_exec import (
+from parity.coreml_ops import (
     UnsupportedOp,
     op_batch_norm,
     op_conv,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posekit.io import atomic_path, atomic_write_json, atomic_write_text
+from posekit.io import atomic_write_json, atomic_write_text, save_figure
 
 COLUMNS = [("file", "artifact"), ("engine", "ran on"),
            # is the conversion exact? (the artifact against its twin: quantize.simulate)
@@ -41,11 +41,6 @@ def _finite(o):
     return "inf" if isinstance(o, float) and np.isinf(o) else o
 
 
-def _savefig(fig, path: Path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-
-
 def histogram(row: dict, out_dir: Path) -> str:
     """Log-binned histogram of |heatmap difference| (counts accumulated over every crop)."""
     import matplotlib
@@ -69,8 +64,7 @@ def histogram(row: dict, out_dir: Path) -> str:
     ax.set_title(row["file"], fontsize=9)
     fig.tight_layout()
     name = f"hist_{_slug(row['file'])}.png"
-    _savefig(fig, out_dir / name)
-    plt.close(fig)
+    save_figure(fig, out_dir / name)
     return name
 
 
@@ -102,8 +96,7 @@ def overlays(inputs: np.ndarray, ref: np.ndarray, outputs: dict, out_dir: Path, 
         fig.suptitle(f"{name}: PyTorch (green) vs runtime (red)", fontsize=9)
         fig.tight_layout()
         files[name] = f"kp_{_slug(name)}.png"
-        _savefig(fig, out_dir / files[name])
-        plt.close(fig)
+        save_figure(fig, out_dir / files[name])
     return files
 
 

@@ -89,15 +89,8 @@ class TFLiteRunner(Runner):
 
     def __init__(self, entry, model_dir, manifest, threads: int = 1):
         super().__init__(entry, model_dir, manifest)
-        try:
-            from posekit.litert import interpreter
-        except ImportError:  # posekit.litert is the shared factory; fall back to the interpreter itself
-            from ai_edge_litert.interpreter import Interpreter
+        from posekit.litert import interpreter
 
-            def interpreter(p, threads=1, xnnpack=True):
-                it = Interpreter(model_path=str(p), num_threads=threads)
-                it.allocate_tensors()
-                return it
         try:
             self.it = interpreter(self.path, threads=threads, xnnpack=True)
         except Exception as e:

@@ -335,6 +335,13 @@ def check_coco(d: dict, ann_file, evaluation: bool = False):
     def is_pos(v):
         return type(v) in _NUMBER and math.isfinite(v) and v > 0
 
+    def unique_id(section, i, r, seen: set, what: str) -> int:
+        v = need(section, i, r, "id", is_int, "an integer")
+        if v in seen:
+            raise UserError(f"{ann_file}: {rec(section, i, r)}.id: duplicate {what} id {v}")
+        seen.add(v)
+        return v
+
     joints = {}
     for i, c in enumerate(d["categories"]):
         cid = need("categories", i, c, "id", is_int, "an integer")
@@ -344,19 +351,13 @@ def check_coco(d: dict, ann_file, evaluation: bool = False):
         joints[cid] = len(kp or [])
     images = set()
     for i, im in enumerate(d["images"]):
-        iid = need("images", i, im, "id", is_int, "an integer")
-        if iid in images:
-            raise UserError(f"{ann_file}: {rec('images', i, im)}.id: duplicate image id {iid}")
-        images.add(iid)
+        unique_id("images", i, im, images, "image")
         need("images", i, im, "file_name", lambda v: isinstance(v, str) and v.strip(), "a file name")
         need("images", i, im, "width", is_pos, "a positive number")
         need("images", i, im, "height", is_pos, "a positive number")
     ann_ids = set()
     for i, a in enumerate(d["annotations"]):
-        aid = need("annotations", i, a, "id", is_int, "an integer")
-        if aid in ann_ids:
-            raise UserError(f"{ann_file}: {rec('annotations', i, a)}.id: duplicate annotation id {aid}")
-        ann_ids.add(aid)
+        unique_id("annotations", i, a, ann_ids, "annotation")
         where = rec("annotations", i, a)
         if need("annotations", i, a, "image_id", is_int, "an integer") not in images:
             raise UserError(f"{ann_file}: {where}.image_id: {a['image_id']} is not in images")

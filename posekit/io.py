@@ -45,6 +45,17 @@ def atomic_write_json(path: str | Path, obj, indent: int = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def save_figure(fig, path: str | Path, dpi: int = 80) -> Path:
+    """A matplotlib figure written atomically (format from the suffix, PNG when none), then closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file, or of a directory's files in sorted order (an .mlpackage is a directory)."""
     p = Path(path)

@@ -9,6 +9,7 @@ Shared by convert (artifacts), quantize (which starts from these fp32 bytes: qua
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 from collections import Counter
@@ -150,23 +151,35 @@ def run(it, x: np.ndarray) -> np.ndarray:
     return y
 
 
+@functools.cache
+def _builtin_names() -> dict:
+    from ai_edge_litert import schema_py_generated as s
+
+    return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def builtin_name(model, op) -> str:
+    """The builtin name ('CONV_2D', ...) of operator `op` of a parsed schema Model; CUSTOM_<code> when unknown.
+    Codes past 127 live only in BuiltinCode, older files only in DeprecatedBuiltinCode: the larger one is it."""
+    oc = model.OperatorCodes(op.OpcodeIndex())
+    code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+    return _builtin_names().get(code, f"CUSTOM_{code}")
+
+
 def _ops(path: str | Path):
     """(op_name, [input dtypes], [output dtypes]) of every op in every subgraph, read from the flatbuffer."""
     from ai_edge_litert import schema_py_generated as s
 
     buf = Path(path).read_bytes()
     m = s.Model.GetRootAs(buf, 0)
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_")}
     for g in range(m.SubgraphsLength()):
         sg = m.Subgraphs(g)
         for i in range(sg.OperatorsLength()):
             op = sg.Operators(i)
-            oc = m.OperatorCodes(op.OpcodeIndex())
-            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
             ins = [types[sg.Tensors(t).Type()] for t in op.InputsAsNumpy() if t >= 0] if op.InputsLength() else []
             outs = [types[sg.Tensors(t).Type()] for t in op.OutputsAsNumpy() if t >= 0] if op.OutputsLength() else []
-            yield names.get(code, f"CUSTOM_{code}"), ins, outs
+            yield builtin_name(m, op), ins, outs
 
 
 def op_counts(path: str | Path) -> dict[str, int]:

@@ -18,7 +18,7 @@ from posekit.cli import ArgumentParser, fraction, main_guard, positive_int
 from posekit.errors import UserError
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m predict", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (jpg, png, ...)")
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(argv):
-    a = parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     for img in a.images:
         if not img.is_file():
             raise UserError(f"{img}: no such image file")

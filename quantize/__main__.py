@@ -31,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-parser = build_parser  # the old name
-
 
 @main_guard
 def main(argv=None):

@@ -365,26 +365,16 @@ def qat_state(qat: QATNet, arch, **extra) -> dict:
 def load_qat(path_or_state) -> tuple[QATNet, object, dict]:
     """(QATNet, Arch, the dict) from a file written with qat_state (torch.load weights_only=True)."""
     from model.arch import from_dict
+    from model.checkpoint import load_state_file, load_weights
 
     if isinstance(path_or_state, dict):
         st, where = path_or_state, "QAT state"
     else:
-        p = Path(path_or_state)
-        if not p.is_file():
-            raise UserError(f"{p}: no such QAT checkpoint")
-        try:
-            st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"{p}: not a loadable QAT checkpoint: {str(e).strip().splitlines()[0]}") from None
-        where = str(p)
+        st, where = load_state_file(path_or_state, "QAT checkpoint"), str(path_or_state)
     if not isinstance(st, dict) or st.get("format") != QAT_FORMAT:
         raise UserError(f"{where}: not a QAT checkpoint (format {QAT_FORMAT})")
     arch = from_dict(st["arch"], src=f"{where}: arch")
-    qat = QATNet(PoseNet(arch), st.get("deconv", "subpixel"))
-    try:
-        qat.load_state_dict(st["model"])
-    except RuntimeError as e:
-        raise UserError(f"{where}: model: does not match the arch: {str(e).splitlines()[0]}") from None
+    qat = load_weights(QATNet(PoseNet(arch), st.get("deconv", "subpixel")), st["model"], where)
     return qat.eval(), arch, st
 
 
@@ -456,16 +446,15 @@ def _tensor_ops(model: bytes):
     """[(op name, [input tensor names], [output tensor names])] of subgraph 0, in execution order."""
     from ai_edge_litert import schema_py_generated as s
 
+    from posekit.litert import builtin_name
+
     m = s.Model.GetRootAs(model, 0)
     sg = m.Subgraphs(0)
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     tname = [sg.Tensors(i).Name().decode() for i in range(sg.TensorsLength())]
     out = []
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
-        oc = m.OperatorCodes(op.OpcodeIndex())
-        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        out.append((names.get(code, str(code)), [tname[t] for t in op.InputsAsNumpy() if t >= 0],
+        out.append((builtin_name(m, op), [tname[t] for t in op.InputsAsNumpy() if t >= 0],
                     [tname[t] for t in op.OutputsAsNumpy() if t >= 0]))
     return out
 

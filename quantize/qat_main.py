@@ -5,9 +5,10 @@ beside the post-training int8.
 Fake quantization reproduces the int8 graph the converter emits (quantize/qat.py): per-channel symmetric int8
 weights, per-tensor asymmetric int8 activations after every fused conv + BN + activation, at each residual ADD, the
 head's sub-pixel convs, the input; BatchNorm folded as the export folds it. Ranges start from calibration
-(min/max, as the PTQ int8) and are learned. Data pipeline: the checkpoint's own training config. A killed run
-resumes from <out>/last.pt when started again with the same options. Multi-GPU: torchrun --nproc_per_node N -m
-quantize qat ...
+(min/max, as the PTQ int8) and are learned. Loss: by default distillation, the float checkpoint's heatmaps of
+the same crops as the target (--loss labels: the ground truth). Data pipeline: the checkpoint's own training
+config. A killed run resumes from <out>/last.pt when started again with the same options. Multi-GPU: torchrun
+--nproc_per_node N -m quantize qat ...
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from posekit.cli import (
 from posekit.errors import UserError
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m quantize qat", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="trained checkpoint (default: runs/demo/train/best.pt, what `make demo` trains)")
@@ -40,6 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
     p.add_argument("--range-lr", type=positive_float, default=1e-2,
                    help="Adam learning rate of the activation ranges (default 1e-2)")
+    p.add_argument("--loss", choices=["distill", "labels"], default="distill",
+                   help="distill (default): match the float checkpoint's heatmaps on the same crops, every joint; "
+                        "QAT's job is an int8 net that computes what the float one does, and with little data "
+                        "fitting the labels again moves it away from the float net. labels: the training loss "
+                        "(ground-truth heatmaps, labelled joints)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="per process (default 8)")
     p.add_argument("--calib", type=positive_int, default=32, help="calibration crops for the initial ranges (32)")
     p.add_argument("--limit", type=positive_int, help="only the first N training persons (smoke tests)")
@@ -62,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 @main_guard
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     import torch
 
     from convert.cli import quiet_libraries
@@ -87,8 +93,9 @@ def main(argv=None) -> int:
     trainer = qat_train.QATTrainer(cfg, out, log=print)
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
-        print(f"qat: {a.ckpt} ({name}), {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']} / ranges "
-              f"{cfg['range_lr']}, {len(trainer.ds)} training persons of {cfg['data']} -> {out}")
+        print(f"qat: {a.ckpt} ({name}), {cfg['epochs']} epochs, loss {cfg['loss']}, batch {cfg['batch_size']}, "
+              f"lr {cfg['lr']} / ranges {cfg['range_lr']}, {len(trainer.ds)} training persons of {cfg['data']} -> "
+              f"{out}")
     report = {"config": cfg}
     if rank0 and cfg["eval"] and trainer.start == 0:
         report["ap_before"] = qat_train.twin_ap(trainer.qat, cfg, trainer.arch)

@@ -9,21 +9,20 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, unwrap
+from model.checkpoint import load_checkpoint, load_state_file, unwrap
 from posekit.data import CocoPose, MpiiPose
 from posekit.errors import UserError
 from posekit.io import atomic_path, atomic_write_json, sha256_file
 from train import dist
-from train.loop import _collate, evaluate, lr_factor, rng_state, set_rng_state, weighted_mse
+from train.loop import EpochBatches, evaluate, lr_factor, rng_state, set_rng_state, weighted_mse
 
 from .qat import QATNet, export_tflite, load_qat, qat_state, twin_agreement
 
 # What must match for a run folder's last.pt to be resumed (anything else: a new run).
-RUN_KEYS = ("ckpt_sha256", "epochs", "lr", "range_lr", "batch_size", "calib", "seed", "limit", "data", "augment")
+RUN_KEYS = ("ckpt_sha256", "epochs", "lr", "range_lr", "batch_size", "calib", "seed", "limit", "data", "augment",
+            "loss")
 
 
 def run_config(a, ckpt: dict) -> dict:
@@ -31,7 +30,7 @@ def run_config(a, ckpt: dict) -> dict:
     QAT options on top."""
     t = ckpt.get("config") or {}
     data = a.data or t.get("data")
-    cfg = {"ckpt": str(a.ckpt), "ckpt_sha256": sha256_file(a.ckpt), "epochs": a.epochs, "lr": a.lr,
+    cfg = {"ckpt": str(a.ckpt), "ckpt_sha256": sha256_file(a.ckpt), "epochs": a.epochs, "lr": a.lr, "loss": a.loss,
            "range_lr": a.range_lr, "batch_size": a.batch_size, "calib": a.calib, "seed": a.seed, "limit": a.limit,
            "workers": a.workers, "progress": not a.no_progress, "device": a.device,
            "data": str(data) if data else None, "dataset": t.get("dataset", "coco"),
@@ -53,11 +52,13 @@ class QATTrainer:
         self.rank, self.world, self.device = dist.setup(cfg.get("device"))
         self.out, self.cfg, self.log_fn = Path(out), cfg, log
         net, self.arch, _ = load_checkpoint(cfg["ckpt"])
+        # distill: the float net is the teacher (QATNet folds a copy of it, so it stays as trained)
+        self.teacher = net.to(self.device).requires_grad_(False) if cfg.get("loss") == "distill" else None
         last = self.out / "last.pt"
         state = None
         if last.is_file():
-            state = torch.load(last, map_location="cpu", weights_only=True)
-            old = state.get("config", {})
+            state = load_state_file(last, "QAT run state")
+            old = state.get("config", {}) if isinstance(state, dict) else {}
             diff = [k for k in RUN_KEYS if old.get(k) != cfg.get(k)]
             if diff:
                 raise UserError(f"{last}: a QAT run with other settings ({', '.join(diff)}) is there: pass --out for "
@@ -90,14 +91,7 @@ class QATTrainer:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
-        if self.world > 1:
-            self.sampler = DistributedSampler(self.ds, self.world, self.rank, shuffle=True, seed=cfg["seed"])
-        else:
-            self.gen = torch.Generator()
-            self.sampler = RandomSampler(self.ds, generator=self.gen)
-        w = cfg["workers"]
-        self.loader = DataLoader(self.ds, cfg["batch_size"], sampler=self.sampler, num_workers=w,
-                                 persistent_workers=w > 0, collate_fn=_collate)
+        self.batches = EpochBatches(self.ds, cfg, self.world, self.rank, self.device)
 
     def log(self, msg):
         if self.rank == 0:
@@ -120,17 +114,15 @@ class QATTrainer:
         return self.qat.eval()
 
     def train_epoch(self, epoch: int) -> float:
-        torch.manual_seed(self.cfg["seed"] + epoch)  # as train: the epoch's batches depend on (seed, epoch) only
-        if self.world > 1:
-            self.sampler.set_epoch(epoch)
-        else:
-            self.gen.manual_seed(self.cfg["seed"] + epoch)
         self.model.train()
         total, n = 0.0, 0
-        bar = tqdm(self.loader, desc=f"qat epoch {epoch + 1}/{self.cfg['epochs']}", leave=False,
+        bar = tqdm(self.batches.epoch(epoch), desc=f"qat epoch {epoch + 1}/{self.cfg['epochs']}", leave=False,
                    disable=self.rank != 0 or not self.cfg.get("progress", True))
         for images, heatmaps, weights in bar:
             images, heatmaps, weights = (t.to(self.device) for t in (images, heatmaps, weights))
+            if self.teacher is not None:  # the float net's heatmaps of the same crops, every joint
+                with torch.no_grad():
+                    heatmaps, weights = self.teacher(images), torch.ones_like(weights)
             loss = weighted_mse(self.model(images), heatmaps, weights)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,7 +216,7 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     import numpy as np
 
     from posekit import litert, manifest
-    from posekit.evaluate import _coco_dataset, evaluate_model, oks_agreement
+    from posekit.evaluate import evaluate_model, oks_agreement
 
     net, arch, _ = load_checkpoint(ckpt)
     man = manifest.read(artifacts) or {"artifacts": []}
@@ -246,19 +238,17 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
             0, 3, 1, 2)  # the .tflite's batch is 1, NHWC
 
     split = cfg["val_split"]
-    ds = _coco_dataset(cfg["data"], split, arch.input_size, "gt", arch.num_joints)
-    order = sorted(range(len(ds.samples)), key=lambda i: ds.samples[i]["image_id"])  # to_coco_results' order
-    areas = np.array([ds.samples[i]["area"] for i in order])
-    labelled = np.stack([np.asarray(ds.samples[i]["joints"])[:, 2] > 0 for i in order])
-    out, kps = {"split": split, "persons": len(order)}, {}
+    out, kps = {"split": split}, {}
     for name, path in files.items():
         s = evaluate_model(predictor(path), cfg["data"], split, arch.input_size, "gt", flip=True,
-                           num_joints=arch.num_joints, return_predictions=True, batch_size=8)
-        kps[name] = np.array([p["keypoints"] for p in s["predictions"]]).reshape(len(order), arch.num_joints, 3)
+                           num_joints=arch.num_joints, return_keypoints=True, batch_size=8)
+        kps[name] = s
         out[name] = {"ap": round(float(s["AP"]), 4), "file": str(path) if path else ckpt}
+    out["persons"] = len(kps["float"]["keypoints"])
     for name in files:
         if name != "float":
-            oks = oks_agreement(kps["float"], kps[name], areas, labelled)
+            ref = kps["float"]
+            oks = oks_agreement(ref["keypoints"], kps[name]["keypoints"], ref["areas"], ref["labelled"])
             out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4),
                              oks_agreement=round(float(np.nanmean(oks)), 4))
     return out

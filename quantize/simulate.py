@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posekit.errors import UserError
+from posekit.litert import builtin_name
 
 __all__ = ["round_half_away", "fake_quant", "dynamic_quant", "quantize_weight", "QParams", "TFLiteTwin", "tflite_twin",
            "compare_outputs", "op_fidelity", "first_difference", "coreml_weight_check", "deploy_weights"]
@@ -149,13 +150,12 @@ def _read_ops(path: Path) -> list[_Op]:
     s = _schema()
     buf = path.read_bytes()
     m = s.Model.GetRootAs(buf, 0)
-    codes, opt_names = _enum(s.BuiltinOperator), _enum(s.BuiltinOptions)
+    opt_names = _enum(s.BuiltinOptions)
     sg = m.Subgraphs(0)
     ops = []
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
-        oc = m.OperatorCodes(op.OpcodeIndex())
-        name = codes.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM")
+        name = builtin_name(m, op)
         opts = {}
         table = op.BuiltinOptions()
         kind = opt_names.get(op.BuiltinOptionsType(), "NONE")

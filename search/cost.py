@@ -31,9 +31,10 @@ class CostModel:
     calibration: dict | None = None
     source: dict = field(default_factory=dict)
 
-    def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
-        """Eq. 4-5: sum over layers of sum_i p_i * cost_i, plus the fixed parts (differentiable in p)."""
-        return sum((p * t).sum() for p, t in zip(probs, self.tables)) + self.fixed
+    def expected(self, probs: list[torch.Tensor], tables: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Eq. 4-5: sum over layers of sum_i p_i * cost_i, plus the fixed parts (differentiable in p). `tables`:
+        the same tables moved to the probabilities' device (default: these)."""
+        return sum((p * t).sum() for p, t in zip(probs, tables or self.tables)) + self.fixed
 
     def of(self, space: SearchSpace, choices: list[str]) -> float:
         """Cost of one discrete arch (the LUT sum of its keys)."""

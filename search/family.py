@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posekit.errors import UserError
-from posekit.io import atomic_path
+from posekit.io import save_figure
 
 REFS = ("efficientpose_a", "efficientpose_b", "efficientpose_c")
 
@@ -93,7 +93,4 @@ def plot_family(search, family, path: Path) -> Path:
     fig.suptitle(f"family from one search on {search.cost.device}: circles derived, squares EfficientPose "
                  f"(space head)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

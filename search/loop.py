@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from model.checkpoint import load_state_file
 from model.space import load_space
 from posekit.errors import UserError
 from posekit.heatmap import joints_mse as heatmap_loss
@@ -162,15 +162,7 @@ class Search:
         p = self.out / STATE
         if not p.is_file():
             raise UserError(f"{p}: nothing to resume (run without --resume first)")
-        try:
-            # weights_only: a state file is data; one that asks to build objects (code) is refused, never run.
-            s = torch.load(p, map_location=self.dev, weights_only=True)
-        except pickle.UnpicklingError:
-            raise UserError(f"{p}: refused: not a plain search state (it holds objects or code; only tensors, "
-                            "numbers, lists and dicts are loaded); delete it or use another --out") from None
-        except Exception as e:  # a truncated or foreign file
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise UserError(f"{p}: unreadable search state ({type(e).__name__}: {msg})") from None
+        s = load_state_file(p, "search state", self.dev)  # weights_only: a state file is data, never code
         if not isinstance(s, dict) or s.get("config") != self.cfg.key():
             old = s.get("config", {}) if isinstance(s, dict) else {}
             diff = {k: (v, old.get(k)) for k, v in self.cfg.key().items() if old.get(k) != v}
@@ -201,7 +193,7 @@ class Search:
 
     # ---- steps -----------------------------------------------------------------------------------------------
     def expected(self) -> torch.Tensor:
-        return sum((p * t).sum() for p, t in zip(self.net.probs(), self.tables)) + self.cost.fixed
+        return self.cost.expected(self.net.probs(), self.tables)
 
     @torch.no_grad()
     def expected_value(self) -> float:

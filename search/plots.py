@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from posekit.io import atomic_path
+from posekit.io import save_figure
 
 
 def plot_history(history: list[dict], layers: list[list[str]], path: str | Path, title: str = "") -> Path:
@@ -45,7 +45,4 @@ def plot_history(history: list[dict], layers: list[list[str]], path: str | Path,
                ncol=len(cands), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.99))
     if title:
         fig.text(0.01, 0.99, title, fontsize=8, va="top")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

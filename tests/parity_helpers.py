@@ -111,21 +111,38 @@ def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
         "artifacts": entries})
 
 
+def run_parity(argv, capsys):
+    """python -m parity in-process: (exit code, captured out/err); torch's thread count restored after it."""
+    from parity.__main__ import main
+
+    n = torch.get_num_threads()
+    try:
+        rc = main(argv)
+    finally:
+        torch.set_num_threads(n)
+    return rc, capsys.readouterr()
+
+
 # ---------------------------------------------------------------------------------------- deliberately broken copies
-def flip_tflite_weight_sign(src: Path, dst: Path, op: str = "CONV_2D") -> str:
-    """Copy a float .tflite, negating the weight tensor of its first `op`; returns that tensor's name."""
+def _tflite_ops(buf: bytearray):
+    """(Model, its first subgraph, each operator's builtin name) of a .tflite held in `buf` (views, not copies)."""
     from ai_edge_litert import schema_py_generated as s
 
-    buf = bytearray(src.read_bytes())
+    from posekit.litert import builtin_name
+
     m = s.Model.GetRootAs(buf, 0)
     g = m.Subgraphs(0)
-    codes = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
-    for i in range(g.OperatorsLength()):
-        o = g.Operators(i)
-        oc = m.OperatorCodes(o.OpcodeIndex())
-        if codes.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())) != op:
+    return m, g, [builtin_name(m, g.Operators(i)) for i in range(g.OperatorsLength())]
+
+
+def flip_tflite_weight_sign(src: Path, dst: Path, op: str = "CONV_2D") -> str:
+    """Copy a float .tflite, negating the weight tensor of its first `op`; returns that tensor's name."""
+    buf = bytearray(src.read_bytes())
+    m, g, ops = _tflite_ops(buf)
+    for i, name in enumerate(ops):
+        if name != op:
             continue
-        t = g.Tensors(int(o.InputsAsNumpy()[1]))
+        t = g.Tensors(int(g.Operators(i).InputsAsNumpy()[1]))
         b = m.Buffers(t.Buffer())
         if b.DataLength():  # weights inside the flatbuffer: DataAsNumpy is a view into `buf`
             w = b.DataAsNumpy().view(np.float32)
@@ -223,15 +240,9 @@ def change_tflite_weight_scale(src: Path, dst: Path, op_index: int | None = None
     """Copy an int8 .tflite, multiplying the per-channel weight scale of one output channel (every channel when
     `channel` is None) of one CONV_2D (the `op_index`-th, default the middle one) by `factor` without touching its
     int8 values: the runtime then requantizes with a wrong scale. Returns {'op': operator index, 'tensor': name}."""
-    from ai_edge_litert import schema_py_generated as s
-
     buf = bytearray(src.read_bytes())
-    m = s.Model.GetRootAs(buf, 0)
-    g = m.Subgraphs(0)
-    codes = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
-    convs = [i for i in range(g.OperatorsLength())
-             if codes.get(max(m.OperatorCodes(g.Operators(i).OpcodeIndex()).BuiltinCode(),
-                              m.OperatorCodes(g.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode())) == "CONV_2D"]
+    m, g, ops = _tflite_ops(buf)
+    convs = [i for i, name in enumerate(ops) if name == "CONV_2D"]
     i = convs[len(convs) // 2] if op_index is None else convs[op_index]
     t = g.Tensors(int(g.Operators(i).InputsAsNumpy()[1]))
     sc = t.Quantization().ScaleAsNumpy()  # a view into `buf`

@@ -23,8 +23,8 @@ PARSERS = {
     "quantize": lambda: importlib.import_module("quantize.__main__").build_parser(),
     "parity": lambda: importlib.import_module("parity.__main__").build_parser(),
     "demo": lambda: importlib.import_module("demo.__main__").build_parser(),
-    "quantize qat": lambda: importlib.import_module("quantize.qat_main").parser(),
-    "predict": lambda: importlib.import_module("predict.__main__").parser(),
+    "quantize qat": lambda: importlib.import_module("quantize.qat_main").build_parser(),
+    "predict": lambda: importlib.import_module("predict.__main__").build_parser(),
 }
 
 

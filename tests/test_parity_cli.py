@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from parity.__main__ import main
-from tests.parity_helpers import add_broken, convert_artifacts
+from tests.parity_helpers import add_broken, convert_artifacts, run_parity
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +27,9 @@ def numeric_rules():
     return str(THRESHOLDS)
 
 
-def _main(argv, capsys):
-    n = torch.get_num_threads()
-    try:
-        rc = main(argv)
-    finally:
-        torch.set_num_threads(n)
-    return rc, capsys.readouterr()
-
-
 def test_broken_artifacts_fail_and_are_named(artifacts, numeric_rules, capsys):
     root, clean, broken = artifacts
-    rc, out = _main(["--model-dir", str(root), "--crops", "3", "--thresholds", numeric_rules], capsys)
+    rc, out = run_parity(["--model-dir", str(root), "--crops", "3", "--thresholds", numeric_rules], capsys)
     assert rc == 1
     for f, _ in broken.values():
         assert f"FAIL {f}" in out.err
@@ -75,7 +65,7 @@ def test_broken_artifacts_fail_and_are_named(artifacts, numeric_rules, capsys):
 
 def test_clean_artifacts_pass(artifacts, numeric_rules, capsys):
     root, clean, _ = artifacts
-    rc, out = _main(["--model-dir", str(root), "--crops", "3", "--only", "model", "--thresholds", numeric_rules],
+    rc, out = run_parity(["--model-dir", str(root), "--crops", "3", "--only", "model", "--thresholds", numeric_rules],
                     capsys)
     assert rc == 0, out.err
     assert out.out.count("PASS") == len(clean) >= 4
@@ -83,11 +73,11 @@ def test_clean_artifacts_pass(artifacts, numeric_rules, capsys):
 
 def test_bad_input_is_one_line(artifacts, capsys, tmp_path):
     root, _, _ = artifacts
-    rc, out = _main(["--model-dir", str(tmp_path)], capsys)
+    rc, out = run_parity(["--model-dir", str(tmp_path)], capsys)
     assert rc == 2 and out.err.strip().startswith("error:") and "manifest" in out.err
     bad = tmp_path / "t.yaml"
     bad.write_text("fp32: {max_abs_rel: '< 1'}\n")
-    rc, out = _main(["--model-dir", str(root), "--thresholds", str(bad)], capsys)
+    rc, out = run_parity(["--model-dir", str(root), "--thresholds", str(bad)], capsys)
     assert rc == 2 and "fp32.max_abs_rel" in out.err
 
 
@@ -115,6 +105,6 @@ def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_p
     man["artifacts"].append({**entry, "file": "coreml/gelu.mlpackage",
                              "sha256": sha256_file(d / "coreml/gelu.mlpackage")})
     (d / "manifest.json").write_text(json.dumps(man))
-    rc, out = _main(["--model-dir", str(d), "--crops", "2", "--only", "gelu"], capsys)
+    rc, out = run_parity(["--model-dir", str(d), "--crops", "2", "--only", "gelu"], capsys)
     assert rc == 1
     assert "FAIL coreml/gelu.mlpackage" in out.err and "gelu" in out.err.split("FAIL coreml/gelu.mlpackage")[1]

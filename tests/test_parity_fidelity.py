@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from parity import metrics
-from parity.__main__ import main
 from tests.parity_helpers import (
     INPUT,
     _entry,
@@ -17,6 +16,7 @@ from tests.parity_helpers import (
     compress,
     coreml_convert,
     fitted_tiny_net,
+    run_parity,
     tiny_arch,
     write_manifest,
 )
@@ -91,16 +91,6 @@ def _rescaled_joint(src, dst) -> dict:
     raise AssertionError("halving any one joint's weight scale moved a keypoint")
 
 
-def _run(argv, capsys):
-    n = torch.get_num_threads()
-    try:
-        rc = main(argv)
-    finally:
-        torch.set_num_threads(n)
-    out = capsys.readouterr()
-    return rc, out
-
-
 def _rows(root):
     """report.json's rows, with JSON's "inf" (an exact match's SQNR) read back as a float."""
     rows = json.loads((root / "parity/report.json").read_text())["rows"]
@@ -116,7 +106,7 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     op: the split catches what task metrics miss. (This tiny net's reference AP is below 0.3, so parity reports
     its keypoint rules as not applicable; on the demo's trained net such a file passes them.)"""
     root, changed, _ = quantized
-    rc, out = _run(["--model-dir", str(root), "--crops", str(KEYPOINT_CROPS), "--only", "int8"], capsys)
+    rc, out = run_parity(["--model-dir", str(root), "--crops", str(KEYPOINT_CROPS), "--only", "int8"], capsys)
     assert rc == 1, out.err
     rows = _rows(root)
     good, bad = rows["tflite/model_int8.tflite"], rows["tflite/scale_int8.tflite"]
@@ -151,7 +141,7 @@ def test_changed_palette_entry_fails_fidelity(quantized, capsys):
     """(c) One palette entry of a Core ML 8-bit palettized model moved: its decompressed weights are no longer the
     PyTorch weights projected onto the file's palette."""
     root, _, entry = quantized
-    rc, out = _run(["--model-dir", str(root), "--crops", "2", "--only", "pal8"], capsys)
+    rc, out = run_parity(["--model-dir", str(root), "--crops", "2", "--only", "pal8"], capsys)
     assert rc == 1
     rows = _rows(root)
     good, bad = rows["coreml/model_pal8.mlpackage"], rows["coreml/entry_pal8.mlpackage"]
@@ -170,14 +160,14 @@ def test_tampered_after_cached_run_fails_naming_the_sha(quantized, capsys, tmp_p
     root, _, _ = quantized
     d = tmp_path / "m"
     shutil.copytree(root, d, ignore=shutil.ignore_patterns("parity"))
-    rc, out = _run(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
+    rc, out = run_parity(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
     assert rc == 0, out.err
     f = d / "tflite/model_fp32.tflite"
     raw = bytearray(f.read_bytes())
     mid = len(raw) // 2
     raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
     f.write_bytes(bytes(raw))
-    rc, out = _run(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
+    rc, out = run_parity(["--model-dir", str(d), "--crops", "2", "--only", "tflite/model_fp32"], capsys)
     assert rc == 1
     assert "FAIL tflite/model_fp32.tflite" in out.err and "changed since convert" in out.err and "sha256" in out.err
     row = _rows(d)["tflite/model_fp32.tflite"]

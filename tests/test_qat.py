@@ -166,3 +166,30 @@ def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_t
     (row,) = [r for r in rep["rows"] if r["quantizer"] == "qat"]
     assert row["twin"]["within_one_step"] >= 0.99 and row["status"] == "pass", row
     assert rc == 0, capsys.readouterr().out
+
+
+@pytest.mark.slow  # a QAT run of 3 epochs
+def test_distillation_brings_the_int8_twin_toward_the_float_net(small_ckpt, tmp_path, one_thread):
+    """The default loss (distill) fits the fake-quant net to the float checkpoint's heatmaps: after QAT, the twin is
+    closer to the float net on its training crops than the calibrated-only twin (the PTQ start) was."""
+    from model.checkpoint import load_checkpoint
+    from posekit.data import CocoPose
+    from posekit.keypoints import DEFAULT_COCO
+    from quantize.calibration import calibration_batches
+    from quantize.qat import QATNet, load_qat
+
+    out = tmp_path / "run"
+    qat("--ckpt", str(small_ckpt), "--epochs", "3", *TINY, "--lr", "1e-3", "--no-export", "--out", str(out))
+    cfg = json.loads((out / "report.json").read_text())["config"]
+    assert cfg["loss"] == "distill"
+    net, arch, _ = load_checkpoint(small_ckpt)
+    start = QATNet(net)
+    start.calibrate(calibration_batches(arch, None, 4))
+    trained = load_qat(torch.load(out / "last.pt", map_location="cpu", weights_only=True))[0]
+    ds = CocoPose(DEFAULT_COCO, "train2017", arch.input_size, train=False, limit=4)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    with torch.no_grad():
+        ref = net.eval()(x)
+        before = float(((start.eval()(x) - ref) ** 2).mean())
+        after = float(((trained.eval()(x) - ref) ** 2).mean())
+    assert after < before, (before, after)

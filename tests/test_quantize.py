@@ -105,6 +105,6 @@ def test_quantize_cli_subcommands():
     assert r.returncode == 0 and "--targets" in r.stdout
     r = subprocess.run([PY, "-m", "quantize", "run", "--targets", "nope"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--targets 'nope': unknown" in r.stderr
-    from quantize.__main__ import SUBCOMMANDS, parser
+    from quantize.__main__ import SUBCOMMANDS, build_parser
 
-    assert "run" in SUBCOMMANDS and parser().parse_args(["run", "--calib", "3"]).calib == 3
+    assert "run" in SUBCOMMANDS and build_parser().parse_args(["run", "--calib", "3"]).calib == 3

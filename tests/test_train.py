@@ -87,11 +87,11 @@ def test_abbreviated_options_are_refused(capsys):
     """argparse would take `--head mbv1` as `--headboxes mbv1` and train the plain head without a word."""
     rc, _, err = run_main(capsys, "--head", "mbv1")
     assert rc == 2 and "unrecognized arguments: --head mbv1" in err
-    from device_bench.__main__ import parser  # subcommand parsers are made of the same class
+    from device_bench.__main__ import build_parser  # subcommand parsers are made of the same class
 
     with pytest.raises(SystemExit):
-        parser().parse_args(["lut", "--dev", "host"])
-    assert parser().parse_args(["lut", "--device", "host"]).device == "host"
+        build_parser().parse_args(["lut", "--dev", "host"])
+    assert build_parser().parse_args(["lut", "--device", "host"]).device == "host"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -65,6 +65,31 @@ def set_rng_state(s: dict):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+class EpochBatches:
+    """One process's training batches: a DistributedSampler under torchrun, else a RandomSampler on its own
+    generator. An epoch's order and augmentation depend on (seed, epoch) only, so a run resumed after a kill sees
+    the batches an uninterrupted run would (train and QAT both rely on it)."""
+
+    def __init__(self, ds, cfg: dict, world: int, rank: int, device):
+        self.seed, self.world = cfg["seed"], world
+        if world > 1:
+            self.sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=cfg["seed"])
+        else:
+            self.gen = torch.Generator()
+            self.sampler = RandomSampler(ds, generator=self.gen)
+        w = cfg["workers"]
+        self.loader = DataLoader(ds, cfg["batch_size"], sampler=self.sampler, num_workers=w,
+                                 pin_memory=device.type == "cuda", persistent_workers=w > 0, collate_fn=_collate)
+
+    def epoch(self, epoch: int) -> DataLoader:
+        torch.manual_seed(self.seed + epoch)  # the augmentation's random draws
+        if self.world > 1:
+            self.sampler.set_epoch(epoch)
+        else:
+            self.gen.manual_seed(self.seed + epoch)
+        return self.loader
+
+
 class Trainer:
     def __init__(self, cfg: dict):
         self.rank, self.world, self.device = dist.setup(cfg.get("device"))
@@ -123,15 +148,7 @@ class Trainer:
             self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
             self.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
-        if self.world > 1:
-            self.sampler = DistributedSampler(self.ds, self.world, self.rank, shuffle=True, seed=cfg["seed"])
-        else:
-            self.gen = torch.Generator()
-            self.sampler = RandomSampler(self.ds, generator=self.gen)
-        w = cfg["workers"]
-        self.loader = DataLoader(self.ds, cfg["batch_size"], sampler=self.sampler, num_workers=w,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
-                                 collate_fn=_collate)
+        self.batches = EpochBatches(self.ds, cfg, self.world, self.rank, self.device)
 
     def log(self, msg):
         if self.rank == 0:
@@ -161,14 +178,9 @@ class Trainer:
         return self.out
 
     def train_epoch(self, epoch: int) -> float:
-        torch.manual_seed(self.cfg["seed"] + epoch)  # the epoch's augmentation depends on (seed, epoch) only
-        if self.world > 1:
-            self.sampler.set_epoch(epoch)
-        else:
-            self.gen.manual_seed(self.cfg["seed"] + epoch)
         self.net.train()
         total, n = 0.0, 0
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg['epochs']}", leave=False,
+        bar = tqdm(self.batches.epoch(epoch), desc=f"epoch {epoch + 1}/{self.cfg['epochs']}", leave=False,
                    disable=self.rank != 0 or not self.cfg.get("progress", True))
         for images, heatmaps, weights in bar:
             images, heatmaps, weights = (t.to(self.device, non_blocking=True) for t in (images, heatmaps, weights))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posekit.io import atomic_path
+from posekit.io import save_figure
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path:
@@ -26,7 +26,4 @@ def plot_curves(records: list[dict], path: str | Path) -> Path:
     axes[2].plot(ep, [r["lr"] for r in records], marker=".")
     axes[2].set(title="learning rate", xlabel="epoch")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
