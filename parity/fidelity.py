@@ -4,14 +4,19 @@ The artifact is compared with its twin (quantize.simulate): the PyTorch network 
 quantization (the file's scales, zero points, palettes; TFLite's rounding), so what remains is converter error, not
 quantization noise.
 
-- TFLite int8 / int8-dynamic: every op of the file, as TFLite's builtin kernels compute it on real crops, against
-  the twin's same op fed the runtime's own inputs: `fidelity_sqnr_db` (the worst op's; the twin as signal) and
-  `fidelity_in_step` (the worst op's fraction of int8 values within one quantization step of the twin's). Per op,
-  because the requantization rounding the twin does not model (one step on ~0.5% of values) compounds through a deep
-  random network end to end (EfficientPose-A: 27 dB) while a converter error shows at its op either way; the
-  end-to-end figures are reported too (`fidelity_e2e_*`). `fidelity_graph_sqnr_db`: the artifact's graph run with
-  the float PyTorch weights and no quantization against PyTorch itself (an op dropped or added by the converter
-  shows here). `weights_exact`: fraction of the file's stored int8 weights the twin's rounding reproduces.
+- TFLite static int8 made by ai-edge-quantizer from the manifest's fp32 file (convert's int8): the file on XNNPACK
+  against its XNNPACK-exact twin (quantize.qat.ptq_twin, the QAT graph with the file's own scales), end to end:
+  `fidelity_sqnr_db` and `fidelity_in_step` (fraction of int8 output values within one step; `fidelity_identical`
+  the fraction equal). The per-op figures below stay, as `fidelity_op_*`, to name the op where a difference enters.
+- Other TFLite int8 / int8-dynamic files (another quantizer, int8 I/O): every op of the file, as TFLite's builtin
+  kernels compute it on real crops, against quantize.simulate's twin of the same op fed the runtime's own inputs:
+  `fidelity_sqnr_db` (the worst op's; the twin as signal) and `fidelity_in_step` (the worst op's fraction of int8
+  values within one quantization step of the twin's). Per op, because the requantization rounding that twin does not
+  model (one step on ~0.5% of values) compounds through a deep random network end to end (EfficientPose-A: 27 dB)
+  while a converter error shows at its op either way; its end-to-end figures are reported too (`fidelity_e2e_*`).
+- Every TFLite row: `fidelity_graph_sqnr_db`, the artifact's graph run with the float PyTorch weights and no
+  quantization against PyTorch itself (an op dropped or added by the converter shows here); `weights_exact`, the
+  fraction of the file's stored int8 weights the twin's rounding reproduces.
 - Core ML int8 weights / palettized: `weights_exact`, the fraction of compressed weights whose decompressed value is
   the twin's (PyTorch weight projected onto the file's palette / rounded with the file's scales).
 """
@@ -22,7 +27,7 @@ import numpy as np
 
 from posekit.errors import UserError
 
-VERSION = 2  # bump when the twin or a fidelity figure changes: cached results are re-measured
+VERSION = 3  # bump when the twin or a fidelity figure changes: cached results are re-measured
 METRICS = ("fidelity_sqnr_db", "fidelity_in_step", "fidelity_graph_sqnr_db", "weights_exact")
 TFLITE = ("int8", "int8-dynamic")
 COREML = ("int8-weights", "palettized-8bit", "palettized-6bit")
@@ -38,18 +43,22 @@ def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float((np.asarray(ref, np.float64) ** 2).sum()) / noise)
 
 
-def measure(entry: dict, runner, net, inputs: np.ndarray) -> dict:
+def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
     """Fidelity figures of one artifact (normalized NCHW crops `inputs`); {} when no twin applies to it.
-    A TFLite row whose figures show a difference also gets 'fidelity_divergence': the first op that differs."""
+    A TFLite row whose figures show a difference also gets 'fidelity_divergence': the first op that differs.
+    `fp32`: the manifest's fp32 .tflite (what a static int8 file was quantized from: its XNNPACK-exact twin)."""
     if not applies(entry):
         return {}
     from quantize import simulate
 
     if entry["format"] == "tflite":
         try:
-            return _tflite(runner, net, inputs)
+            out = _tflite(runner, net, inputs)
         except UserError as e:  # e.g. an op the twin does not simulate: the fidelity rules then fail as not measured
             return {"fidelity_note": str(e)}
+        if entry["precision"] == "int8" and fp32 is not None:
+            out.update(_exact(runner, net, inputs, fp32))
+        return out
     try:
         chk = simulate.coreml_weight_check(net, runner.path)
     except UserError as e:
@@ -61,6 +70,31 @@ def measure(entry: dict, runner, net, inputs: np.ndarray) -> dict:
         out["fidelity_divergence"] = {"tensor": w["tensor"], "torch_module": w.get("module"),
                                       "fraction_off": 1 - w["agree"], "note": w.get("note")}
     return out
+
+
+def _exact(runner, net, inputs, fp32) -> dict:
+    """A static int8 file against its XNNPACK-exact twin (quantize.qat.ptq_twin: the converter's int8 graph in
+    PyTorch with the file's own scales and zero points and XNNPACK's requantization), end to end on the runtime
+    users run: the conversion-fidelity figures proper. {} (per-op figures stand) for a file of another quantizer
+    or with int8 / pixel I/O."""
+    import torch
+
+    from quantize.qat import ptq_twin, twin_agreement
+
+    inp = runner.inp
+    if inp.get("dtype", "float32") != "float32" or inp.get("normalization_folded") or inp.get("kind") == "image" \
+            or inp.get("layout") != "NHWC" or runner.out.get("dtype", "float32") != "float32":
+        return {}
+    x = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
+    try:
+        twin = ptq_twin(net, runner.path, fp32, x[:1])
+    except UserError as e:
+        return {"fidelity_exact_note": str(e)}
+    a = twin_agreement(twin, runner.path, [x[i:i + 1] for i in range(len(x))])
+    sqnr = float("inf") if a["sqnr_db"] is None else a["sqnr_db"]
+    return {"fidelity_sqnr_db": sqnr, "fidelity_in_step": a["within_one_step"], "fidelity_identical": a["identical"],
+            "fidelity_twin": "quantize.qat.ptq_twin (XNNPACK-exact, end to end)",
+            "fidelity_runtime": "ai_edge_litert XNNPACK"}
 
 
 def _builtin_outputs(path, x: np.ndarray) -> np.ndarray:
@@ -94,6 +128,7 @@ def _tflite(runner, net, inputs) -> dict:
         ref = net.eval()(torch.from_numpy(np.ascontiguousarray(inputs, np.float32))).numpy()
     stored = [w["stored_equal"] for w in twin.weights if "stored_equal" in w]
     out = {"fidelity_sqnr_db": ops["min_sqnr_db"], "fidelity_in_step": ops["min_in_step"],
+           "fidelity_op_sqnr_db": ops["min_sqnr_db"], "fidelity_op_in_step": ops["min_in_step"],
            "fidelity_worst_op": {k: ops["worst"][k] for k in ("op", "op_name", "torch_module", "sqnr_db", "in_step")},
            "fidelity_e2e_sqnr_db": e2e["sqnr_db"], "fidelity_e2e_in_step": e2e["in_step"],
            "fidelity_graph_sqnr_db": _sqnr(ref, graph), "weights_exact": float(np.mean(stored)) if stored else None,

@@ -210,6 +210,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{fidelity.VERSION}",)
     metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
+    fp32 = next((model_dir / a["file"] for a in man["artifacts"] if a["format"] == "tflite" and
+                 a["precision"] == "fp32" and (model_dir / a["file"]).is_file()), None)  # what int8 was made from
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)
@@ -231,7 +233,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
             eng = hashlib.sha256(runner.engine.encode()).hexdigest()[:6]  # macOS: runtime and executor differ
             res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
-                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"]))
+                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"],
+                                                               fp32))
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({**base, "fails": [f"could not run: {e}"]})
             continue

@@ -61,12 +61,19 @@ class ActQuant(nn.Module):
         self._seen = False
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, zero point) exactly as ai-edge-quantizer derives them from (min, max), in float32."""
+        """(scale, zero point) exactly as ai-edge-quantizer derives them from (min, max), in float32; a file's own
+        pair when held (hold: the twin of a post-training int8 file)."""
+        if getattr(self, "held", None) is not None:
+            return self.held
         lo = torch.zeros_like(self.lo) if self.relu else torch.clamp(self.lo, max=0)
         hi = torch.clamp(self.hi, min=0)
         scale = torch.clamp(hi - lo, min=1e-9) / (QMAX - QMIN)
         zp = torch.clamp(round_ste(QMIN - lo / scale), QMIN, QMAX)
         return scale, zp
+
+    def hold(self, scale: float, zero_point: int):
+        """Use a file's (scale, zero point) as they are (float32), instead of deriving them from [lo, hi]."""
+        self.held = (torch.tensor(scale, dtype=torch.float32), torch.tensor(float(zero_point)))
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor):
@@ -411,6 +418,37 @@ def twin_agreement(qat: QATNet, tflite_path: str | Path, batches) -> dict:
     sqnr = float("inf") if noise == 0 else 10 * np.log10(sig / noise)
     return {"identical": same / total, "within_one_step": near / total, "max_step_diff": worst,
             "sqnr_db": round(sqnr, 2) if np.isfinite(sqnr) else None, "values": total}
+
+
+def ptq_twin(net: PoseNet, int8_path: str | Path, fp32_path: str | Path, sample: torch.Tensor) -> QATNet:
+    """The XNNPACK-exact twin of a static int8 .tflite that ai-edge-quantizer made from `fp32_path` (convert's
+    post-training int8): the QAT graph of `net` in eval (XNNPACK's requantization and fixed-point ADD), every
+    activation quantizer held at the file's own scale and zero point, weights rounded from `net` as the converter
+    rounds them. Quantizers are matched to the file's tensors by value on `sample` (one NCHW crop), through the fp32
+    file the int8 one was quantized from (same tensor names). UserError when a quantizer finds no tensor: the file
+    does not quantize where the converter's graph does (another quantizer or graph)."""
+    qat = QATNet(net).eval()
+    model = Path(int8_path).read_bytes()
+    fq = {n: v for n, v in _tensor_quant(model).items() if len(v[0]) == 1}  # per-tensor: the activations
+    for op, ins, outs in _tensor_ops(model):  # float I/O: the scale sits on the int8 side of (DE)QUANTIZE
+        if op == "QUANTIZE" and ins and outs and outs[0] in fq:
+            fq.setdefault(ins[0], fq[outs[0]])
+        elif op == "DEQUANTIZE" and ins and outs and ins[0] in fq:
+            fq.setdefault(outs[0], fq[ins[0]])
+    match = _match_tensors(qat, fp32_path, sample[:1], set(fq))
+    left = [i for i, q in enumerate(qat.quantizers()) if all(q is not m for m in match.values())]
+    if left:
+        raise UserError(f"{int8_path}: {len(left)} of {len(qat.quantizers())} quantization points of the converter's "
+                        "graph have no tensor in the file (not ai-edge-quantizer's static int8 of this graph)")
+    held: dict = {}
+    for name, aq in match.items():
+        s, z = fq[name]
+        pair = (float(np.float32(s[0])), int(z[0]))
+        if held.setdefault(id(aq), pair) != pair:
+            raise UserError(f"{int8_path}: tensor {name}: scale/zero point {pair} where the same quantization point "
+                            f"has {held[id(aq)]} (not ai-edge-quantizer's static int8 of this graph)")
+        aq.hold(*pair)
+    return qat
 
 
 def twin_check(entry: dict, model_dir: str | Path, inputs, min_within_one: float = 0.99,

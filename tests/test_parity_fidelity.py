@@ -110,9 +110,12 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     assert rc == 1, out.err
     rows = _rows(root)
     good, bad = rows["tflite/model_int8.tflite"], rows["tflite/scale_int8.tflite"]
-    # the correct file: its twin reproduces it (to the requantization rounding), every stored integer included
+    # the correct file: its XNNPACK-exact twin computes every int8 output value, every stored integer included;
+    # per op against the builtin-kernel twin, to the requantization rounding
     assert good["status"] == "pass", good["fails"]
+    assert "XNNPACK-exact" in good["fidelity_twin"] and good["fidelity_identical"] == 1.0
     assert good["fidelity_sqnr_db"] >= 40 and good["fidelity_in_step"] >= 0.99 and good["weights_exact"] == 1
+    assert good["fidelity_op_sqnr_db"] >= 40 and good["fidelity_op_in_step"] >= 0.99
     assert good["fidelity_graph_sqnr_db"] >= 60
     # int8-dynamic: the twin quantizes each hybrid conv's input on the fly, as the runtime's kernels do
     dyn = rows["tflite/model_int8_dynamic.tflite"]
@@ -121,7 +124,7 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     # the changed file: conversion fidelity fails, and the first op the twin disagrees with is the changed conv
     assert bad["status"] == "fail"
     assert bad["fails"] and all(f.startswith(metrics.FIDELITY_PREFIX) for f in bad["fails"]), bad["fails"]
-    assert bad["fidelity_in_step"] < 0.99 and bad["fidelity_sqnr_db"] < 30
+    assert bad["fidelity_in_step"] < 0.99 and bad["fidelity_sqnr_db"] < 30 and bad["fidelity_op_sqnr_db"] < 30
     assert bad["fidelity_divergence"]["op"] == changed["op"] == bad["fidelity_worst_op"]["op"]
     assert "FAIL tflite/scale_int8.tflite" in out.err and "conversion fidelity" in out.err
     # ... while the keypoint rules alone give it the correct file's verdict: its figures are the correct file's
