@@ -76,7 +76,7 @@ def test_rules_and_default_thresholds(tmp_path):
     for p in ("int8", "int8-dynamic", "int8-weights", "palettized-8bit", "palettized-6bit"):
         assert "weights_exact" in rules[p] and "oks_agreement" in rules[p] and "dap" in rules[p], p
         assert rules[p]["sqnr_db"] == (">=", 15), p
-    assert rules["int8"]["fidelity_sqnr_db"] == (">=", 30) and rules["int8"]["fidelity_in_step"] == (">=", 0.99)
+    assert rules["int8"]["fidelity_sqnr_db"] == (">=", 40) and rules["int8"]["fidelity_in_step"] == (">=", 0.99)
     # an untrained reference: keypoint rules are not applicable (reported with the reason), the others still gate
     row = {"sqnr_db": 10.0, "oks_agreement": 0.1, "dap": 0.5, "weights_exact": 1.0, "fidelity_sqnr_db": 90.0,
            "fidelity_in_step": 1.0, "fidelity_graph_sqnr_db": 120.0}
