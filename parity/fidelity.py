@@ -8,7 +8,8 @@ quantization noise.
   against its XNNPACK-exact twin (quantize.qat.ptq_twin, the QAT graph with the file's own scales), end to end:
   `fidelity_sqnr_db` and `fidelity_in_step` (fraction of int8 output values within one step; `fidelity_identical`
   the fraction equal). The per-op figures below stay, as `fidelity_op_*`, to name the op where a difference enters.
-- Other TFLite int8 / int8-dynamic files (another quantizer, int8 I/O): every op of the file, as TFLite's builtin
+- Every TFLite int8 / int8-dynamic file (`fidelity_op_*`; for int8-dynamic and for a static int8 file with no exact
+  twin, another quantizer's or with int8 I/O, these are its only figures): every op of the file, as TFLite's builtin
   kernels compute it on real crops, against quantize.simulate's twin of the same op fed the runtime's own inputs:
   `fidelity_sqnr_db` (the worst op's; the twin as signal) and `fidelity_in_step` (the worst op's fraction of int8
   values within one quantization step of the twin's). Per op, because the requantization rounding that twin does not
@@ -30,6 +31,7 @@ from posekit.errors import UserError
 VERSION = 3  # bump when the twin or a fidelity figure changes: cached results are re-measured
 METRICS = ("fidelity_sqnr_db", "fidelity_in_step", "fidelity_graph_sqnr_db", "weights_exact")
 TFLITE = ("int8", "int8-dynamic")
+EXACT_QUANTIZER = "ai-edge-quantizer static_wi8_ai8"  # convert's int8 (and the QAT export's): what ptq_twin models
 COREML = ("int8-weights", "palettized-8bit", "palettized-6bit")
 
 
@@ -56,8 +58,18 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
             out = _tflite(runner, net, inputs)
         except UserError as e:  # e.g. an op the twin does not simulate: the fidelity rules then fail as not measured
             return {"fidelity_note": str(e)}
-        if entry["precision"] == "int8" and fp32 is not None:
-            out.update(_exact(runner, net, inputs, fp32))
+        if entry["precision"] == "int8":  # static int8: the end-to-end figures are the exact twin's, or none
+            if EXACT_QUANTIZER not in (entry.get("quantizer") or ""):
+                exact = {"fidelity_exact_note": f"quantizer {entry.get('quantizer')!r}: the exact twin models "
+                                                f"{EXACT_QUANTIZER}'s graph only"}
+            elif fp32 is None:
+                exact = {"fidelity_exact_note": "no fp32 .tflite in the manifest to match the file's tensors with"}
+            else:
+                exact = _exact(runner, net, inputs, fp32)
+            if "fidelity_exact_note" in exact:
+                for k in ("fidelity_sqnr_db", "fidelity_in_step"):
+                    out.pop(k)
+            out.update(exact)
         return out
     try:
         chk = simulate.coreml_weight_check(net, runner.path)
@@ -75,8 +87,8 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
 def _exact(runner, net, inputs, fp32) -> dict:
     """A static int8 file against its XNNPACK-exact twin (quantize.qat.ptq_twin: the converter's int8 graph in
     PyTorch with the file's own scales and zero points and XNNPACK's requantization), end to end on the runtime
-    users run: the conversion-fidelity figures proper. {} (per-op figures stand) for a file of another quantizer
-    or with int8 / pixel I/O."""
+    users run: the conversion-fidelity figures proper. For a file of another quantizer or with int8 / pixel I/O:
+    {'fidelity_exact_note': why}, and the file is judged per op only."""
     import torch
 
     from quantize.qat import ptq_twin, twin_agreement
@@ -84,7 +96,7 @@ def _exact(runner, net, inputs, fp32) -> dict:
     inp = runner.inp
     if inp.get("dtype", "float32") != "float32" or inp.get("normalization_folded") or inp.get("kind") == "image" \
             or inp.get("layout") != "NHWC" or runner.out.get("dtype", "float32") != "float32":
-        return {}
+        return {"fidelity_exact_note": "int8 or pixel I/O (the twin takes normalized float crops)"}
     x = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
     try:
         twin = ptq_twin(net, runner.path, fp32, x[:1])

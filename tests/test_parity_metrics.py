@@ -79,7 +79,8 @@ def test_rules_and_default_thresholds(tmp_path):
     assert rules["int8"]["fidelity_sqnr_db"] == (">=", 40) and rules["int8"]["fidelity_in_step"] == (">=", 0.99)
     # an untrained reference: keypoint rules are not applicable (reported with the reason), the others still gate
     row = {"sqnr_db": 10.0, "oks_agreement": 0.1, "dap": 0.5, "weights_exact": 1.0, "fidelity_sqnr_db": 90.0,
-           "fidelity_in_step": 1.0, "fidelity_graph_sqnr_db": 120.0}
+           "fidelity_in_step": 1.0, "fidelity_op_sqnr_db": 45.0, "fidelity_op_in_step": 1.0,
+           "fidelity_graph_sqnr_db": 120.0}
     fails, na = check(row, rules["int8"], "reference AP 0.01 < 0.3")
     assert fails == ["sqnr_db 10 < 15"]
     assert sorted(n.split()[0] for n in na) == ["dap", "oks_agreement"] and "reference AP 0.01" in na[0]
