@@ -100,9 +100,15 @@ def main(argv=None) -> int:
               f"{r['argmax_same']:7.3f} {_num(r.get('oks_agreement'), 7, 3)} {r['ap']:6.3f} {r['dap']:+7.3f} "
               f"{_num(r.get('fidelity_sqnr_db'), 8, 2)} {_num(r.get('fidelity_in_step'), 7, 4)} "
               f"{_num(r.get('weights_exact'), 7, 4)}  {r['status'].upper()}")
-    na = sorted({n.split(": not applicable ")[1] for r in result["rows"] for n in r.get("not_applicable", [])})
+    na = sorted({n.split(": not applicable ")[1] for r in result["rows"] for n in r.get("not_applicable", [])
+                 if n.split()[0] in metrics.KEYPOINT_METRICS})
     for why in na:
         print(f"keypoint rules not applicable {why}")
+    for r in result["rows"]:  # static int8 without an XNNPACK-exact twin: its fidelity is judged op by op
+        if any(n.split()[0] in metrics.END_TO_END_FIDELITY for n in r.get("not_applicable", [])):
+            worst = _num(r.get("fidelity_op_sqnr_db"), 0, 1)
+            print(f"{r['file']}: conversion fidelity judged per op (worst op {worst} dB, in step "
+                  f"{_num(r.get('fidelity_op_in_step'), 0, 4)}): no end-to-end twin ({r.get('fidelity_exact_note')})")
     failed = [r for r in result["rows"] if r["fails"]]
     for r in failed:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
