@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="trained checkpoint (default: runs/demo/train/best.pt, what `make demo` trains)")
     p.add_argument("--data", type=data_dir, help="dataset root (default: the checkpoint's training data)")
     p.add_argument("--epochs", type=nonneg_int, default=6, help="QAT epochs (default 6; 0: calibrated ranges only)")
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
-    p.add_argument("--range-lr", type=positive_float, default=1e-2,
-                   help="Adam learning rate of the activation ranges (default 1e-2)")
+    p.add_argument("--lr", type=positive_float, default=1e-5,
+                   help="Adam learning rate of the weights (default 1e-5: about 1%% of a training run's)")
+    p.add_argument("--range-lr", type=positive_float, default=1e-3,
+                   help="Adam learning rate of the activation ranges (default 1e-3)")
     p.add_argument("--loss", choices=["distill", "labels"], default="distill",
                    help="distill (default): match the float checkpoint's heatmaps on the same crops, every joint; "
                         "QAT's job is an int8 net that computes what the float one does, and with little data "

@@ -4,6 +4,7 @@ train does (only rank 0 writes), then export the .tflite with the learned ranges
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -52,8 +53,9 @@ class QATTrainer:
         self.rank, self.world, self.device = dist.setup(cfg.get("device"))
         self.out, self.cfg, self.log_fn = Path(out), cfg, log
         net, self.arch, _ = load_checkpoint(cfg["ckpt"])
-        # distill: the float net is the teacher (QATNet folds a copy of it, so it stays as trained)
-        self.teacher = net.to(self.device).requires_grad_(False) if cfg.get("loss") == "distill" else None
+        # distill: a frozen copy of the float net is the teacher (net itself is what QATNet starts from)
+        self.teacher = copy.deepcopy(net).to(self.device).requires_grad_(False) if cfg.get("loss") == "distill" \
+            else None
         last = self.out / "last.pt"
         state = None
         if last.is_file():

@@ -179,7 +179,7 @@ def test_distillation_brings_the_int8_twin_toward_the_float_net(small_ckpt, tmp_
     from quantize.qat import QATNet, load_qat
 
     out = tmp_path / "run"
-    qat("--ckpt", str(small_ckpt), "--epochs", "3", *TINY, "--lr", "1e-3", "--no-export", "--out", str(out))
+    qat("--ckpt", str(small_ckpt), "--epochs", "3", *TINY, "--no-export", "--out", str(out))
     cfg = json.loads((out / "report.json").read_text())["config"]
     assert cfg["loss"] == "distill"
     net, arch, _ = load_checkpoint(small_ckpt)
