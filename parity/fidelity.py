@@ -59,17 +59,9 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
         except UserError as e:  # e.g. an op the twin does not simulate: the fidelity rules then fail as not measured
             return {"fidelity_note": str(e)}
         if entry["precision"] == "int8":  # static int8: the end-to-end figures are the exact twin's, or none
-            if EXACT_QUANTIZER not in (entry.get("quantizer") or ""):
-                exact = {"fidelity_exact_note": f"quantizer {entry.get('quantizer')!r}: the exact twin models "
-                                                f"{EXACT_QUANTIZER}'s graph only"}
-            elif fp32 is None:
-                exact = {"fidelity_exact_note": "no fp32 .tflite in the manifest to match the file's tensors with"}
-            else:
-                exact = _exact(runner, net, inputs, fp32)
-            if "fidelity_exact_note" in exact:
-                for k in ("fidelity_sqnr_db", "fidelity_in_step"):
-                    out.pop(k)
-            out.update(exact)
+            out.update(_exact(entry, runner, net, inputs, fp32))
+        else:  # int8-dynamic: its per-op figures are its fidelity figures
+            out.update(fidelity_sqnr_db=out["fidelity_op_sqnr_db"], fidelity_in_step=out["fidelity_op_in_step"])
         return out
     try:
         chk = simulate.coreml_weight_check(net, runner.path)
@@ -84,7 +76,7 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
     return out
 
 
-def _exact(runner, net, inputs, fp32) -> dict:
+def _exact(entry, runner, net, inputs, fp32) -> dict:
     """A static int8 file against its XNNPACK-exact twin (quantize.qat.ptq_twin: the converter's int8 graph in
     PyTorch with the file's own scales and zero points and XNNPACK's requantization), end to end on the runtime
     users run: the conversion-fidelity figures proper. For a file of another quantizer or with int8 / pixel I/O:
@@ -93,6 +85,11 @@ def _exact(runner, net, inputs, fp32) -> dict:
 
     from quantize.qat import ptq_twin, twin_agreement
 
+    if EXACT_QUANTIZER not in (entry.get("quantizer") or ""):
+        return {"fidelity_exact_note": f"quantizer {entry.get('quantizer')!r}: the exact twin models "
+                                       f"{EXACT_QUANTIZER}'s graph only"}
+    if fp32 is None:
+        return {"fidelity_exact_note": "no fp32 .tflite in the manifest to match the file's tensors with"}
     inp = runner.inp
     if inp.get("dtype", "float32") != "float32" or inp.get("normalization_folded") or inp.get("kind") == "image" \
             or inp.get("layout") != "NHWC" or runner.out.get("dtype", "float32") != "float32":
@@ -139,8 +136,7 @@ def _tflite(runner, net, inputs) -> dict:
     with torch.no_grad():
         ref = net.eval()(torch.from_numpy(np.ascontiguousarray(inputs, np.float32))).numpy()
     stored = [w["stored_equal"] for w in twin.weights if "stored_equal" in w]
-    out = {"fidelity_sqnr_db": ops["min_sqnr_db"], "fidelity_in_step": ops["min_in_step"],
-           "fidelity_op_sqnr_db": ops["min_sqnr_db"], "fidelity_op_in_step": ops["min_in_step"],
+    out = {"fidelity_op_sqnr_db": ops["min_sqnr_db"], "fidelity_op_in_step": ops["min_in_step"],
            "fidelity_worst_op": {k: ops["worst"][k] for k in ("op", "op_name", "torch_module", "sqnr_db", "in_step")},
            "fidelity_e2e_sqnr_db": e2e["sqnr_db"], "fidelity_e2e_in_step": e2e["in_step"],
            "fidelity_graph_sqnr_db": _sqnr(ref, graph), "weights_exact": float(np.mean(stored)) if stored else None,

@@ -58,12 +58,13 @@ class ActQuant(nn.Module):
         self.hi = nn.Parameter(torch.ones(()))
         self.enabled = True  # False: identity (the float graph, for calibration and export)
         self.observing = False  # True: widen [lo, hi] to the min/max of what passes (calibration)
+        self.held = None  # a file's own (scale, zero point): see hold()
         self._seen = False
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) exactly as ai-edge-quantizer derives them from (min, max), in float32; a file's own
         pair when held (hold: the twin of a post-training int8 file)."""
-        if getattr(self, "held", None) is not None:
+        if self.held is not None:
             return self.held
         lo = torch.zeros_like(self.lo) if self.relu else torch.clamp(self.lo, max=0)
         hi = torch.clamp(self.hi, min=0)
@@ -436,7 +437,8 @@ def ptq_twin(net: PoseNet, int8_path: str | Path, fp32_path: str | Path, sample:
         elif op == "DEQUANTIZE" and ins and outs and ins[0] in fq:
             fq.setdefault(outs[0], fq[ins[0]])
     match = _match_tensors(qat, fp32_path, sample[:1], set(fq))
-    left = [i for i, q in enumerate(qat.quantizers()) if all(q is not m for m in match.values())]
+    matched = {id(q) for q in match.values()}
+    left = [q for q in qat.quantizers() if id(q) not in matched]
     if left:
         raise UserError(f"{int8_path}: {len(left)} of {len(qat.quantizers())} quantization points of the converter's "
                         "graph have no tensor in the file (not ai-edge-quantizer's static int8 of this graph)")
