@@ -15,6 +15,8 @@ TARGETS ?=
 CALIB   ?=
 THREADS ?= 1
 TESTS   ?= tests
+# pytest-xdist workers for `make test`: one per core, at most 4 (JOBS=0: no workers, one process)
+JOBS    ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 opt = $(if $(2),$(1) $(2))
 
@@ -35,7 +37,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(TESTS)
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder $(TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

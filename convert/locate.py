@@ -93,7 +93,7 @@ def onnx_try(m, x):
 
 
 def coreml_try(m, x):
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     with torch.no_grad():
         ct.convert(torch.jit.trace(m, x), inputs=[ct.TensorType(shape=tuple(x.shape))], convert_to="mlprogram")

@@ -34,8 +34,9 @@ def device_name(unit: str) -> str:
 
 
 def convert_part(part: Part, precision: str, cache: Path = CACHE) -> Path:
-    import coremltools as ct
     import torch
+
+    from posekit.coreml_import import ct
 
     tag = hashlib.sha1(f"{part.key}|{precision}|{ct.__version__}".encode()).hexdigest()[:16]
     path = cache / f"coreml-{precision}" / f"{tag}.mlpackage"
@@ -57,7 +58,7 @@ def measure(luts: dict[str, LUT], parts: dict[str, Part], precision: str = "fp16
             per_visit: int = 5) -> dict[str, list[str]]:
     """luts: compute unit -> LUT. Each unit's missing keys are timed interleaved; each LUT saved when done."""
     require_macos()
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     done = {}
     for unit, lut in luts.items():

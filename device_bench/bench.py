@@ -167,7 +167,7 @@ def bench_coreml(args) -> list[tuple[str, dict]]:
     from .apple import COMPUTE_UNITS, require_macos
 
     require_macos()
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     if args.model:
         paths = [Path(args.model)]

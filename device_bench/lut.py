@@ -131,7 +131,7 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
     from . import apple
 
     apple.require_macos()
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     luts = {}
     for unit in args.compute_units.split(","):

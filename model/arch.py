@@ -41,7 +41,7 @@ import yaml
 
 from posekit import heatmap
 from posekit.errors import UserError, field_error
-from posekit.io import atomic_write_text, first_line
+from posekit.io import atomic_write_text, first_line, require_file
 
 OP_RE = re.compile(r"^(?:(?P<ir>ir)_k(?P<k>[0-9]+)_e(?P<e>[0-9]+)|(?P<kind>conv|dwconv)_k(?P<lk>[0-9]+)|skip)$")
 BLOCK_KINDS = ("ir", "skip")
@@ -441,9 +441,7 @@ def from_dict(d: dict, src: str | Path | None = None) -> Arch:
 # ---- files -------------------------------------------------------------------------------------------
 def read_mapping(path: str | Path) -> dict:
     """Load a YAML/JSON file into a dict; a missing or malformed file is one UserError line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such file")
+    p = require_file(path)
     try:
         text = p.read_text()
         d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from posekit.errors import UserError
-from posekit.io import atomic_path, first_line
+from posekit.io import atomic_path, first_line, require_file
 
 from .arch import Arch, from_dict
 from .net import PoseNet
@@ -46,9 +46,7 @@ def load_state_file(path, what: str = "checkpoint", map_location="cpu"):
     """What one of the project's torch state files holds (a checkpoint, a QAT twin, a run's last.pt, a search
     state), loaded with weights_only=True: tensors, numbers, strings, lists and dicts only, so a file that asks to
     build objects (code) is refused, never run. A missing, truncated or foreign file: a one-line UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such {what}")
+    p = require_file(path, what)
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:

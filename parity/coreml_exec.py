@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from posekit.errors import UserError
+from posekit.io import require_file
 
 from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of this module's interface)
     UnsupportedOp,
@@ -32,9 +33,9 @@ from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of th
 
 
 def _proto():
-    from coremltools import proto  # imported lazily: coremltools is slow to import
+    from posekit.coreml_import import ct  # imported lazily: coremltools is slow to import
 
-    return proto
+    return ct.proto
 
 
 def _mil_dtypes():
@@ -233,9 +234,7 @@ def model_file(path: Path) -> tuple[Path, Path | None]:
             raise UserError(f"{path}: not an .mlpackage (no Manifest.json)")
         spec_path = Path(ModelPackage(str(path)).getRootModel().path())
         return spec_path, spec_path.parent / "weights"
-    if not path.is_file():
-        raise UserError(f"{path}: Core ML model not found")
-    return path, None
+    return require_file(path, "Core ML model"), None
 
 
 class CoreMLProgram:

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from posekit.errors import UserError
+from posekit.io import require_file
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
 METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_same", "argmax_within1",
@@ -107,9 +108,7 @@ _RULE = re.compile(r"^\s*(<=|>=)\s*([-+0-9.eE]+|inf)\s*$")
 
 def load_thresholds(path: str | Path | None = None) -> dict:
     """{precision: {metric: (op, value)}} from the YAML file (default parity/thresholds.yaml)."""
-    path = Path(path or THRESHOLDS)
-    if not path.is_file():
-        raise UserError(f"{path}: thresholds file not found")
+    path = require_file(path or THRESHOLDS, "thresholds file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -143,7 +143,7 @@ class CoreMLRunner(Runner):
         self.oname = self.out.get("name", "heatmaps")
         self.native = sys.platform == "darwin" and not force_reference
         if self.native:
-            import coremltools as ct
+            from posekit.coreml_import import ct
 
             self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
             self.engine = "Core ML runtime (MLModel.predict, CPU_ONLY)"

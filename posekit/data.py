@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from posekit import heatmap
 from posekit.errors import UserError
+from posekit.io import require_file
 from posekit.keypoints import (
     COCO_FLIP_PAIRS,
     COCO_UPPER_BODY,
@@ -70,9 +71,7 @@ def check_numbers(v, n: int | None, file, field: str, what: str = "numbers") -> 
 
 
 def read_json(path, what: str = "annotation file"):
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such {what}")
+    p = require_file(path, what)
     try:
         return json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -16,6 +16,7 @@ import numpy as np
 
 from posekit import heatmap
 from posekit.errors import UserError
+from posekit.io import require_file
 from posekit.keypoints import COCO_FLIP_PAIRS, COCO_SIGMAS, DEFAULT_COCO, DEFAULT_MPII, MPII_FLIP_PAIRS
 from posekit.transforms import to_image
 
@@ -222,9 +223,7 @@ SC_BIAS = 0.6  # the official MPII evaluation: head size = 0.6 x head box diagon
 def load_headboxes(path) -> np.ndarray:
     """Head boxes (N, 2, 2) [[x1, y1], [x2, y2]] from the official `gt_valid.mat` (headboxes_src) or a json list
     of [x1, y1, x2, y2]."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such head-box file")
+    p = require_file(path, "head-box file")
     if p.suffix == ".mat":
         from scipy.io import loadmat
 

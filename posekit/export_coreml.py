@@ -53,7 +53,7 @@ def add_metadata(mlmodel, arch, image: bool):
 
 def coreml_program(net, arch, image: bool, precision: str = "fp32", target: str = "mlprogram"):
     """Trace and convert `net`; image: ImageType input (RGB 0-255, normalization folded) else TensorType."""
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     h, w = arch.input_size
     model = Normalize(net).eval() if image else net.eval()

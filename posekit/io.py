@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from posekit.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
@@ -68,6 +70,14 @@ def sha256_file(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def require_file(path, what: str = "file") -> Path:
+    """`path` as a Path if it is a file, else a one-line UserError: '<path>: no such <what>'."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what}")
+    return p
 
 
 def first_line(e: BaseException) -> str:

@@ -125,7 +125,7 @@ def read_onnx(path) -> dict:
 def write_coreml_metadata(path, f: dict) -> Path:
     """Core ML: the user-defined metadata keys still missing (convert.coreml writes the keypoint ones), plus the
     source hashes and version; re-saved through coremltools (works on Linux with skip_model_load)."""
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     path = Path(path)
     ml = ct.models.MLModel(str(path), skip_model_load=True)

@@ -11,20 +11,14 @@ def compress(mlmodel, kind: str):
     """(compressed MLModel, quantizer description for the manifest) for kind in KINDS."""
     import coremltools.optimize.coreml as cto
 
+    from posekit.coreml_import import ct  # noqa: F401  (first: coremltools without TensorFlow)
+
     if kind not in KINDS:
         raise ValueError(f"unknown Core ML weight compression {kind!r} (one of {', '.join(KINDS)})")
     if kind == "int8-weights":
         cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
                                                                                 dtype="int8"))
         return cto.linear_quantize_weights(mlmodel, cfg), "coremltools linear_quantize_weights (int8, symmetric)"
-    nbits = KINDS[kind]
-    # k-means (scikit-learn, a dependency for this) places the palette where the weights are; uniform is the
-    # fallback should scikit-learn be missing
-    try:
-        import sklearn  # noqa: F401
-
-        mode = "kmeans"
-    except ImportError:
-        mode = "uniform"
-    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode=mode, nbits=nbits))
-    return cto.palettize_weights(mlmodel, cfg), f"coremltools palettize_weights ({mode}, {nbits}-bit)"
+    # k-means (scikit-learn, a dependency for this) places the palette where the weights are
+    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=KINDS[kind]))
+    return cto.palettize_weights(mlmodel, cfg), f"coremltools palettize_weights (kmeans, {KINDS[kind]}-bit)"

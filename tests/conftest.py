@@ -1,5 +1,6 @@
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,19 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
 SLOW_TIMEOUT_S = 1200  # the per-test limit of @pytest.mark.slow tests (the default is `timeout` in pyproject.toml)
+DEFAULT_S = 1  # a test's expected seconds unless its slow marker says: @pytest.mark.slow(seconds)
 
 
 def pytest_collection_modifyitems(config, items):
+    """Per-test timeout for slow tests, and the order: `make test` runs the files on pytest-xdist workers (--dist
+    loadfile: a module fixture is built once), longest file first, so that the workers finish together."""
+    cost = {}
     for item in items:
-        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+        slow = item.get_closest_marker("slow")
+        if slow and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+        cost[item.path] = cost.get(item.path, 0) + (slow.args[0] if slow and slow.args else DEFAULT_S)
+    items.sort(key=lambda i: -cost[i.path])  # stable: a file keeps its own order
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +31,36 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def app_artifacts(tmp_path_factory):
+    """(folder, manifest): every convert target of one small fitted model, made once per run (tests/app_artifacts.py);
+    read-only, tests that write get a copy (app_artifacts.copy_of)."""
+    from tests.app_artifacts import shared
+
+    return shared(tmp_path_factory)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch  # here, not at the top: collecting tests that never use torch stays light
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: on a busy 2-core host, two spinning OpenMP threads make small convs ~10x slower."""
-    import torch  # here, not at the top: collecting tests that never use torch stays light
+    with _torch_threads(1):
+        yield
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """one_thread for a whole module (pytestmark = pytest.mark.usefixtures("one_thread_module"))."""
+    with _torch_threads(1):
+        yield

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model.arch import from_dict
-from model.checkpoint import save_checkpoint
 from model.net import build
 
 INPUT = (64, 48)
@@ -49,7 +46,7 @@ def tiny_net(head: str = "mbv1", act: str = "relu", seed: int = 0):
 
 def coreml_convert(net, path: Path, precision: str = "fp32", target: str = "iOS16", neuralnetwork: bool = False,
                    image_input: dict | None = None):
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     x = torch.zeros(1, 3, *INPUT)
     ts = torch.jit.trace(net.eval(), x)
@@ -221,18 +218,6 @@ def add_broken(root: Path) -> dict:
             man["artifacts"].append({**a, "file": dst, "sha256": sha256_file(root / dst)})
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
     return out
-
-
-def convert_artifacts(root: Path, head: str = "mbv1") -> Path:
-    """The convert stage's own artifacts of the tiny net (its CLI, as a user runs it): tflite fp32, onnx, Core ML
-    fp32 (image input, normalization folded) and int8-weights."""
-    ckpt = save_checkpoint(root.parent / f"{root.name}.pt", tiny_net(head), tiny_arch(head))
-    repo = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "convert", "--ckpt", str(ckpt), "--out", str(root), "--targets",
-                        "tflite-fp32", "onnx", "coreml-fp32", "coreml-int8-weights"], cwd=repo, capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root
 
 
 def change_tflite_weight_scale(src: Path, dst: Path, op_index: int | None = None, channel: int | None = 0,

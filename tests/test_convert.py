@@ -1,6 +1,7 @@
-"""convert/quantize end to end on a small EfficientPose-A (MBV1 head, 64x48 input, random weights with BatchNorm
-statistics from real crops): every artifact, the manifest against its schema, parity of fp32 TFLite and ONNX,
-full-integer int8, Core ML metadata, resume, and one-line errors."""
+"""convert/quantize end to end on a small network (the tiny arch of the parity tests: MBV1 head, 64x48 input, joint
+classifier fitted to real crops), shared with the other artifact tests (tests/app_artifacts.py): every artifact, the
+manifest against its schema, parity of fp32 TFLite and ONNX, full-integer int8, Core ML metadata, resume, and
+one-line errors."""
 
 import json
 import subprocess
@@ -11,37 +12,27 @@ import pytest
 import torch
 
 from posekit import litert
+from tests.app_artifacts import CALIB, copy_of
 
 PY = sys.executable
-# --arch explicitly: without it convert takes runs/demo/train/best.pt when a demo has run in this checkout
-ARGS = ["--arch", "efficientpose_a", "--head", "mbv1", "--input", "64x48", "--calib", "4",
-        "--int8-candidates", "static_wi8_ai8", "static_wi8_ai16"]
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory, root):
-    out = tmp_path_factory.mktemp("art") / "ea"
-    r = subprocess.run([PY, "-m", "convert", *ARGS, "--out", str(out)], cwd=root, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, json.loads((out / "manifest.json").read_text()), r
-
-
-def _reference(out):
+def _reference(m):
     from model.checkpoint import load_checkpoint
 
-    net, arch, _ = load_checkpoint(out / "source.pt")
+    net, arch, _ = load_checkpoint(m["source"]["checkpoint"])
     return net, arch
 
 
-@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
-def test_manifest_validates_and_lists_every_target(converted):
+@pytest.mark.slow(45)
+def test_manifest_validates_and_lists_every_target(app_artifacts):
     import jsonschema
 
     from convert.targets import GROUPS
     from posekit.io import sha256_file
     from posekit.manifest import SCHEMA
 
-    out, m, _ = converted
+    out, m = app_artifacts
     jsonschema.validate(m, json.loads(SCHEMA.read_text()))
     kinds = {(a["format"], a["precision"]) for a in m["artifacts"]}
     assert {("tflite", p) for p in ("fp32", "fp16", "int8", "int8-dynamic")} <= kinds
@@ -51,22 +42,22 @@ def test_manifest_validates_and_lists_every_target(converted):
     assert len(m["artifacts"]) == len(GROUPS["all"])
     for a in m["artifacts"]:
         assert sha256_file(out / a["file"]) == a["sha256"]
-    assert m["source"]["random_init"] is True and m["source"]["checkpoint_sha256"] == sha256_file(out / "source.pt")
+    src = m["source"]
+    assert src["random_init"] is False and src["checkpoint_sha256"] == sha256_file(src["checkpoint"])
     assert m["input_size"] == [64, 48] and m["num_joints"] == 17 and len(m["keypoint_names"]) == 17
-    sel = m["int8_selection"]
-    assert sel["chosen"] in [c["quantizer"] for c in sel["candidates"]]
+    sel = m["int8_selection"]  # the default candidates, each scored
+    assert len(sel["candidates"]) >= 2 and sel["chosen"] in [c["quantizer"] for c in sel["candidates"]]
     # a broken manifest is refused by the same schema
     bad = {**m, "artifacts": [{**m["artifacts"][0], "layout": "?", "inputs": [{"name": "image"}]}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, json.loads(SCHEMA.read_text()))
 
 
-@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
-def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(converted):
+def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(app_artifacts):
     from quantize.calibration import eval_batches
 
-    out, m, _ = converted
-    net, arch = _reference(out)
+    out, m = app_artifacts
+    net, arch = _reference(m)
     x = eval_batches(arch, n=2)
     with torch.no_grad():
         ref = np.concatenate([net(b).permute(0, 2, 3, 1).numpy() for b in x])
@@ -88,28 +79,26 @@ def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(converted):
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.9
 
 
-@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
-def test_onnx_checks_and_runs(converted):
+def test_onnx_checks_and_runs(app_artifacts):
     import onnx
     import onnxruntime as ort
 
-    out, m, _ = converted
+    out, m = app_artifacts
     a = next(a for a in m["artifacts"] if a["format"] == "onnx")
     model = onnx.load(str(out / a["file"]))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
-    net, arch = _reference(out)
+    net, arch = _reference(m)
     x = torch.randn(1, 3, 64, 48)
     y = ort.InferenceSession(str(out / a["file"]), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
     ref = net(x).detach().numpy()
     assert y[0].shape == tuple(a["outputs"][0]["shape"]) and np.abs(y[0] - ref).max() <= 1e-4 * np.ptp(ref)
 
 
-@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
-def test_coreml_loads_with_metadata(converted):
-    import coremltools as ct
+def test_coreml_loads_with_metadata(app_artifacts):
+    from posekit.coreml_import import ct
 
-    out, m, _ = converted
+    out, m = app_artifacts
     for a in (a for a in m["artifacts"] if a["format"].startswith("coreml")):
         ml = ct.models.MLModel(str(out / a["file"]), skip_model_load=True)
         md = ml.user_defined_metadata
@@ -124,11 +113,12 @@ def test_coreml_loads_with_metadata(converted):
     assert (out / "coreml" / "model.mlmodel").is_file()
 
 
-@pytest.mark.slow  # shares one ~1-2 min conversion of every target (module fixture)
-def test_rerun_resumes_and_quantize_keeps_the_manifest(converted, root):
-    out, m, _ = converted
+def test_rerun_resumes_and_quantize_keeps_the_manifest(app_artifacts, root, tmp_path):
+    out, m = app_artifacts
+    out = copy_of(out, tmp_path / "art")
     before = {a["file"]: (out / a["file"]).stat().st_mtime_ns for a in m["artifacts"]}
-    r = subprocess.run([PY, "-m", "quantize", *ARGS, "--out", str(out)], cwd=root, capture_output=True, text=True)
+    r = subprocess.run([PY, "-m", "quantize", "--ckpt", m["source"]["checkpoint"], "--calib", str(CALIB), "--out",
+                        str(out)], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     m2 = json.loads((out / "manifest.json").read_text())
     assert {a["file"] for a in m2["artifacts"]} == set(before)  # quantize kept what convert wrote
@@ -141,10 +131,12 @@ def test_rerun_resumes_and_quantize_keeps_the_manifest(converted, root):
     (["--ckpt", "missing.pt"], "missing.pt: no such checkpoint"),
     (["--input", "64by48"], "argument --input: expected HxW, e.g. 256x192, got '64by48'"),
 ])
-def test_bad_input_is_one_line(argv, msg, root, tmp_path):
-    r = subprocess.run([PY, "-m", "convert", *argv, "--out", str(tmp_path / "o")], cwd=root, capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
+    from convert.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1 and err.startswith("error")
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
@@ -167,7 +159,9 @@ def test_unconvertible_op_names_op_and_module(tmp_path):
     assert not (tmp_path / "odd.tflite").exists()
 
 
-def test_help():
-    for stage in ("convert", "quantize"):
-        r = subprocess.run([PY, "-m", stage, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "--targets" in r.stdout
+def test_help(capsys):
+    from convert.cli import main as convert_main
+    from quantize.__main__ import main as quantize_main
+
+    for main in (convert_main, quantize_main):
+        assert main(["--help"]) == 0 and "--targets" in capsys.readouterr().out

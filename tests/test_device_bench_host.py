@@ -21,7 +21,7 @@ def header(space, threads=1):
                                provenance="measured")
 
 
-@pytest.mark.slow  # ten real conversions: ~50 s on a quiet 2-core machine, more when it is shared
+@pytest.mark.slow(33)  # ten real conversions and timings
 def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, monkeypatch, capsys):
     """`lut --device host --quick` (10 keys), killed after its first chunk of 4, then run again twice."""
     out, cache = tmp_path / "host.json", tmp_path / "cache"

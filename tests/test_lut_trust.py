@@ -155,7 +155,7 @@ def test_fingerprint_reads_the_isa_that_changes_kernels():
 TINY = str(REPO / "tests" / "data" / "device_bench" / "tiny_space.yaml")
 
 
-@pytest.mark.slow  # five real conversions and timings: ~1 min on a shared 2-core machine
+@pytest.mark.slow(15)  # five real conversions and timings
 def test_host_lut_is_measured_on_first_use_then_refined(tmp_path, monkeypatch, capsys):
     from device_bench import host
     from device_bench.lut import ensure_lut

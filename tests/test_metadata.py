@@ -9,24 +9,17 @@ import numpy as np
 import pytest
 
 from posekit.keypoints import COCO_KEYPOINTS, COCO_SKELETON, MEAN, STD
-from tests.app_artifacts import converted
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory, root):
-    return converted(tmp_path_factory, root)
-
-
-@pytest.mark.slow  # shares one ~1 min conversion (tests/app_artifacts.py)
-def test_tflite_metadata_read_by_tflite_support(art):
+def test_tflite_metadata_read_by_tflite_support(app_artifacts):
     from tensorflow_lite_support.metadata.python.metadata import MetadataDisplayer
 
     from posekit import litert
     from posekit.io import sha256_file
 
-    out, m = art
+    out, m = app_artifacts
     tfl = [a for a in m["artifacts"] if a["format"] == "tflite"]
-    assert {a["precision"] for a in tfl} == {"fp32", "int8"}
+    assert {a["precision"] for a in tfl} >= {"fp32", "fp16", "int8", "int8-dynamic"}
     for a in tfl:
         path = out / a["file"]
         assert sha256_file(path) == a["sha256"]  # the manifest hashes the file with its metadata
@@ -57,14 +50,13 @@ def test_tflite_metadata_read_by_tflite_support(art):
         assert f"{h}x{w}" in tin["description"]
 
 
-@pytest.mark.slow
-def test_tflite_metadata_rewrite_keeps_the_model(art, tmp_path):
+def test_tflite_metadata_rewrite_keeps_the_model(app_artifacts, tmp_path):
     """Writing the metadata again replaces it, and the model computes exactly what it did."""
     import shutil
 
     from posekit import litert, metadata
 
-    out, m = art
+    out, m = app_artifacts
     a = next(a for a in m["artifacts"] if a["precision"] == "int8")
     p = tmp_path / "m.tflite"
     shutil.copy(out / a["file"], p)
@@ -76,12 +68,12 @@ def test_tflite_metadata_rewrite_keeps_the_model(art, tmp_path):
     assert np.array_equal(litert.run(litert.interpreter(p), x), y0)
 
 
-@pytest.mark.slow
-def test_onnx_and_coreml_metadata(art):
-    import coremltools as ct
+def test_onnx_and_coreml_metadata(app_artifacts):
     import onnx
 
-    out, m = art
+    from posekit.coreml_import import ct
+
+    out, m = app_artifacts
     onx = next(a for a in m["artifacts"] if a["format"] == "onnx")
     props = {p.key: p.value for p in onnx.load(str(out / onx["file"])).metadata_props}
     assert json.loads(props["keypoint_names"]) == list(COCO_KEYPOINTS)

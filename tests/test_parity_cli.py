@@ -7,12 +7,17 @@ import json
 import pytest
 import torch
 
-from tests.parity_helpers import add_broken, convert_artifacts, run_parity
+from tests.app_artifacts import copy_of
+from tests.parity_helpers import add_broken, run_parity
+
+KINDS = {("tflite", "fp32"), ("onnx", "fp32"), ("coreml-mlprogram", "fp32"), ("coreml-mlprogram", "int8-weights")}
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    root = convert_artifacts(tmp_path_factory.mktemp("parity") / "tiny")
+def artifacts(app_artifacts, tmp_path_factory):
+    """convert's own artifacts (tflite fp32, onnx, Core ML fp32 and int8-weights) of the shared tiny model, copied."""
+    root = copy_of(app_artifacts[0], tmp_path_factory.mktemp("parity") / "tiny",
+                   lambda a: (a["format"], a["precision"]) in KINDS and "tensor" not in a["file"])
     clean = [a["file"] for a in json.loads((root / "manifest.json").read_text())["artifacts"]]
     return root, clean, add_broken(root)
 
@@ -85,7 +90,7 @@ def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_p
     """An artifact holding an op the Core ML executor lacks fails (exit 1) with the op's name: never skipped."""
     import shutil
 
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     class Gelu(torch.nn.Module):
         def forward(self, x):

@@ -95,7 +95,7 @@ def test_unknown_op_fails_loudly_naming_it(tmp_path):
         def forward(self, x):
             return torch.nn.functional.gelu(x)
 
-    import coremltools as ct
+    from posekit.coreml_import import ct
 
     x = torch.zeros(1, 3, 8, 8)
     m = ct.convert(torch.jit.trace(Gelu().eval(), x), inputs=[ct.TensorType(name="x", shape=x.shape)],

@@ -68,13 +68,6 @@ def test_predict_bad_input_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory, root):
-    from tests.app_artifacts import converted
-
-    return converted(tmp_path_factory, root)
-
-
 def _gt_boxes(n_images: int = 4):
     """(images, COCO detection results) from the bundled train2017 annotations' person boxes (labelled persons): the
     images the test model was fitted on, where its heatmaps have real peaks."""
@@ -138,28 +131,25 @@ def _agreement(out, m, fmt, precision, tmp_path, images=IMAGES, dets=DETS):
     return oks_agreement(ref, pred, areas), ref, pred
 
 
-@pytest.mark.slow  # shares one ~1 min conversion (tests/app_artifacts.py)
 @pytest.mark.parametrize("fmt", ["tflite", "onnx", "coreml-mlprogram"])
-def test_predict_fp32_from_metadata_alone_matches_pytorch(art, tmp_path, fmt):
-    out, m = art
+def test_predict_fp32_from_metadata_alone_matches_pytorch(app_artifacts, tmp_path, fmt):
+    out, m = app_artifacts
     oks, ref, pred = _agreement(out, m, fmt, "fp32", tmp_path)
     assert len(oks) == 6 and oks.min() > 0.99, oks
     assert np.abs(pred[..., :2] - ref[..., :2]).max() < 1.0  # the same heatmap cells (sub-pixel: float rounding)
 
 
-@pytest.mark.slow
-def test_predict_int8_from_metadata_alone_within_parity(art, tmp_path):
-    out, m = art
+def test_predict_int8_from_metadata_alone_within_parity(app_artifacts, tmp_path):
+    out, m = app_artifacts
     images, dets = _gt_boxes()
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     oks, _, _ = _agreement(out, m, "tflite", "int8", tmp_path, images, tmp_path / "dets.json")
     assert len(oks) == len(dets) >= 8 and np.nanmean(oks) >= 0.90, oks
 
 
-@pytest.mark.slow
-def test_predict_whole_image_and_model_folder(art, tmp_path):
+def test_predict_whole_image_and_model_folder(app_artifacts, tmp_path):
     """No --boxes: the whole image is one person; a model folder runs its tflite int8 (manifest)."""
-    out, m = art
+    out, m = app_artifacts
     results, _ = _predict_alone(out, m, "tflite", "fp32", tmp_path, dets=None)
     assert [r["image_id"] for r in results] == [int(p.stem) for p in IMAGES]
     assert all(len(r["keypoints"]) == 3 * 17 for r in results)
@@ -168,11 +158,10 @@ def test_predict_whole_image_and_model_folder(art, tmp_path):
     assert resolve_model(out).name == "model_int8.tflite"
 
 
-@pytest.mark.slow
-def test_predict_without_metadata_uses_the_manifest_or_says_what_is_missing(art, tmp_path, capsys):
+def test_predict_without_metadata_uses_the_manifest_or_says_what_is_missing(app_artifacts, tmp_path, capsys):
     import onnx
 
-    out, m = art
+    out, m = app_artifacts
     a = next(a for a in m["artifacts"] if a["format"] == "onnx")
     d = tmp_path / "model"
     (d / "onnx").mkdir(parents=True)

@@ -65,7 +65,7 @@ def test_activation_scale_is_ai_edge_quantizers(one_thread):
         assert np.float32(s.item()) == np.float32(scale[0]) and int(z.item()) == int(zp[0])
 
 
-@pytest.mark.slow  # the fixture: a QAT run and its export (~1-4 min on 2 shared cores)
+@pytest.mark.slow(40)  # the fixture: a QAT run and its export
 def test_tflite_is_exact_to_its_twin(exported, one_thread):
     """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
     all identical against XNNPACK)."""
@@ -90,7 +90,7 @@ def test_tflite_is_exact_to_its_twin(exported, one_thread):
     assert all(torch.equal(v, last["model"][k]) for k, v in twin.state_dict().items())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(2)
 def test_file_scales_are_the_learned_ones(exported):
     """No re-calibration: every activation scale / zero point in the file is one of the QAT model's ranges."""
     from quantize.qat import _tensor_quant, load_qat
@@ -103,7 +103,7 @@ def test_file_scales_are_the_learned_ones(exported):
     assert acts and acts <= learned
 
 
-@pytest.mark.slow  # four QAT processes
+@pytest.mark.slow(30)  # four QAT processes
 def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_ckpt, tmp_path):
     args = ["--ckpt", str(small_ckpt), "--epochs", "2", *TINY, "--no-export"]
     qat(*args, "--out", str(tmp_path / "whole"))
@@ -156,7 +156,7 @@ def test_help(capsys):
     assert rc == 0 and "quantization-aware" in out and "--epochs" in out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(3)
 def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_thread):
     from parity.__main__ import main
 
@@ -168,7 +168,7 @@ def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_t
     assert rc == 0, capsys.readouterr().out
 
 
-@pytest.mark.slow  # a QAT run of 3 epochs
+@pytest.mark.slow(12)  # a QAT run of 3 epochs
 def test_distillation_brings_the_int8_twin_toward_the_float_net(small_ckpt, tmp_path, one_thread):
     """The default loss (distill) fits the fake-quant net to the float checkpoint's heatmaps: after QAT, the twin is
     closer to the float net on its training crops than the calibrated-only twin (the PTQ start) was."""

@@ -29,12 +29,7 @@ SPACE = load_space("default")
 TINY = dict(input_size=(64, 48), limit=16, epochs=3, warmup_epochs=0, batch_size=4, alpha_lr=0.1, time_steps=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # 1 thread: on a busy 2-core machine OpenMP spinning makes 2 threads many times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def write_lut(path, cost_of, device="synthetic"):
@@ -108,6 +103,7 @@ def test_split_is_disjoint_by_image():
     assert split_by_image([5, 5, 6, 7, 7, 7]) == ([3, 4, 5], [0, 1, 2])
 
 
+@pytest.mark.slow(17)
 def test_large_lambda_gives_strictly_lower_latency(lam_runs, macs_lut):
     (_, free), (_, cheap) = lam_runs
     assert cheap.meta["lut_latency_ms"] < free.meta["lut_latency_ms"]
@@ -115,6 +111,7 @@ def test_large_lambda_gives_strictly_lower_latency(lam_runs, macs_lut):
     assert cheap.meta["lut_latency_ms"] == pytest.approx(extremes(macs_lut)[0], rel=1e-6)
 
 
+@pytest.mark.slow(9)
 def test_opposite_luts_lead_to_opposite_choices(tmp_path):
     fast_k3 = write_lut(tmp_path / "k3.json", kernel_cost({3: 1.0, 5: 2.0, 7: 3.0}))
     fast_k7 = write_lut(tmp_path / "k7.json", kernel_cost({3: 3.0, 5: 2.0, 7: 1.0}))
@@ -145,6 +142,7 @@ def test_derived_arch_file_round_trips_and_builds(lam_runs, macs_lut):
     assert (out / "alpha_history.png").stat().st_size > 10_000 and (out / "search.log").is_file()
 
 
+@pytest.mark.slow(10)
 def test_resume_replays_the_uninterrupted_run(tmp_path, macs_lut):
     lut = macs_lut
     # Sampled paths (the default), an annealed temperature and a target: every random draw and lambda replay.
@@ -205,7 +203,7 @@ def test_flops_cost_sums_to_the_network_flops():
     assert load_cost("flops", SPACE).unit == "MFLOPs"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(18)
 def test_torchrun_two_processes(tmp_path, macs_lut):
     """Data parallel over gloo: 2 ranks, each half of every batch; rank 0 writes the files."""
     import os
@@ -279,6 +277,7 @@ def test_lambda_zero_keeps_capacity_and_a_lower_supernet_loss(lam_runs):
     assert free.meta["supernet_val_loss"] < cheap.meta["supernet_val_loss"]
 
 
+@pytest.mark.slow(10)
 def test_default_target_and_a_family_of_targets(tmp_path, macs_lut, capsys):
     """Without --lam the CLI searches for EfficientPose-A's cost on the same LUT (printed) and lands within 10%;
     --targets derives one arch per target from the same supernet, ordered like the targets, and the family plot."""

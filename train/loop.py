@@ -26,6 +26,8 @@ from posekit.io import atomic_write_json, atomic_write_text
 from train import dist
 from train.plots import plot_curves
 
+PLOT_EVERY_S = 60.0  # curves.png is redrawn after each evaluation, and otherwise at most this often
+
 
 def lr_factor(cfg: dict):
     """Per-epoch LR multiplier: linear warmup, then cosine to 1% or x0.1 steps at the `steps` fractions."""
@@ -95,6 +97,7 @@ class Trainer:
         self.rank, self.world, self.device = dist.setup(cfg.get("device"))
         self.out = Path(cfg["out"])
         self.start_epoch, self.records, self.best_ap, ckpt = 0, [], -1.0, None
+        self.plotted = time.monotonic()  # curves.png: see save()
         last = self.out / "last.pt"
         if cfg.get("resume"):
             if not last.is_file():
@@ -167,11 +170,12 @@ class Trainer:
             self.sched.step()
             last = epoch + 1 == cfg["epochs"]
             if self.rank == 0:
-                if (epoch + 1) % cfg["eval_every"] == 0 or last:
+                scored = (epoch + 1) % cfg["eval_every"] == 0 or last
+                if scored:
                     rec.update(self.evaluate())
                 rec["time_s"] = round(time.time() - t0, 2)
                 self.records.append(rec)
-                self.save(epoch + 1, rec)
+                self.save(epoch + 1, rec, plot=scored)
                 self.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
             dist.barrier()
         dist.cleanup()
@@ -210,7 +214,7 @@ class Trainer:
         net.train()
         return stats
 
-    def save(self, epoch: int, rec: dict):
+    def save(self, epoch: int, rec: dict, plot: bool = True):
         state = {"epoch": epoch, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "metrics": self.records,
                  "config": self.cfg}
@@ -221,7 +225,10 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", self.net, self.arch, best_ap=ap, **state)
         save_checkpoint(self.out / "last.pt", self.net, self.arch, best_ap=self.best_ap, **state)
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-        plot_curves(self.records, self.out / "curves.png")
+        # drawing the figure takes ~1.5 s (40% of a short epoch): after an evaluation, else once a minute at most
+        if plot or time.monotonic() - self.plotted > PLOT_EVERY_S:
+            plot_curves(self.records, self.out / "curves.png")
+            self.plotted = time.monotonic()
 
 
 def metric_name(cfg: dict) -> str | None:
