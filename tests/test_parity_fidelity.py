@@ -140,7 +140,6 @@ def test_changed_requantization_scale_fails_fidelity_though_keypoint_rules_pass(
     # the changed file: conversion fidelity fails, and the first op the twin disagrees with is the changed conv
     assert bad["status"] == "fail"
     assert bad["fails"] and all(f.startswith(metrics.FIDELITY_PREFIX) for f in bad["fails"]), bad["fails"]
-    print({k: v for k, v in bad.items() if k.startswith("fidelity")}, bad["fails"])
     assert bad["fidelity_in_step"] < 0.99 and bad["fidelity_sqnr_db"] < 30 and bad["fidelity_op_sqnr_db"] < 30
     assert bad["fidelity_divergence"]["op"] == changed["op"] == bad["fidelity_worst_op"]["op"]
     assert "FAIL tflite/scale_int8.tflite" in out.err and "conversion fidelity" in out.err
