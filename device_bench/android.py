@@ -95,6 +95,12 @@ def _op_profile(lines: list[str]) -> tuple[list[dict], dict]:
 
 
 # ---- adb ---------------------------------------------------------------------------------------------------
+def _last_line(r: subprocess.CompletedProcess, default: str) -> str:
+    """The last line adb printed (its error), stderr first."""
+    lines = (r.stderr or r.stdout).strip().splitlines()
+    return lines[-1] if lines else default
+
+
 class Adb:
     """A thin wrapper over the `adb` binary for one device serial."""
 
@@ -108,8 +114,7 @@ class Adb:
         except subprocess.TimeoutExpired:
             raise UserError(f"adb -s {self.serial} {args[0]}: timed out after {timeout:.0f} s") from None
         if r.returncode != 0:
-            msg = (r.stderr or r.stdout).strip().splitlines()
-            raise UserError(f"adb -s {self.serial} {' '.join(args)[:80]}: {msg[-1] if msg else 'failed'}")
+            raise UserError(f"adb -s {self.serial} {' '.join(args)[:80]}: {_last_line(r, 'failed')}")
         return r.stdout + r.stderr
 
     def shell(self, cmd: str, timeout: float = 600) -> str:
@@ -135,8 +140,7 @@ def attached(adb: str) -> list[str]:
     except (subprocess.TimeoutExpired, OSError) as e:
         raise UserError(f"{adb} devices: {e}") from None
     if r.returncode != 0:
-        msg = (r.stderr or r.stdout).strip().splitlines()
-        raise UserError(f"{adb} devices failed (exit {r.returncode}): {msg[-1] if msg else 'no output'}")
+        raise UserError(f"{adb} devices failed (exit {r.returncode}): {_last_line(r, 'no output')}")
     serials = []
     for ln in r.stdout.splitlines()[1:]:
         parts = ln.split()

@@ -106,7 +106,7 @@ def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnp
             or (not parts[k].is_identity and lut.entries[k].get("n", 0) < want)]
     done = []
     for k in [k for k in todo if parts[k].is_identity]:  # the identity runs no op: 0 ms by definition
-        lut.entries[k] = {"median_ms": 0.0, "mean_ms": 0.0, "std_ms": 0.0, "n": 0}
+        lut.entries[k] = {"median_ms": 0.0, "min_ms": 0.0, "mean_ms": 0.0, "std_ms": 0.0, "n": 0}
         done.append(k)
     todo = [k for k in todo if not parts[k].is_identity]
     bar = tqdm(total=len(todo), desc=f"lut {lut.device}", unit="key")

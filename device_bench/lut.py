@@ -56,7 +56,7 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
                   f"calibration crops at each part's shape" if precision == "int8" else None,
-        timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "median",
+        timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "min",
                 "clock": "wall-clock latency" if clock == "wall" else "thread CPU time (= latency on an idle "
                                                                            "core, 1 thread)",
                 "order": "round-robin over a chunk of keys, shuffled each round",

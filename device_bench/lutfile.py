@@ -9,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-from model.latency import LUT, LUT_DIR
+from model.latency import LUT, LUT_DIR, stat_field
 from model.space import SearchSpace
 from posekit.errors import UserError
 from posekit.fingerprint import fingerprint_id, host_fingerprint
@@ -77,6 +77,9 @@ def open_for_update(path: Path, header: dict, fresh: bool = False, replace_forei
         raise UserError(f"{path}: corrupt LUT file; pass --fresh to measure it again from scratch") from None
     if str(old.get("provenance", "")).startswith("predicted"):
         return LUT(header, {}, path)
+    if stat_field(old) != stat_field(header):  # its entries lack the field this run's latencies are read from
+        print(f"{path}: its entries hold another statistic than {stat_field(header)}; measuring them again")
+        return LUT(header, {}, path)
     if isinstance(old.get("fingerprint"), dict):  # the id of what the header says, not a stored id that may be stale
         old = {**old, "fingerprint_id": fingerprint_id(old["fingerprint"])}
     if replace_foreign and old.get("fingerprint_id") != header.get("fingerprint_id"):
@@ -100,5 +103,6 @@ def entry(samples_ms, n_override: int | None = None) -> dict:
     a = np.asarray(samples_ms, dtype=float)
     if a.size == 0 or not np.isfinite(a).all():
         raise UserError(f"no finite timing samples ({a.size} given): nothing to write")
-    return {"median_ms": round(float(np.median(a)), 5), "mean_ms": round(float(a.mean()), 5),
-            "std_ms": round(float(a.std()), 5), "n": int(n_override if n_override is not None else a.size)}
+    return {"median_ms": round(float(np.median(a)), 5), "min_ms": round(float(a.min()), 5),
+            "mean_ms": round(float(a.mean()), 5), "std_ms": round(float(a.std()), 5),
+            "n": int(n_override if n_override is not None else a.size)}

@@ -11,9 +11,11 @@ File (``luts/<device>.json``; host devices ``luts/host/<device>-<fingerprint id>
     {"header": {"device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels", "date",
                 "host", "search_space", "search_space_sha256", "provenance", "error", "calibration",
                 "fingerprint" (measured LUTs: `posekit.fingerprint`)},
-     "entries": {key: {"median_ms", "mean_ms", "std_ms", "n", ["how"]}}}
+     "entries": {key: {"median_ms", "min_ms" (measured on a host), "mean_ms", "std_ms", "n", ["how"]}}}
 
 Every entry is finite and > 0 ms, a skip (identity) entry exactly 0; both are checked at load and before a write.
+header["timing"]["statistic"] names the entry field latencies are read from (STATISTICS): "min" for LUTs measured
+on a host, "median" (the default) for the others.
 ``provenance`` is "measured" or "predicted from <source>"; ``error`` holds the prediction's error where
 predicted (and a predicted entry's ``how`` says how it was obtained when no published row is like it);
 ``calibration`` ({"scale", "offset_ms"}), when present, maps the summed LUT latency onto the
@@ -37,6 +39,10 @@ HEADER_FIELDS = ("device", "backend", "runtime", "precision", "search_space", "s
 # what a measured LUT must also say about its setup (a synthetic test table has no runtime version or date)
 MEASURED_FIELDS = ("runtime_version", "threads", "kernels", "date", "fingerprint")
 ENTRY_FIELDS = ("median_ms", "mean_ms", "std_ms", "n")
+# header["timing"]["statistic"] -> the entry field a latency is read from. "min" (host LUTs): on a shared machine
+# other tenants only ever add time, so the fastest of many interleaved calls is the figure that repeats; the median
+# of a part and of a whole network moved by up to 30% within minutes here while their minima held within 2%.
+STATISTICS = {"median": "median_ms", "min": "min_ms"}
 HOST_DEVICES = ("host", "host-int8")
 
 
@@ -109,11 +115,16 @@ class LUT:
     def device(self) -> str:
         return self.header.get("device", "?")
 
+    @property
+    def stat(self) -> str:
+        """The entry field latencies are read from (the header's timing statistic; median when it names none)."""
+        return stat_field(self.header)
+
     def ms(self, key: str) -> float:
         e = self.entries.get(key)
         if e is None:
             raise self.missing_error([key])
-        return float(e["median_ms"])
+        return float(e[self.stat])
 
     def missing(self, keys) -> list[str]:
         return [k for k in keys if k not in self.entries]
@@ -130,7 +141,7 @@ class LUT:
         miss = self.missing(keys)
         if miss:
             raise self.missing_error(miss)
-        total = sum(float(self.entries[k]["median_ms"]) for k in keys)
+        total = sum(float(self.entries[k][self.stat]) for k in keys)
         cal = self.header.get("calibration")
         if calibrated and cal:
             total = cal["scale"] * total + cal["offset_ms"]
@@ -145,7 +156,7 @@ class LUT:
 
         where = path or self.path
         check_header(where, self.header)
-        check_entries(where, self.entries, _real(self.header))
+        check_entries(where, self.entries, _real(self.header), self.stat)
         return atomic_write_json(where, self.to_dict())
 
 
@@ -166,8 +177,20 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _statistic(h: dict) -> str:
+    return h["timing"].get("statistic", "median") if isinstance(h.get("timing"), dict) else "median"
+
+
+def stat_field(h: dict) -> str:
+    """The entry field a LUT with header `h` reads latencies from."""
+    return STATISTICS.get(_statistic(h), "median_ms")
+
+
 def check_header(where, h: dict) -> None:
     """Every header field present; a measured LUT carries its device fingerprint, a predicted one its error."""
+    stat = _statistic(h)
+    if stat not in STATISTICS:
+        raise UserError(f"{where}: timing.statistic: {stat!r}, expected one of {', '.join(STATISTICS)}")
     miss = [f for f in HEADER_FIELDS if f not in h]
     prov = str(h.get("provenance", ""))
     if prov == "measured":
@@ -179,14 +202,16 @@ def check_header(where, h: dict) -> None:
                         f"`make lut DEVICE={h.get('device', Path(str(where)).stem)}`")
 
 
-def check_entries(where, entries: dict, strict_identity: bool = True) -> None:
+def check_entries(where, entries: dict, strict_identity: bool = True, stat: str = "median_ms") -> None:
     """Every entry finite and > 0 (identity entries exactly 0): a NaN, infinite, negative or zero latency is refused
     naming the key, at load and before any write. A synthetic table (`strict_identity` False: provenance neither
-    measured nor predicted, e.g. a test steering the search) may price skip at any finite cost >= 0."""
+    measured nor predicted, e.g. a test steering the search) may price skip at any finite cost >= 0. `stat`: the
+    field the header's statistic reads, required too."""
+    fields = ENTRY_FIELDS + ((stat,) if stat not in ENTRY_FIELDS else ())
     for k, e in entries.items():
         if not isinstance(e, dict):
             raise UserError(f"{where}: entries[{k!r}]: expected a mapping with median_ms")
-        for f in ENTRY_FIELDS:
+        for f in fields + tuple(f for f in STATISTICS.values() if f in e and f not in fields):
             if f not in e:
                 raise UserError(f"{where}: entries[{k!r}].{f}: missing")
             v = e[f]
@@ -194,7 +219,7 @@ def check_entries(where, entries: dict, strict_identity: bool = True) -> None:
                 raise UserError(f"{where}: entries[{k!r}].{f}: {v!r} is not a finite number")
         if e["std_ms"] < 0 or e["n"] < 0:
             raise UserError(f"{where}: entries[{k!r}]: negative std_ms or n")
-        for f in ("median_ms", "mean_ms"):
+        for f in ("mean_ms", *(f for f in STATISTICS.values() if f in e)):
             v = e[f]
             if is_identity_key(k) and not strict_identity:
                 if v < 0:
@@ -258,7 +283,7 @@ def read_lut(p: Path) -> LUT:
     if not isinstance(d, dict) or not isinstance(d.get("header"), dict) or not isinstance(d.get("entries"), dict):
         raise UserError(f"{p}: not a LUT file (needs 'header' and 'entries' mappings)")
     check_header(p, d["header"])
-    check_entries(p, d["entries"], _real(d["header"]))
+    check_entries(p, d["entries"], _real(d["header"]), stat_field(d["header"]))
     return LUT(d["header"], d["entries"], p)
 
 

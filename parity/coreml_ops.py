@@ -42,12 +42,18 @@ def _pair(a, key) -> list[int]:
     return [1, 1] if a.get(key) is None else [int(v) for v in a[key]]
 
 
+def _given_pads(a):
+    """(top, bottom, left, right) of a conv's `custom` / `valid` pad_type; None for `same*` (worked out per op)."""
+    kind = a.get("pad_type", "valid")
+    if kind == "custom":
+        return tuple(int(p) for p in a["pad"])
+    return (0, 0, 0, 0) if kind == "valid" else None
+
+
 def _conv_pads(a, x, w):
     kind, strides, dil = a.get("pad_type", "valid"), _pair(a, "strides"), _pair(a, "dilations")
-    if kind == "custom":
-        t, b, l, r = (int(p) for p in a["pad"])
-    elif kind == "valid":
-        t = b = l = r = 0
+    if _given_pads(a) is not None:
+        t, b, l, r = _given_pads(a)
     elif kind in ("same", "same_lower"):
         t, b = _same_pads(x.shape[2], w.shape[2], strides[0], dil[0], kind == "same_lower")
         l, r = _same_pads(x.shape[3], w.shape[3], strides[1], dil[1], kind == "same_lower")
@@ -72,10 +78,8 @@ def op_conv_transpose(a):
     groups = int(a.get("groups", 1))
     full = F.conv_transpose2d(x, w, None, s, 0, 0, groups, d)  # uncropped output, cropped below
     kind = a.get("pad_type", "valid")
-    if kind == "custom":
-        t, b, l, r = (int(p) for p in a["pad"])
-    elif kind == "valid":
-        t = b = l = r = 0
+    if _given_pads(a) is not None:
+        t, b, l, r = _given_pads(a)
     elif kind in ("same", "same_lower"):  # output = input * stride, the extra cropped evenly
         th, tw = full.shape[2] - x.shape[2] * s[0], full.shape[3] - x.shape[3] * s[1]
         t, l = ((th + 1) // 2, (tw + 1) // 2) if kind == "same_lower" else (th // 2, tw // 2)

@@ -338,11 +338,13 @@ class TFLiteTwin(nn.Module):
             return dynamic_quant(x)
         return x
 
-    def _conv(self, op, x):
-        x = self._hybrid_input(op, x, 1)
-        w, b = self._w[op.index]
+    def _operands(self, op, x):
+        """(input, weight, bias, options, strides) of a conv-like op, a hybrid kernel's float input quantized."""
         o = op.options
-        sh, sw = o.get("StrideH", 1), o.get("StrideW", 1)
+        return (self._hybrid_input(op, x, 1), *self._w[op.index], o, (o.get("StrideH", 1), o.get("StrideW", 1)))
+
+    def _conv(self, op, x):
+        x, w, b, o, (sh, sw) = self._operands(op, x)
         dh, dw = o.get("DilationHFactor", 1), o.get("DilationWFactor", 1)
         xc = x.permute(0, 3, 1, 2)
         if op.name == "DEPTHWISE_CONV_2D":
@@ -359,10 +361,7 @@ class TFLiteTwin(nn.Module):
         return _act(y, o.get("FusedActivationFunction", 0)).permute(0, 2, 3, 1)
 
     def _transpose_conv(self, op, x):
-        x = self._hybrid_input(op, x, 1)
-        w, b = self._w[op.index]
-        o = op.options
-        sh, sw = o.get("StrideH", 1), o.get("StrideW", 1)
+        x, w, b, o, (sh, sw) = self._operands(op, x)
         out_shape = [int(v) for v in self.consts[op.inputs[0]]]
         y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w.permute(3, 0, 1, 2), None, (sh, sw))
         th, tw = y.shape[2] - out_shape[1], y.shape[3] - out_shape[2]

@@ -272,7 +272,18 @@ def change_coreml_palette_entry(src: Path, dst: Path, shift: float = 0.25) -> st
 def fitted_tiny_net(crops: int = 64, seed: int = 0):
     """tiny_net with its joint classifier (head.final, 1x1 conv) fitted by least squares to the ground-truth
     heatmaps of real train crops: peaked heatmaps where joints tend to be, as a trained net has, in a second (an
-    untrained net's flat heatmaps make every keypoint comparison a coin toss)."""
+    untrained net's flat heatmaps make every keypoint comparison a coin toss). Computed on one torch thread: the
+    last bits of the features and of the solution depend on the thread count, and so the net of a test would
+    depend on what ran before it in the process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fitted_tiny_net(crops, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fitted_tiny_net(crops: int, seed: int):
     from posekit.data import CocoPose
     from posekit.keypoints import DEFAULT_COCO
 

@@ -50,6 +50,7 @@ def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, 
     quick = load_space("default").arch_for(["ir_k3_e3"] * 26)
     assert not lut.missing(network_keys(quick)) and lut.latency(quick) > 0
     assert all(e["median_ms"] > 0 and e["n"] == 4 and e["std_ms"] >= 0 for e in lut.entries.values())
+    assert lut.stat == "min_ms" and all(0 < e["min_ms"] <= e["median_ms"] for e in lut.entries.values())
     h = lut.header
     assert (h["device"], h["precision"], h["kernels"], h["threads"], h["provenance"]) == \
         ("host", "fp32", "xnnpack", 1, "measured")

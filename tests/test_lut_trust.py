@@ -59,6 +59,24 @@ def test_bad_entry_refused_by_search_and_fidelity_naming_the_key(bad, space, tmp
     assert not (tmp_path / "s" / "arch.yaml").exists()
 
 
+def test_a_min_statistic_lut_reads_min_ms_and_requires_it(space, tmp_path):
+    """Host LUTs hold the fastest of each part's interleaved calls (timing.statistic "min"): latencies are read from
+    min_ms, an entry without it is refused naming the key, and an unknown statistic is refused."""
+    entries = full_entries(space, ms=2.0)
+    for k, e in entries.items():
+        e["min_ms"] = 0.0 if latency.is_identity_key(k) else 1.0
+    arch = space.arch_for([layer.candidates[0] for layer in space.layers()])
+    by_median = load_lut(write_raw(tmp_path / "median.json", host_header(space), entries))
+    by_min = load_lut(write_raw(tmp_path / "min.json", host_header(space, timing={"statistic": "min"}), entries))
+    assert (by_median.stat, by_min.stat) == ("median_ms", "min_ms")
+    assert by_min.latency(arch) == pytest.approx(by_median.latency(arch) / 2)
+    del entries[BLOCK]["min_ms"]
+    with pytest.raises(UserError, match=r"entries\['ir_k3_e3\|in=16x12x64\|out=64\|s=1'\]\.min_ms: missing"):
+        load_lut(write_raw(tmp_path / "a.json", host_header(space, timing={"statistic": "min"}), entries))
+    with pytest.raises(UserError, match=r"timing\.statistic: 'p50'"):
+        load_lut(write_raw(tmp_path / "b.json", host_header(space, timing={"statistic": "p50"}), entries))
+
+
 def test_skip_entries_are_exactly_zero_and_headers_complete(space, tmp_path):
     entries = full_entries(space)
     skip = next(k for k in entries if latency.is_identity_key(k))
