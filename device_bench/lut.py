@@ -116,7 +116,7 @@ def run_android(args, space, parts, arch_names) -> list[LUT]:
             kernels="xnnpack" if args.xnnpack else "builtin", provenance="measured",
             host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset, fingerprint=fp,
             timing={"passes": args.passes, "num_runs": args.num_runs, "warmup_runs": args.warmup_runs,
-                    "statistic": "median over passes of benchmark_model's average"})
+                    "statistic": "median", "of": "passes of benchmark_model's average"})
         jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,
                                              fresh=args.fresh), dev))
     done = android.measure_many(jobs, parts, models, threads=args.threads, runs=args.num_runs,
