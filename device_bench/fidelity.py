@@ -20,6 +20,7 @@ from posekit.errors import UserError
 from posekit.io import atomic_write_json, save_figure
 
 from . import host
+from .lutfile import entry
 from .timing import round_robin
 
 OUT = host.REPO / "runs" / "fidelity"
@@ -122,8 +123,7 @@ def run_fidelity(args) -> dict:
         runners[a.name] = host.runner(convert_net(a, precision, args.data), threads, xnnpack)
     samples = round_robin(runners, rounds=args.rounds, per_visit=args.per_visit, desc="timing nets", leave=True,
                           clock=clock)
-    reduce = np.min if lut.stat == "min_ms" else np.median  # the statistic the LUT's entries hold
-    meas = np.array([reduce(samples[a.name]) for a in archs])
+    meas = np.array([entry(samples[a.name])[lut.stat] for a in archs])  # the statistic the LUT's entries hold
     res = {"device": args.device, "lut": str(lut.path), "n": args.n, "seed": args.seed, "threads": threads,
            "kernels": lut.header.get("kernels"), "clock": clock, "precision": precision,
            "statistic": lut.stat.removesuffix("_ms"),

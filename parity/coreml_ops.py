@@ -52,8 +52,8 @@ def _given_pads(a):
 
 def _conv_pads(a, x, w):
     kind, strides, dil = a.get("pad_type", "valid"), _pair(a, "strides"), _pair(a, "dilations")
-    if _given_pads(a) is not None:
-        t, b, l, r = _given_pads(a)
+    if (given := _given_pads(a)) is not None:
+        t, b, l, r = given
     elif kind in ("same", "same_lower"):
         t, b = _same_pads(x.shape[2], w.shape[2], strides[0], dil[0], kind == "same_lower")
         l, r = _same_pads(x.shape[3], w.shape[3], strides[1], dil[1], kind == "same_lower")
@@ -78,8 +78,8 @@ def op_conv_transpose(a):
     groups = int(a.get("groups", 1))
     full = F.conv_transpose2d(x, w, None, s, 0, 0, groups, d)  # uncropped output, cropped below
     kind = a.get("pad_type", "valid")
-    if _given_pads(a) is not None:
-        t, b, l, r = _given_pads(a)
+    if (given := _given_pads(a)) is not None:
+        t, b, l, r = given
     elif kind in ("same", "same_lower"):  # output = input * stride, the extra cropped evenly
         th, tw = full.shape[2] - x.shape[2] * s[0], full.shape[3] - x.shape[3] * s[1]
         t, l = ((th + 1) // 2, (tw + 1) // 2) if kind == "same_lower" else (th // 2, tw // 2)

@@ -9,9 +9,10 @@ KINDS = {"int8-weights": None, "palettized-8bit": 8, "palettized-6bit": 6}
 
 def compress(mlmodel, kind: str):
     """(compressed MLModel, quantizer description for the manifest) for kind in KINDS."""
-    import coremltools.optimize.coreml as cto
-
     from posekit.coreml_import import ct  # noqa: F401  (first: coremltools without TensorFlow)
+
+    # isort: split
+    import coremltools.optimize.coreml as cto
 
     if kind not in KINDS:
         raise ValueError(f"unknown Core ML weight compression {kind!r} (one of {', '.join(KINDS)})")
