@@ -8,6 +8,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # before any project import: the checkout under test, not an installed copy
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # as nproc
+    # One xdist worker per core: each worker's thread pools (torch's OpenMP, OpenBLAS), and those of the processes a
+    # test starts, get the worker's share of the cores. Each one's default is every core, and threads beyond the
+    # cores spin against the other worker's (on 2 cores, small convs ran several times slower). Set before any
+    # test module imports torch; a value the user exported is kept.
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, _cores // _WORKERS)))
 
 
 SLOW_TIMEOUT_S = 1200  # the per-test limit of @pytest.mark.slow tests (the default is `timeout` in pyproject.toml)

@@ -2,15 +2,12 @@
 reaches convert, device_bench and search's closed loop), the int8 selection rule and the CLI."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "posekit", "train", "search", "convert", "quantize", "device_bench", "parity", "demo")
 
@@ -60,17 +57,24 @@ def test_one_calibration_function_real_crops():
     ["device_bench", "fidelity", "--device", "host-int8", "--n", "3"],
     ["search", "closed-loop", "--epochs", "1"],
 ])
-def test_data_reaches_every_int8_calibration(argv, tmp_path):
+def test_data_reaches_every_int8_calibration(argv, tmp_path, capsys, one_thread):
     """convert, device_bench (host int8 LUT parts, fidelity nets) and search's closed loop all calibrate through
-    quantize.calibration on --data: a --data without crops is the error they report."""
+    quantize.calibration on --data: a --data without crops is the error they report (each CLI in-process)."""
     nope = tmp_path / "no-such-data"
     out = ["--out", str(tmp_path / "o")] if argv[0] != "device_bench" else (
         ["--out", str(tmp_path / "lut.json"), "--cache", str(tmp_path / "c")] if argv[1] == "lut" else
         ["--plot", str(tmp_path / "f.png")])
-    r = subprocess.run([PY, "-m", *argv, "--data", str(nope), *out], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "error:" in r.stderr and str(nope) in r.stderr and "Traceback" not in r.stderr
+    rc = _cli(argv[0])([*argv[1:], "--data", str(nope), *out])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    assert "error:" in err and str(nope) in err and "Traceback" not in err
+
+
+def _cli(package: str):
+    """The `python -m <package>` entry point, to call in-process."""
+    import importlib
+
+    return importlib.import_module(f"{package}.__main__").main
 
 
 def _cand(name, oks, sqnr, integer=True, int8=True):
@@ -100,11 +104,14 @@ def test_oks_agreement_of_heatmaps():
     assert oks_agreement(ref, np.roll(ref, 6, axis=1), (64, 48)) < 0.9
 
 
-def test_quantize_cli_subcommands():
-    r = subprocess.run([PY, "-m", "quantize", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "--targets" in r.stdout
-    r = subprocess.run([PY, "-m", "quantize", "run", "--targets", "nope"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and "--targets 'nope': unknown" in r.stderr
+def test_quantize_cli_subcommands(capsys):
+    main = _cli("quantize")
+    try:
+        rc = main(["--help"])
+    except SystemExit as e:  # argparse's --help exit
+        rc = e.code
+    assert rc == 0 and "--targets" in capsys.readouterr().out
+    assert main(["run", "--targets", "nope"]) == 2 and "--targets 'nope': unknown" in capsys.readouterr().err
     from quantize.__main__ import SUBCOMMANDS, build_parser
 
     assert "run" in SUBCOMMANDS and build_parser().parse_args(["run", "--calib", "3"]).calib == 3
