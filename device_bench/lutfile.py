@@ -14,6 +14,8 @@ from model.space import SearchSpace
 from posekit.errors import UserError
 from posekit.fingerprint import fingerprint_id, host_fingerprint
 
+from .timing import summary
+
 # Header fields that must agree before a run may add entries to an existing file.
 SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels",
                 "search_space_sha256", "clock", "fingerprint_id")
@@ -103,6 +105,6 @@ def entry(samples_ms, n_override: int | None = None) -> dict:
     a = np.asarray(samples_ms, dtype=float)
     if a.size == 0 or not np.isfinite(a).all():
         raise UserError(f"no finite timing samples ({a.size} given): nothing to write")
-    return {"median_ms": round(float(np.median(a)), 5), "min_ms": round(float(a.min()), 5),
-            "mean_ms": round(float(a.mean()), 5), "std_ms": round(float(a.std()), 5),
+    s = summary(a)  # the figures `bench` prints, computed in one place
+    return {**{k: round(s[k], 5) for k in ("median_ms", "min_ms", "mean_ms", "std_ms")},
             "n": int(n_override if n_override is not None else a.size)}
