@@ -105,13 +105,12 @@ def test_oks_agreement_of_heatmaps():
 
 
 def test_quantize_cli_subcommands(capsys):
-    main = _cli("quantize")
+    from quantize.__main__ import SUBCOMMANDS, build_parser, main
+
     try:
         rc = main(["--help"])
     except SystemExit as e:  # argparse's --help exit
         rc = e.code
     assert rc == 0 and "--targets" in capsys.readouterr().out
     assert main(["run", "--targets", "nope"]) == 2 and "--targets 'nope': unknown" in capsys.readouterr().err
-    from quantize.__main__ import SUBCOMMANDS, build_parser
-
     assert "run" in SUBCOMMANDS and build_parser().parse_args(["run", "--calib", "3"]).calib == 3
