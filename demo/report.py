@@ -21,21 +21,27 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _lut(device: str):
-    try:
-        return load_lut(device)
-    except UserError:
-        return None
+def _luts(arch) -> tuple[dict, dict, dict]:
+    """The LUTs the summary reads ({device: LUT}), the arch's latency on each ({device: ms or None}) and, for each
+    None, why ({device: reason}): a fresh clone has no host LUT for its machine until `make lut` measures one."""
+    luts, lat, why = {}, {}, {}
+    for d in ("pixel", "host", "host-int8"):
+        try:
+            luts[d] = load_lut(d)
+        except UserError as e:
+            lat[d], why[d] = None, str(e)
+            continue
+        miss = luts[d].missing(network_keys(arch))
+        lat[d] = None if miss else round(luts[d].latency(arch), 3)
+        if miss:
+            why[d] = str(luts[d].missing_error(miss))
+    return luts, lat, why
 
 
 def gather(paths: dict[str, Path], steps) -> dict:
     arch = load(paths["arch"])
     f = count_flops(arch)
-    luts = {d: lut for d in ("pixel", "host", "host-int8") if (lut := _lut(d))}
-    lat = {}
-    for d, lut in luts.items():
-        miss = lut.missing(network_keys(arch))
-        lat[d] = None if miss else round(lut.latency(arch), 3)
+    luts, lat, lat_why = _luts(arch)
     manifest = manifest_file.read(paths["manifest"].parent) or {}  # the one manifest reader (absent: {})
     parity = _json(paths["parity"])
     bench = _json(paths["bench"])
@@ -61,7 +67,7 @@ def gather(paths: dict[str, Path], steps) -> dict:
                  "meta": {k: v for k, v in arch.to_dict().get("meta", {}).items() if k != "probs"}},
         "params": f["params"], "gflops": f["flops"] / 1e9, "gmacs": f["macs"] / 1e9,
         "input_size": list(arch.input_size), "model_input_size": model_input,
-        "lut_latency_ms": lat,
+        "lut_latency_ms": lat, "lut_latency_na": lat_why,
         "host_measured_ms": {"fp32": host_ms("fp32"), "int8": host_ms("int8"),
                              "fp32_builtin": host_ms("fp32", "builtin"), "int8_builtin": host_ms("int8", "builtin")},
         "ap": {"pytorch": parity.get("reference", {}).get("ap"), "tflite_int8": ap_of("tflite", "int8"),
@@ -83,6 +89,12 @@ def _fmt(v, unit="", nd=3):
     return f"{v:.{nd}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
+def _lut_ms(s: dict, device: str) -> str:
+    """The arch's LUT latency on `device`, or n/a with the reason (no LUT for this machine, keys missing)."""
+    v, why = s["lut_latency_ms"].get(device), s.get("lut_latency_na", {}).get(device)
+    return f"n/a ({why})" if v is None and why else _fmt(v, " ms")
+
+
 def _search_line(m: dict) -> str:
     """Target, how close the derived arch landed, whether p decided, and the step cost (the search's arch meta)."""
     sm, t, st = m.get("search", {}), m.get("target") or {}, m.get("step_times") or {}
@@ -100,7 +112,7 @@ def _search_line(m: dict) -> str:
 
 
 def table(s: dict) -> list[tuple[str, str]]:
-    lat, host, ap = s["lut_latency_ms"], s["host_measured_ms"], s["ap"]
+    host, ap = s["host_measured_ms"], s["ap"]
     at = f"at {s['input_size'][0]}x{s['input_size'][1]}"
     mi = s.get("model_input_size") or s["input_size"]
     mat = f"at {mi[0]}x{mi[1]}"
@@ -111,9 +123,9 @@ def table(s: dict) -> list[tuple[str, str]]:
         ("search", _search_line(s["arch"]["meta"])),
         ("params", f"{s['params'] / 1e6:.3f} M"),
         ("FLOPs", f"{s['gflops']:.3f} G ({s['gmacs']:.3f} GMACs) at {s['input_size'][0]}x{s['input_size'][1]}"),
-        (f"LUT latency {at}, pixel (predicted)", _fmt(lat.get("pixel"), " ms")),
-        (f"LUT latency {at}, host fp32", _fmt(lat.get("host"), " ms")),
-        (f"LUT latency {at}, host int8", _fmt(lat.get("host-int8"), " ms")),
+        (f"LUT latency {at}, pixel (predicted)", _lut_ms(s, "pixel")),
+        (f"LUT latency {at}, host fp32", _lut_ms(s, "host")),
+        (f"LUT latency {at}, host int8", _lut_ms(s, "host-int8")),
         (f"host measured {mat} (trained size), fp32 / int8, XNNPACK",
          f"{_fmt(host['fp32'], ' ms')} / {_fmt(host['int8'], ' ms')}"),
         (f"host measured {mat}, fp32 / int8, builtin kernels",

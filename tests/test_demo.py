@@ -53,3 +53,25 @@ def test_reference_points_place_every_arch_on_the_shipped_luts():
         assert all(r[f"lut_{d}_ms"] and r[f"lut_{d}_ms"] > 0 for d in luts), r
     a = {r["name"]: r for r in rows}
     assert a["efficientpose-a"]["lut_pixel_ms"] < a["efficientpose-c"]["lut_pixel_ms"]
+
+
+def test_summary_says_why_a_lut_latency_is_na(tmp_path, monkeypatch):
+    """A fresh clone has no host LUT for its machine: the summary's host rows say so and name the fix, the pixel
+    row (a shipped LUT) gives the arch's latency."""
+    import shutil
+
+    from demo import report
+    from model import latency
+    from model.arch import load, shipped
+
+    shutil.copy(latency.LUT_DIR / "pixel.json", tmp_path / "pixel.json")
+    monkeypatch.setattr(latency, "LUT_DIR", tmp_path)
+    arch = load(shipped()["efficientpose_a"])
+    luts, lat, why = report._luts(arch)
+    assert set(luts) == {"pixel"} and lat["pixel"] == pytest.approx(luts["pixel"].latency(arch), abs=1e-3)
+    assert lat["host"] is None and "no host LUT for this machine" in why["host"]
+    assert "make lut DEVICE=host" in why["host"]
+    s = {"lut_latency_ms": lat, "lut_latency_na": why}
+    assert report._lut_ms(s, "pixel") == f"{lat['pixel']:.3f} ms"
+    na = report._lut_ms(s, "host-int8")
+    assert na.startswith("n/a (") and "make lut DEVICE=host-int8" in na
