@@ -70,7 +70,8 @@ def arch_parts(arch: Arch, fixed_only: bool = False) -> dict[str, Part]:
     if not fixed_only:
         for _, layer, hwc in arch.block_shapes():
             k = block_key(layer.op, hwc, layer.out, layer.stride)
-            parts[k] = Part(k, "block", tuple(hwc), op=layer.op, out=layer.out, stride=layer.stride, act=arch.act)
+            parts[k] = Part(k, "block", tuple(hwc), op=layer.op, out=layer.out, stride=layer.stride,
+                            act=arch.block_act(layer))
     h, w = arch.input_size
     parts[stem_key(arch)] = Part(stem_key(arch), "stem", (h, w, 3), arch)
     if tail_key(arch):

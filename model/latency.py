@@ -51,6 +51,10 @@ def _shape(hwc) -> str:
 
 
 def block_key(op: str, in_hwc, out: int, stride: int) -> str:
+    """A block's key. Its activation is not part of it: every act a block may have (relu, relu6, none) is a clamp
+    the runtimes fuse into the conv before it (TFLite's fused_activation_function), so it costs the same. Measured
+    here (XNNPACK, 1 thread, interleaved): ir_k3_e6 at 64x48x24 and ir_k5_e6 at 32x24x32, the three acts' minima
+    within 1.1% of each other."""
     return f"{op}|in={_shape(in_hwc)}|out={out}|s={stride}"
 
 

@@ -231,6 +231,12 @@ def test_block_act_is_built_as_written():
     assert acts(net.backbone.blocks[2]) == []
     assert acts(build(a.replace(act="relu6")).backbone.blocks[0]) == ["ReLU6", "ReLU6"]
     assert compound_scale(b, 1).blocks[1].act == "relu6"
+    # the part device_bench times for a block's LUT entry is that block as built (the key leaves act out: see
+    # model.latency.block_key)
+    from device_bench.parts import arch_parts
+
+    parts = [p for p in arch_parts(b).values() if p.kind == "block"]
+    assert [acts(p.module()) for p in parts[:3]] == [["ReLU", "ReLU"], ["ReLU6", "ReLU6"], []]
 
 
 def test_one_notion_of_stages(tmp_path):
