@@ -9,7 +9,7 @@ from pathlib import Path
 
 from model import load
 from model.flops import count_flops
-from model.latency import load_lut, network_keys
+from model.latency import load_lut
 from posekit import manifest as manifest_file
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, atomic_write_text
@@ -26,15 +26,12 @@ def _luts(arch) -> tuple[dict, dict, dict]:
     None, why ({device: reason}): a fresh clone has no host LUT for its machine until `make lut` measures one."""
     luts, lat, why = {}, {}, {}
     for d in ("pixel", "host", "host-int8"):
+        lat[d] = None
         try:
             luts[d] = load_lut(d)
+            lat[d] = round(luts[d].latency(arch), 3)  # names every key the LUT lacks
         except UserError as e:
-            lat[d], why[d] = None, str(e)
-            continue
-        miss = luts[d].missing(network_keys(arch))
-        lat[d] = None if miss else round(luts[d].latency(arch), 3)
-        if miss:
-            why[d] = str(luts[d].missing_error(miss))
+            why[d] = str(e)
     return luts, lat, why
 
 
@@ -91,8 +88,8 @@ def _fmt(v, unit="", nd=3):
 
 def _lut_ms(s: dict, device: str) -> str:
     """The arch's LUT latency on `device`, or n/a with the reason (no LUT for this machine, keys missing)."""
-    v, why = s["lut_latency_ms"].get(device), s.get("lut_latency_na", {}).get(device)
-    return f"n/a ({why})" if v is None and why else _fmt(v, " ms")
+    v = s["lut_latency_ms"][device]
+    return _fmt(v, " ms") if v is not None else f"n/a ({s['lut_latency_na'][device]})"
 
 
 def _search_line(m: dict) -> str:
