@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, positive_int
+from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, output_dir, positive_int
 from posekit.lock import folder_lock
 
 from .targets import BY_NAME, GROUPS
@@ -35,7 +35,7 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--calib", type=positive_int, default=32, help="calibration crops for static int8 (default 32)")
     p.add_argument("--data", type=data_dir,
                    help="dataset root for calibration crops (default: bundled data/coco-mini or mpii-mini)")
-    p.add_argument("--out", type=Path, help="output folder (default artifacts/<model name>)")
+    p.add_argument("--out", type=output_dir, help="output folder (default artifacts/<model name>)")
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors for the int8 .tflite (scale and "
                                                           "zero point in the manifest); default float32 I/O")
     p.add_argument("--int8-candidates", nargs="+", choices=("static_wi8_ai8", "static_wi8_ai16", "pt2e", "tf"),

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from model.space import SPACE_DIR
-from posekit.cli import ArgumentParser, existing_dir, lut_device, main_guard
+from posekit.cli import ArgumentParser, existing_dir, lut_device, main_guard, output_dir
 from posekit.paths import ARTIFACTS, DEFAULT_COCO, LUTS, RUNS
 
 from .pipeline import Step, run_steps
@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=existing_dir, help="COCO tree (default: the bundled data/coco-mini)")
     p.add_argument("--device", default="pixel", type=lut_device, help="LUT the search optimizes for (default: pixel)")
-    p.add_argument("--out", type=Path, default=RUNS / "demo", help="run folder (default runs/demo)")
-    p.add_argument("--artifacts", type=Path, default=ARTIFACTS / "demo", help="artifacts folder (default "
+    p.add_argument("--out", type=output_dir, default=RUNS / "demo", help="run folder (default runs/demo)")
+    p.add_argument("--artifacts", type=output_dir, default=ARTIFACTS / "demo", help="artifacts folder (default "
                    "artifacts/demo)")
     p.add_argument("--force", action="store_true", help="redo every step")
     return p

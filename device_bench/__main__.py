@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posekit.cli import ArgumentParser, data_dir, int_range, main_guard, nonneg_int, positive_int, seed_int
+from posekit.cli import (
+    ArgumentParser,
+    data_dir,
+    int_range,
+    main_guard,
+    nonneg_int,
+    output_dir_text,
+    output_file_text,
+    positive_int,
+    seed_int,
+)
 
 
 def cpu_mask(s: str) -> str:
@@ -65,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the space's keys (default: also the shipped archs', own head and mbv1 head)")
     p.add_argument("--archs", nargs="*", help="more arch files whose keys the LUT must cover")
     p.add_argument("--quick", action="store_true", help="a few keys only (one network: every layer ir_k3_e3)")
-    p.add_argument("--out", help="LUT file (default luts/<device>.json)")
+    p.add_argument("--out", type=output_file_text, help="LUT file (default luts/<device>.json)")
     p.add_argument("--fresh", action="store_true", help="discard the existing file's entries")
     p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per key (host, coreml)")
     p.add_argument("--per-visit", type=positive_int, default=5, help="timed runs per key per round (host, coreml)")
     p.add_argument("--chunk", type=positive_int, default=12,
                    help="keys timed together; the LUT is saved after each chunk")
-    p.add_argument("--cache", help="converted parts (default runs/lut-cache)")
+    p.add_argument("--cache", type=output_dir_text, help="converted parts (default runs/lut-cache)")
     p.add_argument("--data", type=data_dir, help="int8 calibration crops: dataset root (default: data/coco-mini)")
     _common(p)
     a = p.add_argument_group("android")
@@ -99,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="default")
     p.add_argument("--no-shipped-archs", action="store_true")
     p.add_argument("--archs", nargs="*")
-    p.add_argument("--out", help="LUT file (default luts/<device>.json)")
+    p.add_argument("--out", type=output_file_text, help="LUT file (default luts/<device>.json)")
 
     p = sub.add_parser("bench", help="whole-model latency: median, p90 and a per-op profile where available")
     p.add_argument("--device", default="host", help="host | <adb serial> | pixel | note10 | coreml")
@@ -113,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial")
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset", type=cpu_mask)
-    p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
+    p.add_argument("--json", type=output_file_text,
+                   help="also write the host results to this JSON file (the demo reads it)")
     _foreign(p)
     _common(p, clock="wall")
 
@@ -127,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=10)
     p.add_argument("--per-visit", type=positive_int, default=3)
     p.add_argument("--calibrate", action="store_true", help="store a linear calibration in the LUT header")
-    p.add_argument("--plot", help="scatter plot path (default runs/fidelity/<device>.png)")
+    p.add_argument("--plot", type=output_file_text, help="scatter plot path (default runs/fidelity/<device>.png)")
     p.add_argument("--data", type=data_dir, help="int8 calibration crops: dataset root (default: data/coco-mini)")
     _foreign(p)
     _common(p)

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from model.arch import from_dict
 from model.latency import load_lut, network_keys
+from posekit import manifest as manifest_file
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
+from runtime.artifact_check import check_artifact
 
 from .timing import check_clock, round_robin, summary
 
 
 def _tflite_artifacts(model_dir: Path) -> tuple[dict, list[dict]]:
-    from posekit import manifest as manifest_file
-
     manifest = manifest_file.load(model_dir, formats=("tflite",))  # the one reader: schema, files on disk
     return manifest, manifest["artifacts"]
 
@@ -74,6 +74,7 @@ def bench_host(args) -> list[tuple[str, dict]]:
         path = Path(args.model)
         if not path.is_file() or path.suffix != ".tflite":
             raise UserError(f"{path}: not a .tflite file")
+        check_artifact(path, *manifest_file.listing(path))  # a damaged or changed file: one line, not a crash
         targets = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": (path, args.xnnpack)}
         meta = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": {"file": str(path), "precision": None,
                                                                              "kernels": _kernels(args.xnnpack)}}
@@ -83,6 +84,7 @@ def bench_host(args) -> list[tuple[str, dict]]:
         manifest, arts = _tflite_artifacts(d)
         targets, meta = {}, {}
         for a in arts:
+            check_artifact(d / a["file"], a["sha256"], f"{d / 'manifest.json'}: {a['file']}")
             for xnn in (True, False):
                 name = f"{a['file']} {a['precision']} [{_kernels(xnn)}]"
                 targets[name] = (d / a["file"], xnn)

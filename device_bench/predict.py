@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.optimize import nnls
 
+from posekit import yaml_file
 from posekit.errors import UserError
 
 from .parts import Part, Prim, conv_prim, ir_prims, module_prims
@@ -137,10 +137,7 @@ def parse_published(device: str) -> list[Row]:
     rows = []
     for name in src["files"]:
         path = PUBLISHED / name
-        try:
-            table = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{path}: cannot read the published table ({e})") from None
+        table = yaml_file.load(path)  # the one YAML reader (bounded)
         for key, v in table.items():
             m = _KEY.match(key)
             if not m or not isinstance(v, dict) or "mean" not in v:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from posekit import heatmap
+from posekit import heatmap, yaml_file
 from posekit.errors import UserError, field_error
 from posekit.io import atomic_write_text, first_line, require_file
 
@@ -51,6 +51,12 @@ ARCH_ACTS = ("relu", "relu6")
 HEAD_TYPES = ("plain", "mbv1", "mbv2")
 HEAD_KERNELS = (2, 3, 4)
 HEATMAP_STRIDE = heatmap.STRIDE  # heatmaps at input / 4: the convention posekit.heatmap defines
+# Bounds checked when an Arch is made, before any network is built: a typo (1,000,000 channels) is one line, not an
+# attempt to allocate terabytes. EfficientPose-C at phi=7 stays far below each (about 1/50 of the FLOPs bound).
+MAX_CHANNELS = 16384  # per layer, expanded width included
+MAX_PARAMS = 1_000_000_000  # 4 GB of fp32 weights
+MAX_GFLOPS = 2000.0  # per image at the arch's input size
+MAX_ACTIVATION_MB = 4096.0  # the largest single fp32 feature map of one image
 
 
 class ArchError(UserError):
@@ -290,6 +296,36 @@ class Arch:
         h, w = self.input_size
         if h % s or w % s:
             raise ArchError("input_size", f"{h}x{w} is not divisible by the backbone stride {s}")
+        self._check_budget()
+
+    def _check_budget(self):
+        """Channels, parameters, FLOPs and the largest feature map, estimated from the layer list (upper bounds of
+        what the builder makes: full convs, expansion included) and refused past the MAX_* bounds."""
+        h, w = self.input_size
+        c, params, flops, act = 3, 0, 0, 3 * h * w
+        layers = [(f"{p}[{i}]", x) for p in ("stem", "blocks", "tail") for i, x in enumerate(getattr(self, p))]
+        for where, layer in layers:
+            k, kind, e = layer.spec.kernel or 1, layer.spec.kind, layer.spec.expand or 1
+            widest = max(c * e, layer.out)
+            if widest > MAX_CHANNELS:
+                raise ArchError(where + ".out", f"{widest} channels: more than the {MAX_CHANNELS} a layer may have")
+            oh, ow = _down(h, layer.stride), _down(w, layer.stride)
+            n = {"conv": k * k * c * layer.out, "dwconv": k * k * c, "skip": 0}.get(
+                kind, c * c * e + k * k * c * e + c * e * layer.out)
+            params, flops = params + n, flops + 2 * n * oh * ow
+            act = max(act, h * w * c * e, oh * ow * layer.out)
+            h, w, c = oh, ow, layer.out
+        for i, d in enumerate(self.head.deconv):
+            if d > MAX_CHANNELS:
+                raise ArchError(f"head.deconv[{i}]", f"{d} channels: more than the {MAX_CHANNELS} a layer may have")
+            n = self.head.kernel ** 2 * c * d * max(self.head.expand, 1)
+            h, w = 2 * h, 2 * w
+            params, flops, act, c = params + n, flops + 2 * n * h * w, max(act, h * w * d * self.head.expand), d
+        for what, v, limit in (("parameters", params, MAX_PARAMS), ("GFLOPs", flops / 1e9, MAX_GFLOPS),
+                                     ("MB for its largest feature map", act * 4 / 2**20, MAX_ACTIVATION_MB)):
+            if v > limit:
+                raise ArchError("size", f"about {v:,.0f} {what} at {self.input_size[0]}x{self.input_size[1]}: "
+                                f"more than the {limit:,.0f} an arch may have (model/arch.py MAX_*)")
 
     def replace(self, **changes) -> Arch:
         """A new Arch with `changes` applied, validated like any other (e.g. ``a.replace(input_size=(64, 48))``)."""
@@ -444,8 +480,8 @@ def read_mapping(path: str | Path) -> dict:
     p = require_file(path)
     try:
         text = p.read_text()
-        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        d = json.loads(text) if p.suffix == ".json" else yaml_file.loads(text, str(p))  # bounded expansion
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{p}: malformed file: {first_line(e)}") from None
     if not isinstance(d, dict):
         raise UserError(f"{p}: malformed file: expected a mapping at the top level")

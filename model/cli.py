@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from posekit.cli import ArgumentParser, float_range, hxw, int_range, main_guard
+from posekit.cli import ArgumentParser, float_range, hxw, int_range, main_guard, output_file_text
 
 from .arch import dump, load, shipped
 from .flops import count_flops
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scale", help="write a compound-scaled arch file")
     s.add_argument("arch")
     s.add_argument("--phi", type=float_range(-MAX_PHI, MAX_PHI), required=True)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-o", "--output", required=True, type=output_file_text)
     s.set_defaults(fn=cmd_scale)
     c = sub.add_parser("check", help="validate arch files")
     c.add_argument("arch", nargs="+")

@@ -13,7 +13,8 @@ File (``luts/<device>.json``; host devices ``luts/host/<device>-<fingerprint id>
                 "fingerprint" (measured LUTs: `posekit.fingerprint`)},
      "entries": {key: {"median_ms", "min_ms" (measured on a host), "mean_ms", "std_ms", "n", ["how"]}}}
 
-Every entry is finite and > 0 ms, a skip (identity) entry exactly 0; both are checked at load and before a write.
+Every entry is finite and within 1 us to 10 s (MIN_OP_MS, MAX_OP_MS), a skip (identity) entry exactly 0; both are
+checked at load and before a write.
 header["timing"]["statistic"] names the entry field latencies are read from (STATISTICS): "min" for LUTs measured
 on a host, "median" (the default) for the others.
 ``provenance`` is "measured" or "predicted from <source>"; ``error`` holds the prediction's error where
@@ -206,6 +207,12 @@ def check_header(where, h: dict) -> None:
                         f"`make lut DEVICE={h.get('device', Path(str(where)).stem)}`")
 
 
+# One op of a pose net on any device takes between a microsecond and seconds: a value outside is a unit slip or a
+# forged table (1e308 ms is finite, and would only overflow the search's costs).
+MIN_OP_MS = 1e-3
+MAX_OP_MS = 10_000.0
+
+
 def check_entries(where, entries: dict, strict_identity: bool = True, stat: str = "median_ms") -> None:
     """Every entry finite and > 0 (identity entries exactly 0): a NaN, infinite, negative or zero latency is refused
     naming the key, at load and before any write. A synthetic table (`strict_identity` False: provenance neither
@@ -233,6 +240,9 @@ def check_entries(where, entries: dict, strict_identity: bool = True, stat: str 
                     raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, but an identity (skip) entry must be 0")
             elif v <= 0:
                 raise UserError(f"{where}: entries[{k!r}].{f}: {v!r}, a latency must be > 0")
+            if not is_identity_key(k) and not MIN_OP_MS <= v <= MAX_OP_MS or v > MAX_OP_MS:
+                raise UserError(f"{where}: entries[{k!r}].{f}: {v!r} ms is not a plausible latency for one op "
+                                f"({MIN_OP_MS * 1000:g} us to {MAX_OP_MS / 1000:g} s)")
 
 
 def _real(h: dict) -> bool:

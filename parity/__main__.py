@@ -11,9 +11,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, existing_dir, existing_file, main_guard, positive_int
+from posekit.cli import ArgumentParser, existing_dir, existing_file, main_guard, output_dir, positive_int
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO
+from posekit.safe_paths import confined, output_folder
 
 
 def default_model_dir() -> Path:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=existing_file, help="per-precision rules (default: parity/thresholds.yaml)")
     p.add_argument("--crops", "--images", dest="crops", type=positive_int,  # --images: the old, misleading name
                    help="at most N person crops per split (default: all val crops, 64 train crops)")
-    p.add_argument("--out", type=Path, help="report folder (default: <model-dir>/parity)")
+    p.add_argument("--out", type=output_dir, help="report folder (default: <model-dir>/parity)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the manifest's source.checkpoint)")
     p.add_argument("--only", help="only artifacts whose file contains this text")
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
@@ -78,16 +79,18 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, args.threads))  # small convs on a busy machine: extra threads only add waiting
     model_dir = args.model_dir or default_model_dir()
-    out = args.out or model_dir / "parity"
+    # the model folder may have been sent to us: its parity/ must not be a symlink out, and nothing written under
+    # the report folder (cache, report, plots) may land outside it
+    out = args.out or output_folder(model_dir, "parity")
     thresholds = metrics.load_thresholds(args.thresholds)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, confined(out):
         warnings.simplefilter("always", UserWarning)
         result = run_parity(model_dir, args.data, thresholds, args.crops, out, args.ckpt, args.threads, args.only,
                             not args.no_locate, args.coreml_reference, args.ap_split)
+        jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     for w in caught:
         if "AP" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     print(f"reference {result['reference']['engine']}: AP {result['reference']['ap']:.4f} "
           f"({result['num_crops']} crops)")
     print(f"{'artifact':40s} {'ran on':22s} {'max|d|/rng':>10s} {'SQNR dB':>8s} {'argmax':>7s} {'OKS-agr':>7s} "

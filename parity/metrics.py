@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from posekit import yaml_file
 from posekit.errors import UserError
 from posekit.io import require_file
 
@@ -109,10 +109,7 @@ _RULE = re.compile(r"^\s*(<=|>=)\s*([-+0-9.eE]+|inf)\s*$")
 def load_thresholds(path: str | Path | None = None) -> dict:
     """{precision: {metric: (op, value)}} from the YAML file (default parity/thresholds.yaml)."""
     path = require_file(path or THRESHOLDS, "thresholds file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = yaml_file.load(path) or {}  # the one YAML reader (bounded)
     out = {}
     for prec, rules in raw.items():
         if not isinstance(rules, dict):

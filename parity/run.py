@@ -21,6 +21,7 @@ from parity import fidelity, metrics
 from parity.runners import TorchRunner, make_runner
 from posekit.errors import UserError
 from posekit.io import atomic_path, atomic_write_json, sha256_file
+from runtime.artifact_check import check_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 LOW_AP = 0.3
@@ -230,6 +231,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
                                            f"{a['sha256'][:16]} (re-run `make convert`)"]})
             continue
         try:
+            check_artifact(path)  # a truncated or overwritten file: one line in its row, not a crash
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
             # macOS: runtime and executor differ; how the file is judged depends on what the manifest says it is
             eng = hashlib.sha256(f"{runner.engine}|{a['precision']}|{a.get('quantizer')}".encode()).hexdigest()[:6]

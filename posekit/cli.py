@@ -224,3 +224,30 @@ def data_dir(s: str) -> str:
 
 
 data_dir.bad = existing_dir.bad
+
+
+def _output(kind: str, text: bool = False):
+    """An output path option ('file' or 'dir'): refused when parsed if writing there would destroy something (a
+    folder where a file goes, a symlink out of its folder, a device) or cannot succeed (no permission, a read-only
+    file system, a file where a folder must be made): one line before any long work (posekit.io.check_writable).
+    A Path, or with `text` the string as given (for options kept as text in configs)."""
+    from posekit.io import check_writable
+
+    def parse(s):
+        try:
+            p = check_writable(s, kind)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return s if text else p
+
+    parse.__name__ = f"output {'folder' if kind == 'dir' else 'file'}"
+    parse.output = kind  # tests/test_cli.py walks every option carrying this
+    # /dev/null is a device on every Unix: a file under it cannot be made, and it is not a folder
+    parse.bad = ["/dev/null/x", "/"] if kind == "file" else ["/dev/null", "/dev/null/x"]
+    return parse
+
+
+output_file = _output("file")
+output_dir = _output("dir")
+output_file_text = _output("file", text=True)
+output_dir_text = _output("dir", text=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
 from posekit.keypoints import MEAN, STD, keypoint_info
+from posekit.safe_paths import inside
 
 SCHEMA = Path(__file__).with_name("manifest.schema.json")
 SCHEMA_VERSION = 1
@@ -86,8 +87,10 @@ def load(model_dir: Path, formats=None) -> dict:
         raise UserError(f"{p}: no manifest.json (run `make convert` first, or pass --model-dir artifacts/<model>)")
     m = read(model_dir)
     for i, a in enumerate(m.get("artifacts") or [] if isinstance(m, dict) else []):
-        if isinstance(a, dict) and isinstance(a.get("file"), str) and not (model_dir / a["file"]).exists():
-            raise UserError(f"{p}: artifacts[{i}].file: {a['file']} is missing on disk")
+        if isinstance(a, dict) and isinstance(a.get("file"), str):
+            # the folder is untrusted: a listed file stays inside it ('..', absolute paths, symlinks out refused)
+            if not inside(model_dir, a["file"], f"{p}: artifacts[{i}].file").exists():
+                raise UserError(f"{p}: artifacts[{i}].file: {a['file']} is missing on disk")
     validate(m, p)
     if formats is not None:
         fmts = tuple(formats)
@@ -102,18 +105,38 @@ def mismatched(model_dir: Path, m: dict | None = None) -> list[str]:
     model_dir = Path(model_dir)
     m = read(model_dir) if m is None else m
     bad = []
-    for a in (m or {}).get("artifacts", []):
-        f = model_dir / a["file"]
+    for i, a in enumerate((m or {}).get("artifacts", [])):
+        f = inside(model_dir, a["file"], f"{model_dir / 'manifest.json'}: artifacts[{i}].file")
         if not f.exists() or sha256_file(f) != a["sha256"]:
             bad.append(a["file"])
     return bad
+
+
+def listing(path: Path) -> tuple[str | None, str | None]:
+    """(sha256, 'manifest.json: artifacts[i]') of the entry that lists the artifact `path` in the manifest of its
+    folder or the one above (artifacts/<model>/tflite/x.tflite), else (None, None): what a stage checks the file
+    against before running it."""
+    path = Path(path)
+    for mf in (path.parent / "manifest.json", path.parent.parent / "manifest.json"):
+        if not mf.is_file():
+            continue
+        try:
+            rel = path.resolve().relative_to(mf.parent.resolve()).as_posix()
+            m = json.loads(mf.read_text())
+            for i, a in enumerate(m.get("artifacts") or []):
+                if isinstance(a, dict) and a.get("file") == rel and isinstance(a.get("sha256"), str):
+                    return a["sha256"], f"{mf}: artifacts[{i}].sha256"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None, None
 
 
 def write(outdir: Path, head: dict, artifacts: list[dict], keep: list[dict] = (), **extra) -> Path:
     """Write the manifest: `artifacts` plus entries of `keep` (an earlier manifest's) for files not rewritten now
     that still exist unchanged (so `quantize` adds to what `convert` wrote)."""
     files = {a["file"] for a in artifacts}
-    kept = [a for a in keep if a["file"] not in files and (outdir / a["file"]).exists()
+    kept = [a for a in keep if a["file"] not in files
+            and inside(outdir, a["file"], f"{Path(outdir) / 'manifest.json'}: an earlier entry").exists()
             and sha256_file(outdir / a["file"]) == a["sha256"]]
     m = {**head, "artifacts": sorted(kept + artifacts, key=lambda a: a["file"]), **extra}
     validate(m)

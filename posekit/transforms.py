@@ -100,13 +100,43 @@ def image_problem(path) -> str | None:
     return None
 
 
-def read_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); an unreadable or truncated file is a UserError naming it."""
+# An image larger than this is refused from its header, before decoding (a 20000x20000 JPEG is 1.2 GB of pixels;
+# a phone photo is 12-50 MP). predict --max-pixels raises it.
+MAX_PIXELS = 100_000_000
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the image's header states it, read by Pillow without decoding; None when Pillow does not
+    know the format (OpenCV may still)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # Pillow's own bomb check: the caller decides
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                return im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3); an unreadable or truncated file, or one whose header states more than `max_pixels`
+    pixels (checked before decoding), is a UserError naming it."""
     try:
         data = Path(path).read_bytes()
     except OSError:
         data = b""
     why = truncation(data) if data else "missing, unreadable or empty"
+    size = header_size(data) if why is None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise UserError(f"{path}: the image header says {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more "
+                        f"than the {max_pixels:,} allowed (predict --max-pixels raises it)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if why is None else None
     if img is None:
         raise UserError(f"{path}: cannot read image ({why or 'not an image'})")

@@ -14,8 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, fraction, main_guard, positive_int
+from posekit.cli import ArgumentParser, fraction, main_guard, output_dir, positive_int
 from posekit.errors import UserError
+from posekit.io import check_writable
+from posekit.transforms import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "file names' numbers); default: the whole image is one person")
     p.add_argument("--min-score", type=fraction, default=0.5, help="detection score threshold for --boxes "
                                                                 "(default 0.5)")
-    p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default runs/predict)")
+    p.add_argument("--out", type=output_dir, default=Path("runs/predict"), help="output folder (default runs/predict)")
     p.add_argument("--no-overlay", action="store_true", help="write keypoints.json only")
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
+                   help=f"refuse an image whose header states more pixels, before decoding (default {MAX_PIXELS:,})")
     return p
 
 
@@ -42,6 +46,7 @@ def parse(argv):
             raise UserError(f"{img}: no such image file")
     if a.boxes is not None and not a.boxes.is_file():
         raise UserError(f"--boxes {a.boxes}: no such file")
+    check_writable(a.out, "dir")  # the default too (argparse types only see given values), before the model runs
     return a
 
 
@@ -59,7 +64,7 @@ def main(argv=None):
     quiet()
     from .run import predict
 
-    r = predict(a.model, a.images, a.boxes, a.min_score, a.out, not a.no_overlay, a.threads)
+    r = predict(a.model, a.images, a.boxes, a.min_score, a.out, not a.no_overlay, a.threads, max_pixels=a.max_pixels)
     f = r["predictor"].facts
     print(f"{r['model']}: {f.get('name')} {f.get('version') or ''} ({r['predictor'].runner.engine}); "
           f"{len(r['results'])} person(s) -> {r['json']}" + (f", {len(r['overlays'])} overlay(s)" if r["overlays"]

@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posekit import metadata
+from posekit import manifest, metadata
 from posekit.errors import UserError
 from posekit.evaluate import VIS_THRESH, keypoints_from_heatmaps, to_coco_results
 from posekit.io import atomic_path, atomic_write_json
-from posekit.transforms import box_to_center_scale, get_affine, read_image
+from posekit.transforms import MAX_PIXELS, box_to_center_scale, get_affine, read_image
 
 # a model folder (artifacts/<model>) runs its first artifact of this list that exists
 PREFERENCE = (("tflite", "int8"), ("tflite", "fp32"), ("onnx", "fp32"), ("coreml-mlprogram", "fp32"),
@@ -28,19 +28,15 @@ def resolve_model(path) -> Path:
     """An artifact file (or .mlpackage), or a model folder whose manifest.json names the artifacts."""
     p = Path(path)
     if p.is_dir() and p.suffix != ".mlpackage":
-        mf = p / "manifest.json"
-        if not mf.is_file():
+        if not (p / "manifest.json").is_file():
             raise UserError(f"{p}: a model folder needs manifest.json (or pass an artifact file)")
-        try:
-            arts = json.loads(mf.read_text())["artifacts"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{mf}: malformed manifest ({type(e).__name__}: {e})") from None
+        arts = manifest.load(p)["artifacts"]  # the one reader: schema, every file on disk and inside the folder
         for fmt, prec in PREFERENCE:
             for a in arts:
-                if a.get("format") == fmt and a.get("precision") == prec and (p / a.get("file", "")).exists():
+                if a["format"] == fmt and a["precision"] == prec:
                     return p / a["file"]
-        raise UserError(f"{mf}: none of its artifacts is one of "
-                        f"{', '.join(f'{f} {q}' for f, q in PREFERENCE)} and present")
+        raise UserError(f"{p / 'manifest.json'}: none of its artifacts is one of "
+                        f"{', '.join(f'{f} {q}' for f, q in PREFERENCE)}")
     if not p.exists():
         raise UserError(f"{p}: no such model file or folder")
     return p
@@ -71,8 +67,10 @@ class Predictor:
 
     def __init__(self, model, threads: int = 1):
         from parity.runners import make_runner
+        from runtime.artifact_check import check_artifact
 
         self.path = resolve_model(model)
+        check_artifact(self.path, *manifest.listing(self.path))  # listed bytes and a whole file, before any runtime
         self.facts = f = read_facts(self.path)
         fmt = f["format"]
         if fmt == "coreml":
@@ -163,16 +161,33 @@ def draw(image_rgb: np.ndarray, people: np.ndarray, boxes, skeleton, thresh: flo
     return img
 
 
+def meaningless(kp: np.ndarray, box, image_shape) -> list[str]:
+    """Why one person's answer means nothing, as flags: the box lies outside the image, its crop holds (almost)
+    no image pixel, or no joint is confident (every heatmap peak <= VIS_THRESH). [] for a sound answer."""
+    h, w = image_shape[:2]
+    x, y, bw, bh = box
+    iw, ih = min(x + bw, w) - max(x, 0.0), min(y + bh, h) - max(y, 0.0)
+    flags = []
+    if iw <= 0 or ih <= 0:
+        flags.append("box_outside_image")
+    elif iw * ih < 1.0:
+        flags.append("zero_area_crop")
+    if not (kp[:, 2] > VIS_THRESH).any():
+        flags.append("no_confident_joint")
+    return flags
+
+
 def predict(model, images, boxes_file=None, min_score: float = 0.5, out=Path("runs/predict"), overlay: bool = True,
-            threads: int = 1, log=print) -> dict:
-    """Run `model` on `images`; writes out/keypoints.json (COCO keypoint results) and out/<image>_pose.png.
+            threads: int = 1, log=print, max_pixels: int = MAX_PIXELS) -> dict:
+    """Run `model` on `images`; writes out/keypoints.json (COCO keypoint results; a person whose answer means
+    nothing carries "flags", and a warning line is logged) and out/<image>_pose.png.
     Returns {"results": [...], "json": path, "overlays": [paths], "model": path, "boxes": {image_id: [...]}}."""
     pred = Predictor(model, threads)
     dets = read_boxes(boxes_file, min_score) if boxes_file else None
     out = Path(out)
-    kps, metas, overlays, used = [], [], [], {}
+    kps, metas, overlays, used, flags = [], [], [], {}, {}
     for i, p in enumerate(map(Path, images)):
-        img = read_image(p)
+        img = read_image(p, max_pixels)
         iid = image_id_of(p, i)
         if dets is None:
             people = [([0.0, 0.0, float(img.shape[1]), float(img.shape[0])], 1.0)]  # the whole image
@@ -180,7 +195,12 @@ def predict(model, images, boxes_file=None, min_score: float = 0.5, out=Path("ru
             people = dets.get(iid, [])
         used[iid] = [b for b, _ in people]
         k = pred(img, [b for b, _ in people]) if people else np.zeros((0, len(pred.names), 3), np.float32)
-        for kp, (box, score) in zip(k, people):
+        for n, (kp, (box, score)) in enumerate(zip(k, people)):
+            why = meaningless(kp, box, img.shape)
+            if why:
+                log(f"warning: {p}: person {n} (box {[round(v, 1) for v in box]} in a {img.shape[1]}x{img.shape[0]} "
+                    f"image): {', '.join(why)}; its keypoints mean nothing")
+            flags.setdefault(iid, []).append(why)
             kps.append(kp)
             metas.append({"image_id": iid, "score": score,
                           "scale": box_to_center_scale(box, pred.input_size)[1]})
@@ -190,7 +210,11 @@ def predict(model, images, boxes_file=None, min_score: float = 0.5, out=Path("ru
                     raise UserError(f"{out / f'{p.stem}_pose.png'}: cannot write the overlay")
             overlays.append(out / f"{p.stem}_pose.png")
         log(f"{p}: image_id {iid}, {len(people)} person(s)")
-    results = to_coco_results(kps, metas)
+    results = to_coco_results(kps, metas)  # by image id, each image's persons in order (no NMS)
+    for r in results:
+        why = flags[r["image_id"]].pop(0)
+        if why:
+            r["flags"] = why
     path = atomic_write_json(out / "keypoints.json", results)
     return {"results": results, "json": path, "overlays": overlays, "model": pred.path, "boxes": used,
             "keypoints": kps, "predictor": pred}

@@ -24,6 +24,7 @@ from posekit.cli import (
     data_dir,
     main_guard,
     nonneg_int,
+    output_dir,
     positive_float,
     positive_int,
     seed_int,
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--device", type=torch_device, default="auto", help="auto | cpu | cuda")
-    p.add_argument("--out", type=Path, help="run folder (default runs/qat/<model name>); a run there with the same "
-                                            "options is resumed")
-    p.add_argument("--artifacts", type=Path, help="artifacts folder (default: the one converted from this "
+    p.add_argument("--out", type=output_dir, help="run folder (default runs/qat/<model name>); a run there with the "
+                                                  "same options is resumed")
+    p.add_argument("--artifacts", type=output_dir, help="artifacts folder (default: the one converted from this "
                                                   "checkpoint, else artifacts/<model name>)")
     p.add_argument("--int8-io", action="store_true", help="int8 input/output tensors (default float32 I/O)")
     p.add_argument("--no-eval", action="store_true", help="skip the AP of the twin before and after QAT")

@@ -219,13 +219,17 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
 
     from posekit import litert, manifest
     from posekit.evaluate import evaluate_model, oks_agreement
+    from posekit.safe_paths import inside
+    from runtime.artifact_check import check_artifact
 
     net, arch, _ = load_checkpoint(ckpt)
     man = manifest.read(artifacts) or {"artifacts": []}
     files = {"float": None}
     for a in man["artifacts"]:
         if a["format"] == "tflite" and a["precision"] == "int8":
-            files.setdefault("qat" if a["quantizer"] == "qat" else "ptq", artifacts / a["file"])
+            # a folder we may not have made: the file stays inside it, and is the one listed
+            f = inside(artifacts, a["file"], f"{artifacts / 'manifest.json'}: {a['file']}")
+            files.setdefault("qat" if a["quantizer"] == "qat" else "ptq", check_artifact(f, a.get("sha256")))
     if cfg.get("dataset") == "mpii":
         return {"note": "compare: COCO OKS only"}
 

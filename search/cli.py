@@ -19,6 +19,7 @@ from posekit.cli import (
     main_guard,
     nonneg_float,
     nonneg_int,
+    output_dir_text,
     parse_hxw,
     positive_float,
     positive_int,
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
                        "closed-loop --help`).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_search_args(p)
-    p.add_argument("--out", help="output folder (default runs/search/<device>)")
+    p.add_argument("--out", type=output_dir_text, help="output folder (default runs/search/<device>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt (after a kill)")
     return p
 

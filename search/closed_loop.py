@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from model.arch import Arch, load
-from posekit.cli import ArgumentParser, lut_device, positive_float, positive_int
+from posekit.cli import ArgumentParser, lut_device, output_dir_text, positive_float, positive_int
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpreter threads (default: the LUT header's, else 1)")
     p.add_argument("--repeats", type=positive_int, default=50)
     p.add_argument("--clock", choices=("wall", "cpu"), help="timing clock (default: the LUT header's, else wall)")
-    p.add_argument("--out", default="runs/search/closed-loop")
+    p.add_argument("--out", type=output_dir_text, default="runs/search/closed-loop")
     cli.add_search_args(p, device_required=False)
     return p
 

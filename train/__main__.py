@@ -24,6 +24,8 @@ from posekit.cli import (
     main_guard,
     nonneg_float,
     nonneg_int,
+    output_dir,
+    output_file,
     positive_float,
     positive_int,
     seed_int,
@@ -95,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | cpu | cuda[:N] | mps (one this machine has)")
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads per process (default: torch's; 1 on a busy host)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/train/<arch name>, numbered if taken)")
+    p.add_argument("--out", type=output_dir, help="run folder (default runs/train/<arch name>, numbered if taken)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (more --epochs extends it; an option that "
                         "would change the run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs, CI)")
     p.add_argument("--eval", type=existing_file, metavar="CKPT",
                    help="only evaluate this checkpoint on --val-split (flip test on) and write --results")
-    p.add_argument("--results", type=Path, help="--eval: predictions json (default <ckpt>.<split>.results.json)")
+    p.add_argument("--results", type=output_file, help="--eval: predictions json (default <ckpt>.<split>.results.json)")
     return p
 
 
