@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posekit.errors import UserError
+from posekit.io import check_writable
 
 
 @dataclass
@@ -52,6 +53,7 @@ def run_steps(steps: list[Step], logdir: Path, force: bool = False) -> None:
             continue
         print(f"{head}: {' '.join(shlex.quote(c) for c in step.cmd)}", flush=True)
         t0 = time.monotonic()
+        check_writable(step.log)  # a reused run folder: never a log written through a symlink out of it
         with open(step.log, "wb") as log:
             # Pass the stage's output through unchanged (tqdm's carriage returns included) and keep a log of it.
             proc = subprocess.Popen(step.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

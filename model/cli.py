@@ -31,10 +31,9 @@ HEADER = (f"{'arch':<34} {'input':<8} {'head':<5} {'blk':>3} {'Mparam':>7} {'bb'
 
 
 def cmd_info(args):
-    names = args.arch or list(shipped())
+    archs = [load(name) for name in args.arch or list(shipped())]  # every arch checked before the table starts
     print(HEADER)
-    for name in names:
-        arch = load(name)
+    for arch in archs:
         if args.head:
             arch = arch.replace(head=arch.head.replace(type=args.head))
         if args.input:

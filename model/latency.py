@@ -292,7 +292,7 @@ def read_lut(p: Path) -> LUT:
     """Parse and validate one LUT file (header fields, every entry): no device or space checks."""
     try:
         d = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{p}: corrupt LUT file ({e}); rebuild it with `make lut DEVICE={p.stem}`") from None
     if not isinstance(d, dict) or not isinstance(d.get("header"), dict) or not isinstance(d.get("entries"), dict):
         raise UserError(f"{p}: not a LUT file (needs 'header' and 'entries' mappings)")

@@ -74,7 +74,7 @@ def read_json(path, what: str = "annotation file"):
     p = require_file(path, what)
     try:
         return json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{p}: malformed {what}: {e}") from None
 
 

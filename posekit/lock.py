@@ -5,12 +5,15 @@ dies (kill -9 included): a stale .lock file never blocks."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import sys
 from pathlib import Path
 
 from posekit.errors import UserError
+from posekit.io import make_dirs
 
 LOCK = ".lock"
 
@@ -20,9 +23,16 @@ def folder_lock(folder: str | Path, what: str = "this folder"):
     """Hold the folder's lock, or fail at once with a UserError naming the holder."""
     folder = Path(folder)
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     path = folder / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # O_NOFOLLOW: a .lock planted as a symlink would have us truncate and write whatever it points at
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        why = "a symlink stands there" if e.errno == errno.ELOOP else os.strerror(e.errno)
+        raise UserError(f"{path}: cannot take the folder's lock: {why}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: cannot take the folder's lock: not a regular file")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -73,7 +73,7 @@ def read(outdir: Path) -> dict | None:
         return None
     try:
         return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # nesting past the C stack too
         raise UserError(f"{p}: malformed json: {e}") from None
 
 

@@ -119,7 +119,7 @@ def read_boxes(path, min_score: float) -> dict[int, list[tuple[list[float], floa
         dets = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such detection results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"{path}: malformed json: {e}") from None
     if not isinstance(dets, list):
         raise UserError(f"{path}: expected a list of {{image_id, category_id, bbox, score}} (COCO detection results)")

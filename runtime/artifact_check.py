@@ -130,6 +130,8 @@ def check_artifact(path: str | Path, sha256: str | None = None, where: str | Non
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such artifact")
+    if not (p.is_file() or p.is_dir() and p.suffix == ".mlpackage"):  # a FIFO would block the hash forever
+        raise UserError(f"{p}: not a regular file (a folder, device or pipe stands there)")
     if sha256 is not None and sha256_file(p) != sha256:
         raise UserError(f"{p}: its sha256 differs from {where or 'the manifest'} (the file changed after it was "
                         "listed); refused")

@@ -396,7 +396,8 @@ def test_model_info_on_a_million_channels_is_one_line(tmp_path, capsys):
                  "\nblocks:\n" + "  - {op: ir_k3_e6, out: 24, stride: 2}\n" * 3
                  + "head: {type: mbv1, deconv: [64, 32], kernel: 4, sic: true}\n")
     assert main(["info", str(a)]) == 2
-    assert "stem[0].out: 1000000 channels" in one_error_line(capsys.readouterr().err)
+    out, err = capsys.readouterr()
+    assert "stem[0].out: 1000000 channels" in one_error_line(err) and out == ""
 
 
 def test_arch_bounds_refuse_flops_and_memory_but_keep_the_shipped_archs():
@@ -483,3 +484,118 @@ def test_image_pixels_are_bounded_from_the_header_before_decoding(tmp_path):
     assert read_image(IMAGE).shape[2] == 3
     with pytest.raises(UserError, match="more than the 1,000 allowed"):
         read_image(IMAGE, max_pixels=1000)
+
+
+# ---- predict on the shared tiny model's artifacts (tests/app_artifacts.py) -------------------------------------------
+def _int8(app_artifacts) -> Path:
+    out, man = app_artifacts
+    return out / next(a["file"] for a in man["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8"
+                      and "io" not in a["file"])
+
+
+@pytest.mark.slow(30)
+@pytest.mark.parametrize("how", ["cut", "flip"])
+def test_predict_on_a_damaged_tflite_is_one_line(app_artifacts, tmp_path, capsys, how):
+    from predict.__main__ import main
+
+    bad = damaged(_int8(app_artifacts), tmp_path / "model_int8.tflite", how)
+    assert main(["--model", str(bad), str(IMAGE), "--out", str(tmp_path / "o")]) == 2
+    assert "damaged .tflite" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow(30)
+def test_predict_refuses_a_model_folder_whose_file_changed(app_artifacts, tmp_path, capsys):
+    from predict.__main__ import main
+    from tests.app_artifacts import copy_of
+
+    d = copy_of(app_artifacts[0], tmp_path / "art")
+    f = d / _int8(app_artifacts).relative_to(app_artifacts[0])
+    b = bytearray(f.read_bytes())
+    b[-200] ^= 1
+    f.write_bytes(bytes(b))
+    assert main(["--model", str(d), str(IMAGE), "--out", str(tmp_path / "o")]) == 2
+    assert "sha256 differs" in one_error_line(capsys.readouterr().err)
+    assert main(["--model", str(f), str(IMAGE), "--out", str(tmp_path / "o")]) == 2  # the file named alone too
+    assert "sha256 differs" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow(30)
+def test_predict_flags_answers_that_mean_nothing(app_artifacts, tmp_path, capsys):
+    from predict.__main__ import main
+
+    h, w = cv2.imread(str(IMAGE)).shape[:2]
+    iid = int(IMAGE.stem)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([
+        {"image_id": iid, "category_id": 1, "bbox": [w + 4000, h + 4000, 100, 200], "score": 0.9},  # past the corner
+        {"image_id": iid, "category_id": 1, "bbox": [-500, -600, 200, 300], "score": 0.9},  # before it
+        {"image_id": iid, "category_id": 1, "bbox": [w - 0.5, 10, 0.8, 0.8], "score": 0.9},  # a sliver on the edge
+    ]))
+    out = tmp_path / "o"
+    assert main(["--model", str(_int8(app_artifacts)), str(IMAGE), "--boxes", str(boxes), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    warnings = [line for line in text.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3, text
+    res = json.loads((out / "keypoints.json").read_text())
+    assert "box_outside_image" in res[0]["flags"] and "box_outside_image" in res[1]["flags"]
+    assert "zero_area_crop" in res[2]["flags"]
+    # the whole image (no --boxes): a sound answer carries no flag and no warning, unless no joint is confident
+    assert main(["--model", str(_int8(app_artifacts)), str(IMAGE), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    res = json.loads((out / "keypoints.json").read_text())
+    assert ("flags" in res[0]) == ("warning: " in text)
+    if "flags" in res[0]:
+        assert res[0]["flags"] == ["no_confident_joint"]
+
+
+@pytest.mark.slow(20)
+def test_predict_refuses_an_image_whose_header_is_too_large(app_artifacts, tmp_path, capsys):
+    from predict.__main__ import main
+
+    big = _jpeg_claiming(tmp_path, 20000, 20000)
+    assert main(["--model", str(_int8(app_artifacts)), str(big), "--out", str(tmp_path / "o")]) == 2
+    assert "20000x20000" in one_error_line(capsys.readouterr().err)
+    assert main(["--model", str(_int8(app_artifacts)), str(big), "--out", str(tmp_path / "o"), "--max-pixels",
+                 "1000000000"]) in (0, 2)  # raised: decoded (libjpeg finds the 16x16 data short) or refused as corrupt
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
+    from posekit.lock import folder_lock
+
+    d = tmp_path / "art"
+    d.mkdir()
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    (d / ".lock").symlink_to(tmp_path / "passwd")
+    with pytest.raises(UserError, match="a symlink stands there"), folder_lock(d):
+        pass
+    assert (tmp_path / "passwd").read_text() == "root:x:0:0"
+    os.unlink(d / ".lock")
+    os.mkfifo(d / ".lock")
+    with pytest.raises(UserError, match="not a regular file"), folder_lock(d):
+        pass
+
+
+def test_the_checker_refuses_a_pipe_or_folder_instead_of_blocking(tmp_path):
+    from runtime.artifact_check import check_artifact
+
+    os.mkfifo(tmp_path / "m.tflite")
+    (tmp_path / "d.onnx").mkdir()
+    for name in ("m.tflite", "d.onnx"):
+        with pytest.raises(UserError, match="not a regular file"):
+            check_artifact(tmp_path / name, "0" * 64)
+
+
+@pytest.mark.parametrize("name", ["manifest", "lut", "boxes"])
+def test_json_nested_past_the_stack_is_one_line(tmp_path, name):
+    from model.latency import read_lut
+    from posekit import manifest
+    from predict.run import read_boxes
+
+    deep = "[" * 200_000 + "]" * 200_000
+    f = tmp_path / ("manifest.json" if name == "manifest" else f"{name}.json")
+    f.write_text(deep)
+    with pytest.raises(UserError, match="malformed|corrupt"):
+        {"manifest": lambda: manifest.load(tmp_path), "lut": lambda: read_lut(f),
+         "boxes": lambda: read_boxes(f, 0.5)}[name]()
