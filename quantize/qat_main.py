@@ -31,6 +31,8 @@ from posekit.cli import (
     torch_device,
 )
 from posekit.errors import UserError
+from posekit.io import check_writable
+from posekit.safe_paths import confined
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +93,9 @@ def main(argv=None) -> int:
     name = ckpt["arch"].get("name", "model")
     cfg = qat_train.run_config(a, ckpt)
     out = a.out or Path("runs") / "qat" / name
+    # both outputs known now: one line before the training, not a traceback after it
+    artifacts = None if a.no_export else check_writable(a.artifacts or qat_train.default_artifacts(a.ckpt, name), "dir")
+    check_writable(out, "dir")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     trainer = qat_train.QATTrainer(cfg, out, log=print)
     if rank0:
@@ -110,8 +115,8 @@ def main(argv=None) -> int:
         print(f"qat: twin AP after QAT: {report['ap_after']:.4f}")
     report["metrics"] = trainer.records
     if not a.no_export:
-        artifacts = a.artifacts or qat_train.default_artifacts(a.ckpt, name)
-        report["artifact"] = qat_train.export(qat, trainer.arch, cfg, out, artifacts, a.int8_io)
+        with confined(artifacts, out):  # a folder we may not have made: no write lands outside it via a symlink
+            report["artifact"] = qat_train.export(qat, trainer.arch, cfg, out, artifacts, a.int8_io)
         print(f"qat: wrote {artifacts / report['artifact']['file']} and {artifacts / 'manifest.json'}")
         if cfg["eval"]:
             report["compare"] = c = qat_train.compare(a.ckpt, artifacts, cfg)
