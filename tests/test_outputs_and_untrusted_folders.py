@@ -599,3 +599,20 @@ def test_json_nested_past_the_stack_is_one_line(tmp_path, name):
     with pytest.raises(UserError, match="malformed|corrupt"):
         {"manifest": lambda: manifest.load(tmp_path), "lut": lambda: read_lut(f),
          "boxes": lambda: read_boxes(f, 0.5)}[name]()
+
+
+def test_search_refuses_a_lut_of_1e308_before_training(tmp_path, capsys):
+    """The issue's row: a finite but absurd LUT used to train, then fail in derive with state.pt left."""
+    from model.latency import is_identity_key
+    from search.cli import main
+
+    lut = json.loads((REPO / "luts" / "pixel.json").read_text())
+    for k, e in lut["entries"].items():
+        if not is_identity_key(k):
+            e.update({f: 1e308 for f in ("median_ms", "mean_ms", "min_ms") if f in e})
+    p = tmp_path / "pixel.json"
+    p.write_text(json.dumps(lut))
+    out = tmp_path / "search"
+    assert main(["--device", str(p), "--out", str(out), "--epochs", "1"]) == 2
+    assert "not a plausible latency" in one_error_line(capsys.readouterr().err)
+    assert not (out / "state.pt").exists()
