@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compute-units", type=compute_units, default="CPU_ONLY,CPU_AND_GPU,ALL")
     c.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"))
 
-    from .predict import PHONES
+    from .phone_profiles import PHONES
 
     p = sub.add_parser("predict", help="predict a phone profile from the published per-op tables",
                        description="Fit a latency model on data/published-luts and predict every key of our space "
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
         run_bench(args)
     elif args.cmd == "fidelity":
-        from .fidelity import run_fidelity
+        from .lut_accuracy import run_fidelity
 
         run_fidelity(args)
     return 0

@@ -9,8 +9,6 @@ both a floor and 4x the largest error before it is named, with the PyTorch modul
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -85,14 +83,10 @@ def _match(a: np.ndarray, refs, nhwc: bool, start: int = 0, hint: str | None = N
 
 
 def tflite_intermediates(runner, x):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from runtime.tflite import interpreter
 
     # builtin kernels, no XNNPACK delegate: a delegate runs the graph as one op and keeps no intermediates
-    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": that is what this is
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(runner.path), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
+    it = interpreter(runner.path, kernels="builtin", preserve_all_tensors=True)
     it.set_tensor(it.get_input_details()[0]["index"], runner.prepare(x[:1]))
     it.invoke()
     details = {d["index"]: d for d in it.get_tensor_details()}

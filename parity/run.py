@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from parity import fidelity, metrics
-from parity.runners import TorchRunner, make_runner
+from parity import conversion_fidelity, metrics
 from posekit.errors import UserError
 from posekit.io import atomic_path, atomic_write_json, sha256_file
+from runtime.runners import TorchRunner, make_runner
 
 REPO = Path(__file__).resolve().parent.parent
 LOW_AP = 0.3
@@ -207,7 +207,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
     # new metrics or a new twin: re-measure
-    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{fidelity.VERSION}",)
+    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{conversion_fidelity.VERSION}",)
     metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
     fp32 = next((model_dir / a["file"] for a in man["artifacts"] if a["format"] == "tflite" and
@@ -234,8 +234,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             # macOS: runtime and executor differ; how the file is judged depends on what the manifest says it is
             eng = hashlib.sha256(f"{runner.engine}|{a['precision']}|{a.get('quantizer')}".encode()).hexdigest()[:6]
             res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
-                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"],
-                                                               fp32))
+                          None if qat else functools.partial(conversion_fidelity.measure, a, runner, net,
+                                                             ref["fidelity_inputs"], fp32))
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({**base, "fails": [f"could not run: {e}"]})
             continue

@@ -156,9 +156,9 @@ def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io
     file in the manifest (quantizer 'qat') beside what convert wrote; returns the manifest entry."""
     from convert.source import load_source
     from posekit import manifest
-    from posekit.litert import io_entries
     from quantize.calibration import calibration_batches, eval_batches
     from quantize.tflite import fully_integer
+    from runtime.tflite import io_entries
 
     artifacts = Path(artifacts)
     path = artifacts / "tflite" / ("model_int8_qat_io.tflite" if int8_io else "model_int8_qat.tflite")
@@ -217,8 +217,9 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     keypoints with the float net's (mean over persons)."""
     import numpy as np
 
-    from posekit import litert, manifest
+    from posekit import manifest
     from posekit.evaluate import evaluate_model, oks_agreement
+    from runtime import tflite
 
     net, arch, _ = load_checkpoint(ckpt)
     man = manifest.read(artifacts) or {"artifacts": []}
@@ -235,8 +236,8 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
             def f(x):
                 return net(torch.from_numpy(x)).numpy()
             return f
-        it = litert.interpreter(path, threads=threads)
-        return lambda x: np.concatenate([litert.run(it, b[None].transpose(0, 2, 3, 1)) for b in x]).transpose(
+        it = tflite.interpreter(path, threads=threads)
+        return lambda x: np.concatenate([tflite.run(it, b[None].transpose(0, 2, 3, 1)) for b in x]).transpose(
             0, 3, 1, 2)  # the .tflite's batch is 1, NHWC
 
     split = cfg["val_split"]

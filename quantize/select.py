@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posekit import litert
+from runtime import tflite, tflite_flatbuffer
 
 from . import tflite as qtflite
 
@@ -50,8 +50,8 @@ def torch_ref(net, batches) -> np.ndarray:
 
 
 def tflite_out(path, batches) -> np.ndarray:
-    it = litert.interpreter(path, threads=2)
-    return np.concatenate([litert.run(it, b.permute(0, 2, 3, 1).numpy()) for b in batches])
+    it = tflite.interpreter(path, threads=2)
+    return np.concatenate([tflite.run(it, b.permute(0, 2, 3, 1).numpy()) for b in batches])
 
 
 def oks_agreement(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> float:
@@ -92,10 +92,10 @@ def candidate(name: str, net, sample, fp32: Path, calib, tmp: Path, int8_io: boo
     if quantizer == "tf":
         from . import tf
 
-        return tf.to_tflite(net, arch, calib, tmp, "int8")
+        return tf.onnx2tf_to_tflite(net, arch, calib, tmp, "int8")
     if quantizer == "aeq":
         return qtflite.quantize_tflite(fp32, tmp, "int8", calib, int8_io=int8_io, recipe=recipe)
-    return qtflite.to_tflite(net, sample, tmp, "int8", calib, quantizer="pt2e")
+    return qtflite.ptq_to_tflite(net, sample, tmp, "int8", calib, quantizer="pt2e")
 
 
 def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool, candidates=DEFAULT_CANDIDATES,
@@ -121,7 +121,7 @@ def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool,
             build(tmp)
             s = {"quantizer": name, **score(ref, tflite_out(tmp, evals), input_size),
                  "fully_integer": qtflite.fully_integer(tmp), "int8_activations": qtflite.int8_activations(tmp),
-                 "float_ops": litert.float_compute_ops(tmp), "_path": tmp}
+                 "float_ops": tflite_flatbuffer.float_compute_ops(tmp), "_path": tmp}
         except Exception as e:  # a candidate that fails is recorded, not fatal
             s = {"quantizer": name, "error": f"{type(e).__name__}: {e}"[:300]}
         log(f"  int8 candidate {s['quantizer']}: " + (

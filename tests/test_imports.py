@@ -10,7 +10,7 @@ from pathlib import Path
 
 from posekit.paths import REPO as ROOT
 
-PACKAGES = ("model", "posekit", "train", "search", "convert", "quantize", "device_bench", "parity", "demo", "predict")
+PACKAGES = ("model", "posekit", "runtime", "train", "search", "convert", "quantize", "device_bench", "parity", "demo", "predict")
 
 # Known violations (none: a new one must be fixed, not listed here).
 KNOWN_MAIN_IMPORTS: set = set()

@@ -94,17 +94,17 @@ def test_activation_scale_is_ai_edge_quantizers(one_thread):
 def test_tflite_is_exact_to_its_twin(exported, one_thread):
     """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
     all identical against XNNPACK)."""
-    from posekit import litert
     from quantize.calibration import calibration_batches, eval_batches
     from quantize.qat import load_qat, twin_agreement
+    from runtime import tflite_flatbuffer
 
     run, art = exported
     man = json.loads((art / "manifest.json").read_text())
     (entry,) = [a for a in man["artifacts"] if a["quantizer"] == "qat"]
     assert entry["precision"] == "int8" and entry["qat"]["fully_integer"]
     path = art / entry["file"]
-    assert not litert.float_compute_ops(path)
-    assert litert.op_dtypes(path).get("CONV_2D:int8", 0) > 0
+    assert not tflite_flatbuffer.float_compute_ops(path)
+    assert tflite_flatbuffer.op_dtypes(path).get("CONV_2D:int8", 0) > 0
     twin, arch, _ = load_qat(art / entry["qat"]["twin"])
     crops = eval_batches(arch, n=4) + calibration_batches(arch, n=4)
     a = twin_agreement(twin, path, crops)

@@ -89,10 +89,10 @@ class TFLiteRunner(Runner):
 
     def __init__(self, entry, model_dir, manifest, threads: int = 1):
         super().__init__(entry, model_dir, manifest)
-        from posekit.litert import interpreter
+        from runtime.tflite import interpreter
 
         try:
-            self.it = interpreter(self.path, threads=threads, xnnpack=True)
+            self.it = interpreter(self.path, threads=threads)
         except Exception as e:
             raise UserError(f"{self.path}: TFLite cannot load it: {str(e).splitlines()[0]}") from None
         sigs = self.it.get_signature_list()
@@ -148,10 +148,10 @@ class CoreMLRunner(Runner):
             self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
             self.engine = "Core ML runtime (MLModel.predict, CPU_ONLY)"
         else:
-            from parity.coreml_exec import CoreMLProgram
+            from runtime.coreml_reference import CoreMLProgram
 
             self.model = CoreMLProgram(self.path)
-            self.engine = "Core ML reference executor (parity.coreml_exec; MLModel.predict needs macOS)"
+            self.engine = "Core ML reference executor (runtime.coreml_reference; MLModel.predict needs macOS)"
             self.name = self.model.inputs[0]["name"]
             self.oname = self.model.outputs[0]
 
