@@ -14,10 +14,9 @@ import torch
 from model.arch import Head
 from model.deploy import REWRITES, deploy_model
 from model.heads import PoseHead
+from model.source import randomize
 from posekit import export_tflite
 from runtime import tflite, tflite_flatbuffer
-
-from .source import randomize
 
 
 def head_model(kind: str, cin: int = 96, joints: int = 17, deconv=(64, 32), kernel: int = 4, sic: bool = True):

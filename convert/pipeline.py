@@ -22,6 +22,7 @@ from tqdm import tqdm
 from model.arch import dump
 from model.checkpoint import save_checkpoint
 from model.deploy import deploy_model
+from model.source import Source
 from posekit import manifest
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
@@ -29,7 +30,6 @@ from posekit.lock import folder_lock
 from runtime import metadata
 
 from . import targets as registry
-from .source import Source
 from .worker import chatter_to, die_with_parent, net_bytes, net_from_bytes
 
 STATE = ".convert-state.json"

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from model.latency import lut_device
 from model.space import SPACE_DIR
-from posekit.cli import ArgumentParser, existing_dir, lut_device, main_guard
+from posekit.cli import ArgumentParser, existing_dir, main_guard
 from posekit.paths import ARTIFACTS, DEFAULT_COCO, LUTS, RUNS
 
 from .pipeline import Step, run_steps
-from .report import gather, print_table, table, write_html
 
 DEMO_TRAIN = ["--input", "128x96", "--epochs", "60", "--batch-size", "8", "--lr", "2e-3", "--schedule", "step",
               "--steps", "0.8", "--no-augment", "--val-split", "train2017", "--eval-every", "10", "--seed", "0"]
@@ -79,6 +79,8 @@ def main(argv=None):
     t0 = time.monotonic()
     table_, paths = steps(args.out, args.artifacts, str(args.data) if args.data else None, args.device)
     run_steps(table_, args.out / "logs", force=args.force)
+    from .report import gather, print_table, table, write_html  # matplotlib and torch: not for --help
+
     s = gather(paths, table_)
     rows = table(s)
     print_table(rows)

@@ -46,16 +46,16 @@ def load_reference(man: dict, model_dir: Path, ckpt: str | None):
     src = man.get("source") or {}
     path = ckpt or src.get("checkpoint")
     if not path and src.get("random_init"):
-        # No checkpoint: convert built the arch with torch.manual_seed(0) (convert/source.py). Rebuild it the same
-        # way; should that convention ever change, the fp32 rows fail and say so.
-        import torch
-
+        # No checkpoint: convert made a random init (model.source.random_network, on the default calibration
+        # crops); rebuild it the same way. A conversion calibrated on other --data differs: its fp32 rows say so.
         from model.arch import from_dict
         from model.net import build
+        from model.source import RANDOM_INIT_SEED, random_network
+        from quantize.calibration import calibration_batches
 
-        torch.manual_seed(0)
-        net = build(from_dict(man["arch"], src=f"{model_dir / 'manifest.json'}: arch")).eval()
-        return net, "random init (torch.manual_seed(0), as convert makes it)"
+        arch = from_dict(man["arch"], src=f"{model_dir / 'manifest.json'}: arch")
+        net = random_network(build(arch), calibration_batches(arch, None, 8)).eval()
+        return net, f"random init (model.source.random_network, seed {RANDOM_INIT_SEED}, as convert makes it)"
     if not path:
         raise UserError(f"{model_dir / 'manifest.json'}: source.checkpoint is null: parity needs the weights the "
                         f"artifacts were made from (pass --ckpt)")

@@ -13,11 +13,12 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, load_state_file, unwrap
+from posekit import dist
 from posekit.data import CocoPose, MpiiPose
 from posekit.errors import UserError
+from posekit.heatmap import joints_mse as weighted_mse
 from posekit.io import atomic_path, atomic_write_json, sha256_file
-from train import dist
-from train.loop import EpochBatches, evaluate, lr_factor, rng_state, set_rng_state, weighted_mse
+from posekit.training import EpochBatches, evaluate, lr_factor, rng_state, set_rng_state
 
 from .qat import QATNet, export_tflite, load_qat, qat_state, twin_agreement
 
@@ -154,7 +155,6 @@ def twin_ap(qat: QATNet, cfg: dict, arch) -> float | None:
 def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io: bool, log=print) -> dict:
     """Write <artifacts>/tflite/model_int8_qat[_io].tflite and the twin <artifacts>/qat/model_qat.pt, list the
     file in the manifest (quantizer 'qat') beside what convert wrote; returns the manifest entry."""
-    from convert.source import load_source
     from posekit import manifest
     from quantize.calibration import calibration_batches, eval_batches
     from quantize.tflite import fully_integer
@@ -184,6 +184,7 @@ def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io
         keep = old["artifacts"]
     else:  # no conversion of this checkpoint there yet: a manifest of its own
         from model.arch import dump
+        from model.source import load_source
 
         src = load_source(cfg["ckpt"])
         artifacts.mkdir(parents=True, exist_ok=True)

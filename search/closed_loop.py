@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from model.arch import Arch, load
-from posekit.cli import ArgumentParser, lut_device, positive_float, positive_int
+from model.latency import lut_device
+from posekit.cli import ArgumentParser, positive_float, positive_int
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 
@@ -112,11 +113,11 @@ def main(argv) -> int:
     cfg = cli.build_config(a, out=a.out)
     out = Path(a.out)
 
-    from device_bench.lut import ensure_lut
+    from model.latency import load_lut
     from model.space import load_space
 
     space = load_space(a.space)
-    lut = ensure_lut(a.lut, space)  # this machine's host LUT, measured on first use
+    lut = load_lut(a.lut, space)  # this machine's host LUT: `make lut DEVICE=host-int8` measures it
     threads = a.runtime_threads or int(lut.header.get("threads") or 1)
     clock = a.clock or ("cpu" if str(lut.header.get("clock", "wall")).startswith("cpu") else "wall")
     if clock == "cpu" and threads != 1:

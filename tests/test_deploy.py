@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from convert.source import randomize
 from model.arch import Head
 from model.deploy import REWRITES, deploy_model, fold_bn, rewrite_deconv
 from model.heads import DeconvBNAct, PoseHead
+from model.source import randomize
 
 
 def _bn_random(bn):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from convert.source import randomize
 from model.blocks import InvertedResidual
 from model.deploy import deploy_model
+from model.source import randomize
 from posekit import export_tflite
 from posekit.errors import UserError
 from quantize import tflite as qtflite

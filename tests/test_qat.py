@@ -30,10 +30,11 @@ def qat(*args, check=True, **kw):
 
 def _random_init(arch: str, path: Path, head=None, input_size=None) -> Path:
     """convert's random init of an arch (kaiming weights, BatchNorm statistics from real crops), as a checkpoint."""
-    from convert.source import load_source
     from model.checkpoint import save_checkpoint
+    from model.source import load_source
+    from quantize.calibration import calibration_batches
 
-    src = load_source(None, arch, head, input_size)
+    src = load_source(None, arch, head, input_size, crops=lambda a: calibration_batches(a, None, 8))
     return save_checkpoint(path, src.net, src.arch, note="test net")
 
 

@@ -255,7 +255,7 @@ def evaluate_checkpoint(a) -> int:
 
     from model.checkpoint import load_checkpoint
     from posekit.io import atomic_write_json
-    from train.loop import evaluate
+    from posekit.training import evaluate
 
     net, arch, _ = load_checkpoint(a.eval)
     a.arch, a.out, a.resume = str(a.eval), a.eval.parent, True  # no run folder is made
