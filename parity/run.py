@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from parity import conversion_fidelity, metrics
 from posekit.errors import UserError
+from posekit.evaluate import mean_oks_agreement
 from posekit.io import atomic_path, atomic_write_json, sha256_file
 from runtime.runners import TorchRunner, make_runner
 
@@ -152,15 +153,6 @@ def reference(data: Data, net, cache: Path, key: str) -> dict:
             "sample_heatmaps": z["heatmaps"], **{k: z[k] for k in KEYPOINT_ARRAYS}}
 
 
-def oks_agreement(ref: dict, kps: np.ndarray) -> float:
-    """Mean over persons of each person's mean OKS (over labelled joints) of the runtime's keypoints against
-    PyTorch's (posekit.evaluate.oks_agreement: COCO sigmas, the person's annotated area)."""
-    from posekit.evaluate import oks_agreement as per_person
-
-    o = per_person(ref["keypoints"], kps, ref["areas"], ref["labelled"])
-    return float(np.nanmean(o)) if np.isfinite(o).any() else float("nan")
-
-
 def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, fidelity=None) -> dict:
     """Agreement of one runtime with the reference on every crop, plus `fidelity()`'s figures (cached per
     artifact: a killed run resumes)."""
@@ -182,7 +174,8 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, f
     kps = stats.pop("keypoints")
     for k in KEYPOINT_ARRAYS[1:]:
         stats.pop(k)
-    res = {**acc.result(), **stats, "oks_agreement": oks_agreement(ref, kps), "hist": acc.hist.tolist(),
+    oks = mean_oks_agreement(ref["keypoints"], kps, ref["areas"], ref["labelled"])
+    res = {**acc.result(), **stats, "oks_agreement": oks, "hist": acc.hist.tolist(),
            **(fidelity() if fidelity else {})}
     with atomic_path(fs) as tmp:
         with open(tmp, "wb") as fh:

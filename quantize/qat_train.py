@@ -219,7 +219,7 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     import numpy as np
 
     from posekit import manifest
-    from posekit.evaluate import evaluate_model, oks_agreement
+    from posekit.evaluate import evaluate_model, mean_oks_agreement
     from runtime import tflite
 
     net, arch, _ = load_checkpoint(ckpt)
@@ -252,7 +252,6 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     for name in files:
         if name != "float":
             ref = kps["float"]
-            oks = oks_agreement(ref["keypoints"], kps[name]["keypoints"], ref["areas"], ref["labelled"])
-            out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4),
-                             oks_agreement=round(float(np.nanmean(oks)), 4))
+            oks = mean_oks_agreement(ref["keypoints"], kps[name]["keypoints"], ref["areas"], ref["labelled"])
+            out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4), oks_agreement=round(oks, 4))
     return out

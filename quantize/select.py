@@ -54,22 +54,22 @@ def tflite_out(path, batches) -> np.ndarray:
     return np.concatenate([tflite.run(it, b.permute(0, 2, 3, 1).numpy()) for b in batches])
 
 
-def oks_agreement(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> float:
-    """Mean per-crop OKS of the candidate's decoded keypoints against the float model's, each crop taken as one
-    person whose area is the crop's (in input pixels) and every joint counted."""
-    from posekit.evaluate import oks_agreement as oks
+def heatmaps_oks_agreement(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> float:
+    """posekit.evaluate.mean_oks_agreement of the candidate's decoded keypoints against the float model's, each
+    crop taken as one person whose area is the crop's (in input pixels) and every joint counted."""
+    from posekit.evaluate import mean_oks_agreement
     from posekit.heatmap import STRIDE, decode
 
     r, _ = decode(np.transpose(ref_nhwc, (0, 3, 1, 2)))
     p, _ = decode(np.transpose(out_nhwc, (0, 3, 1, 2)))
     h, w = input_size
     area = np.full(len(r), float(h * w))
-    return float(np.nanmean(oks(r * STRIDE, p * STRIDE, area)))
+    return mean_oks_agreement(r * STRIDE, p * STRIDE, area)
 
 
 def score(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> dict:
     """{'oks_agreement', 'sqnr_db'} of one candidate's heatmaps against the float model's."""
-    return {"oks_agreement": round(oks_agreement(ref_nhwc, out_nhwc, input_size), 4),
+    return {"oks_agreement": round(heatmaps_oks_agreement(ref_nhwc, out_nhwc, input_size), 4),
             "sqnr_db": round(sqnr_db(ref_nhwc, out_nhwc), 2)}
 
 

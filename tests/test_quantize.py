@@ -96,7 +96,7 @@ def test_selection_by_oks_agreement_then_sqnr():
 
 
 def test_oks_agreement_of_heatmaps():
-    from quantize.select import oks_agreement
+    from quantize.select import heatmaps_oks_agreement as oks_agreement
 
     rng = np.random.default_rng(0)
     ref = rng.random((3, 16, 12, 17)).astype(np.float32)
