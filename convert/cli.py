@@ -96,7 +96,7 @@ def main(argv=None):
     if argv[:1] == ["head-bench"]:
         from model.deploy import REWRITES
 
-        from .bench import head_bench
+        from .head_bench import head_bench
 
         a = bench_parser().parse_args(argv[1:])
         head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES)

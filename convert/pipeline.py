@@ -269,12 +269,12 @@ def _one(t, net, arch, out, sample, batches, opts, log):
 
 def _guard(fn, what, net, sample):
     """Run one exporter; a failure becomes one line naming the op and the module path it came from."""
-    from . import locate
+    from . import failure_locator
 
     try:
         return fn()
     except Exception as e:
         text = str(e).strip()
         msg = text if isinstance(e, UserError) else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-        where = locate.locate(net, sample, getattr(locate, f"{what}_try"))
+        where = failure_locator.locate(net, sample, getattr(failure_locator, f"{what}_try"))
         raise UserError(f"{what}: cannot convert: {msg}{where}") from None

@@ -5,7 +5,7 @@
   is an alias: `python -m convert --targets quantized [options]` in a child process (convert's options; an fp32
   .tflite already in the output folder is reused when it matches the model).
 - qat: quantization-aware fine-tuning of a trained checkpoint, then a fully-integer .tflite with the learned scales
-  (quantize/qat_main.py)."""
+  (quantize/qat_cli.py)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["qat"]:
-        from .qat_main import main as qat_main
+        from .qat_cli import main as qat_cli
 
-        return qat_main(argv[1:])
+        return qat_cli(argv[1:])
     if argv in (["-h"], ["--help"]):
         build_parser().parse_args(argv)  # prints the subcommands and exits 0
     # `python -m quantize --ckpt ...` = `python -m quantize run --ckpt ...`

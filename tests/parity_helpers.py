@@ -110,7 +110,7 @@ def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
 
 def run_parity(argv, capsys):
     """python -m parity in-process: (exit code, captured out/err); torch's thread count restored after it."""
-    from parity.__main__ import main
+    from parity.cli import main
 
     n = torch.get_num_threads()
     try:

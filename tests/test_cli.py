@@ -13,18 +13,18 @@ from posekit import cli
 
 # (stage module, subcommand or None): every parser a user can reach
 PARSERS = {
-    "train": lambda: importlib.import_module("train.__main__").build_parser(),
+    "train": lambda: importlib.import_module("train.cli").build_parser(),
     "model": lambda: importlib.import_module("model.cli").build_parser(),
-    "device_bench": lambda: importlib.import_module("device_bench.__main__").build_parser(),
+    "device_bench": lambda: importlib.import_module("device_bench.cli").build_parser(),
     "search": lambda: importlib.import_module("search.cli").build_parser(),
     "search closed-loop": lambda: importlib.import_module("search.closed_loop").build_parser(),
     "convert": lambda: importlib.import_module("convert.cli").build_parser(),
     "convert head-bench": lambda: importlib.import_module("convert.cli").bench_parser(),
     "quantize": lambda: importlib.import_module("quantize.cli").build_parser(),
-    "parity": lambda: importlib.import_module("parity.__main__").build_parser(),
-    "demo": lambda: importlib.import_module("demo.__main__").build_parser(),
-    "quantize qat": lambda: importlib.import_module("quantize.qat_main").build_parser(),
-    "predict": lambda: importlib.import_module("predict.__main__").build_parser(),
+    "parity": lambda: importlib.import_module("parity.cli").build_parser(),
+    "demo": lambda: importlib.import_module("demo.cli").build_parser(),
+    "quantize qat": lambda: importlib.import_module("quantize.qat_cli").build_parser(),
+    "predict": lambda: importlib.import_module("predict.cli").build_parser(),
 }
 
 

@@ -163,7 +163,7 @@ def test_unconvertible_op_names_op_and_module(tmp_path):
 
 def test_help(capsys):
     from convert.cli import main as convert_main
-    from quantize.__main__ import main as quantize_main
+    from quantize.cli import main as quantize_main
 
     for main in (convert_main, quantize_main):
         assert main(["--help"]) == 0 and "--targets" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from device_bench import host, lut_accuracy
-from device_bench.__main__ import main
+from device_bench.cli import main
 from device_bench.lut import select_parts
 from model.space import load_space
 

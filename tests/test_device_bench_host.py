@@ -5,7 +5,7 @@ import json
 import pytest
 
 from device_bench import host, lutfile
-from device_bench.__main__ import main
+from device_bench.cli import main
 from device_bench.lut import select_parts
 from model.latency import LUT, load_lut, network_keys
 from model.space import load_space

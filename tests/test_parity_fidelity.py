@@ -75,7 +75,7 @@ def _val_run(path) -> tuple[np.ndarray, np.ndarray]:
     """What a .tflite gives parity's first KEYPOINT_CROPS val persons: their keypoints, decoded as parity decodes
     them (posekit.evaluate, GT boxes, flip test), and the file's outputs on the crops parity's conversion-fidelity
     check sees (its first FIDELITY_CROPS inputs: the same evaluate call, so the same crops in the same order)."""
-    from parity.run import FIDELITY_CROPS
+    from parity.compare_artifacts import FIDELITY_CROPS
     from posekit.evaluate import evaluate_model
     from posekit.keypoints import DEFAULT_COCO
     from runtime import tflite

@@ -161,7 +161,7 @@ def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_arch_ckpt
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     # other options in the same run folder: refused, not silently mixed
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     rc = main(["qat", "--ckpt", str(small_arch_ckpt), "--epochs", "3", *TINY, "--no-export", "--out", str(out)])
     err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_arch_ckpt
     (["--ckpt", "no/such.pt"], "no/such.pt"),
 ])
 def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     try:
         rc = main(["qat", *argv, "--out", str(tmp_path / "r")])
@@ -186,7 +186,7 @@ def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
 
 
 def test_help(capsys):
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     try:
         rc = main(["qat", "--help"])
@@ -198,7 +198,7 @@ def test_help(capsys):
 
 @pytest.mark.slow(3)
 def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_thread):
-    from parity.__main__ import main
+    from parity.cli import main
 
     _, art = exported
     rc = main(["--model-dir", str(art), "--crops", "3", "--no-locate", "--out", str(tmp_path / "p")])

@@ -252,7 +252,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
         row["status"] = "fail" if row["fails"] else "pass"
         if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
-                from parity.locate import first_divergence
+                from parity.first_divergence import first_divergence
 
                 row["first_divergence"] = first_divergence(runner, net, ref["sample_inputs"][:1], a["precision"])
             except Exception as e:  # locating is a diagnosis aid: never hide the failure itself
