@@ -105,7 +105,8 @@ def tflite_intermediates(runner, x):
 
 def onnx_intermediates(runner, x):
     import onnx
-    import onnxruntime as ort
+
+    from runtime.onnx import session
 
     m = onnx.load(str(runner.path))
     have = {o.name for o in m.graph.output}
@@ -115,7 +116,7 @@ def onnx_intermediates(runner, x):
             order.append((node.op_type, o))
             if o and o not in have:
                 m.graph.output.append(onnx.ValueInfoProto(name=o))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(m.SerializeToString(), what=runner.path)
     names = [o.name for o in sess.get_outputs()]
     vals = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: runner.prepare(x[:1])})))
     for typ, name in order:

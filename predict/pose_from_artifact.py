@@ -1,8 +1,8 @@
 """Top-down pose estimation on real images with one artifact, configured by the file's own metadata alone
 (runtime.metadata.read: input size, layout, dtype, quantization, normalization, keypoint names, skeleton) - no
 checkpoint, no manifest. Each person box (COCO detection results, or the whole image) becomes a crop exactly as
-the data pipeline makes it (posekit.transforms), the artifact runs through parity's runner for its format
-(ai_edge_litert, onnxruntime, Core ML's runtime on macOS or parity's reference executor elsewhere), and the heatmaps
+the data pipeline makes it (posekit.transforms), the artifact runs through runtime.runners for its format
+(ai_edge_litert, onnxruntime, Core ML's runtime on macOS or runtime's reference executor elsewhere), and the heatmaps
 decode to image keypoints as in evaluation (posekit.evaluate.keypoints_from_heatmaps)."""
 
 from __future__ import annotations

@@ -116,15 +116,9 @@ class OnnxRunner(Runner):
 
     def __init__(self, entry, model_dir, manifest, threads: int = 1):
         super().__init__(entry, model_dir, manifest)
-        import onnxruntime as ort
+        from runtime.onnx import session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        try:
-            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UserError(f"{self.path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+        self.sess = session(self.path, threads)
         self.iname = self.sess.get_inputs()[0].name
         shape0 = self.sess.get_inputs()[0].shape[0]
         self.batch = shape0 if isinstance(shape0, int) else 0  # symbolic batch: run all at once

@@ -1,6 +1,7 @@
 """The one reader of the .tflite flatbuffer (ai_edge_litert's generated schema bindings): operators with their
 builtin names, tensors and options, tensors with their quantization parameters, and the op census built on them
-(op_counts, op_dtypes, float_compute_ops). Nothing here runs a model (runtime/tflite.py does).
+(op_counts, op_dtypes, float_compute_ops), and `inline_buffers`, the one rewrite (for the metadata writer). Nothing
+here runs a model (runtime/tflite.py does).
 """
 
 from __future__ import annotations
@@ -133,3 +134,22 @@ def float_compute_ops(model: str | Path | bytes, ops: Iterable[str] = COMPUTE_OP
     """Compute ops that still run in float (float32/float16 output): empty for a fully-integer model."""
     ops = set(ops)
     return dict(Counter(name for name, outs in _census(model) if name in ops and outs and outs[0].startswith("float")))
+
+
+def inline_buffers(model: bytes) -> bytes:
+    """ai-edge-quantizer writes constant data after the flatbuffer (Buffer.offset/size, a newer schema field that
+    tflite-support 0.4.4's schema bindings do not know and would drop): move it back into the buffers, with the
+    current schema's bindings (ai_edge_litert), before the metadata populator (runtime/tflite_metadata.py) rewrites
+    the model."""
+    import flatbuffers
+
+    m = _schema().ModelT.InitFromPackedBuf(model, 0)
+    if not any((b.offset or 0) > 1 for b in m.buffers or []):
+        return model
+    for b in m.buffers:
+        if (b.offset or 0) > 1:
+            b.data = np.frombuffer(model[b.offset:b.offset + b.size], np.uint8)
+            b.offset = b.size = 0
+    builder = flatbuffers.Builder(len(model) + (1 << 16))
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -25,6 +25,7 @@ import numpy as np
 
 from posekit.errors import UserError
 from posekit.io import atomic_path
+from runtime.tflite_flatbuffer import inline_buffers
 
 NAMES_FILE = "keypoint_names.txt"
 SKELETON_FILE = "skeleton.json"
@@ -115,7 +116,7 @@ def write_tflite_metadata(path, f: dict) -> Path:
     path = Path(path)
     buf, files = metadata_buffer(f)
     before = _outputs(path)
-    pop = metadata.MetadataPopulator.with_model_buffer(_inline_buffers(_strip(path.read_bytes())))
+    pop = metadata.MetadataPopulator.with_model_buffer(inline_buffers(_strip(path.read_bytes())))
     pop.load_metadata_buffer(buf)
     pop.load_associated_file_buffers(files)
     pop.populate()
@@ -136,25 +137,6 @@ def _outputs(path) -> list[np.ndarray]:
     shape = tflite.io_details(it)["inputs"][0]["shape"]
     rng = np.random.default_rng(0)
     return [tflite.run(it, rng.uniform(-2, 2, shape).astype(np.float32)) for _ in range(2)]
-
-
-def _inline_buffers(model: bytes) -> bytes:
-    """ai-edge-quantizer writes constant data after the flatbuffer (Buffer.offset/size, a newer schema field that
-    tflite-support 0.4.4's schema bindings do not know and would drop): move it back into the buffers, with the
-    current schema's bindings (ai_edge_litert), before the populator rewrites the model."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromPackedBuf(model, 0)
-    if not any((b.offset or 0) > 1 for b in m.buffers or []):
-        return model
-    for b in m.buffers:
-        if (b.offset or 0) > 1:
-            b.data = np.frombuffer(model[b.offset:b.offset + b.size], np.uint8)
-            b.offset = b.size = 0
-    builder = flatbuffers.Builder(len(model) + (1 << 16))
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _strip(model: bytes) -> bytes:
