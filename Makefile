@@ -17,13 +17,12 @@ TARGET_MS ?=
 TARGETS ?=
 CALIB   ?=
 THREADS ?= 1
+ARM     ?=
 TESTS   ?= tests
 # pytest-xdist workers for `make test`: one per core, at most 4 (JOBS=0: no workers, one process)
 JOBS    ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 opt = $(if $(2),$(1) $(2))
-
-ARM     ?=
 
 .PHONY: setup setup-arm test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
 
@@ -81,8 +80,9 @@ quantize: $(STAMP)
 qat: $(STAMP)
 	$(PY) -m quantize qat $(call opt,--ckpt,$(CKPT)) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS))
 
-parity-test: $(STAMP)
-	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA))
+# ARM=1: also every .tflite on the four ARM CPU profiles (aarch64 LiteRT under qemu-user; ARM=armv8.0,... picks)
+parity-test: $(STAMP) $(if $(ARM),$(ARM_STAMP))
+	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA)) $(if $(ARM),--arm $(if $(filter 1,$(ARM)),all,$(ARM)))
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -107,31 +107,43 @@ def run(model: str | Path, inputs: Sequence[np.ndarray], profiles: Sequence[str]
     """Run `model`'s serving signature on every array of `inputs` (each already in the input's dtype and layout:
     see `model_inputs`), once per profile, in profile order. Never raises for a profile that dies: its ArmRun says
     why. Raises UserError for a missing runtime, an unknown profile or kernel set, or an unreadable model."""
+    return [runs[0] for runs in run_models([(model, inputs)], profiles, kernels, threads, root, timeout)]
+
+
+def run_models(jobs: Sequence[tuple[str | Path, Sequence[np.ndarray]]], profiles: Sequence[str] = ("armv8.0",),
+               kernels: str = "xnnpack", threads: int = 1, root: str | Path | None = None,
+               timeout: float = 600) -> list[list[ArmRun]]:
+    """`run` for several (model, inputs) jobs with one emulator start per profile (starting python, numpy and
+    LiteRT under emulation is most of a run's time): result[profile index][job index]. A profile that dies fails
+    every job of that profile."""
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         raise UserError(f"arm64 profile {unknown[0]!r}: unknown (known: {', '.join(PROFILES)})")
     if kernels not in KERNELS:
         raise UserError(f"arm64 kernels {kernels!r}: unknown (known: {', '.join(KERNELS)})")
-    model = Path(model).resolve()
-    if not model.is_file():
-        raise UserError(f"{model}: no such .tflite")
+    models = [Path(m).resolve() for m, _ in jobs]
+    for m in models:
+        if not m.is_file():
+            raise UserError(f"{m}: no such .tflite")
     s = setup(root)
     results = []
     with tempfile.TemporaryDirectory(prefix="posenas-arm64-") as tmp:
-        np.savez(Path(tmp) / "inputs.npz", **{str(i): np.asarray(x) for i, x in enumerate(inputs)})
+        for j, (_, inputs) in enumerate(jobs):
+            np.savez(Path(tmp) / f"inputs-{j}.npz", **{str(i): np.asarray(x) for i, x in enumerate(inputs)})
         for name in profiles:
-            results.append(_run_profile(s, name, model, Path(tmp), len(inputs), kernels, threads, timeout))
+            results.append(_run_profile(s, name, models, [len(x) for _, x in jobs], Path(tmp), kernels, threads,
+                                        timeout))
     return results
 
 
-def _run_profile(s: Setup, name: str, model: Path, io_dir: Path, n: int, kernels: str, threads: int,
-                 timeout: float) -> ArmRun:
+def _run_profile(s: Setup, name: str, models: list[Path], counts: list[int], io_dir: Path, kernels: str,
+                 threads: int, timeout: float) -> list[ArmRun]:
     cpu = PROFILES[name][0]
-    for f in ("outputs.npz", "seen.json"):
-        (io_dir / f).unlink(missing_ok=True)
+    for f in [*io_dir.glob("outputs-*.npz"), io_dir / "seen.json"]:
+        f.unlink(missing_ok=True)
     cmd = [*_isolation(), "--", "sh", "-c", _ISOLATE, "sh",
            str(s.qemu), "-cpu", cpu, "-L", str(s.sysroot), str(s.sysroot / "usr/bin/python3.11"),
-           str(WORKER), str(model), str(io_dir), kernels, str(threads)]
+           str(WORKER), str(io_dir), kernels, str(threads), *map(str, models)]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(s.site), "PYTHONNOUSERSITE": "1",
            "LC_ALL": "C"}
     seen = {"qemu": s.qemu_version, "cpu": cpu, "kernels_asked": kernels}
@@ -140,28 +152,32 @@ def _run_profile(s: Setup, name: str, model: Path, io_dir: Path, n: int, kernels
                             errors="replace", preexec_fn=die_with_parent)
     try:
         log, _ = proc.communicate(timeout=timeout)
+        error = None
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
-        return ArmRun(name, cpu, False, error=f"arm64 profile {name} (-cpu {cpu}): timed out after {timeout:.0f} s",
-                      seen=seen, emulated_s=time.monotonic() - t0)
-    elapsed = time.monotonic() - t0
+        log, _ = proc.communicate()
+        error = f"arm64 profile {name} (-cpu {cpu}): timed out after {timeout:g} s"
+    elapsed = (time.monotonic() - t0) / len(models)  # one emulator start shared by the jobs
     # LiteRT's own lines (e.g. "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") say which kernels ran
-    seen["litert_log"] = [ln.strip() for ln in log.splitlines() if ln.startswith(("INFO:", "WARNING:"))]
-    if proc.returncode != 0:
-        why = (f"killed by {_signal_name(proc.returncode)}" if proc.returncode < 0
-               else f"exit {proc.returncode}")
+    seen["litert_log"] = sorted({ln.strip() for ln in (log or "").splitlines() if ln.startswith(("INFO:", "WARN"))})
+    if error is None and proc.returncode != 0:
+        why = f"killed by {_signal_name(proc.returncode)}" if proc.returncode < 0 else f"exit {proc.returncode}"
         last = next((ln.strip() for ln in reversed(log.splitlines()) if ln.strip()), "")
-        return ArmRun(name, cpu, False, error=f"arm64 profile {name} (-cpu {cpu}): {why}" +
-                      (f": {last[:300]}" if last else ""), seen=seen, emulated_s=elapsed)
+        error = f"arm64 profile {name} (-cpu {cpu}): {why}" + (f": {last[:300]}" if last else "")
+    if error is not None:
+        return [ArmRun(name, cpu, False, error=error, seen=seen, emulated_s=elapsed) for _ in models]
     seen.update(json.loads((io_dir / "seen.json").read_text()))
-    seen["kernels"] = ("XNNPACK delegate" if seen.get("delegate_nodes") else "builtin (no delegate)")
-    outputs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-    with np.load(io_dir / "outputs.npz") as z:
-        for key in z.files:
-            i, out_name = key.split("/", 1)
-            outputs[int(i)][out_name] = z[key]
-    return ArmRun(name, cpu, True, outputs=outputs, seen=seen, emulated_s=elapsed)
+    delegates = seen.pop("delegate_nodes")
+    runs = []
+    for j, n in enumerate(counts):
+        outputs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+        with np.load(io_dir / f"outputs-{j}.npz") as z:
+            for key in z.files:
+                i, out_name = key.split("/", 1)
+                outputs[int(i)][out_name] = z[key]
+        kern = "XNNPACK delegate" if delegates[j] else "builtin (no delegate)"
+        runs.append(ArmRun(name, cpu, True, outputs=outputs, seen={**seen, "kernels": kern}, emulated_s=elapsed))
+    return runs
 
 
 def model_inputs(model: str | Path, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -229,7 +245,7 @@ def compare(host: Sequence[dict[str, np.ndarray]], arm: Sequence[dict[str, np.nd
             else:
                 d = np.abs(a.astype(np.float64) - h.astype(np.float64))
                 rng = float(np.ptp(h)) or 1.0
-                differing += int(np.count_nonzero(d > tol * rng))
+                differing += int(np.count_nonzero(d > tol * rng))  # tol 0: any difference counts
                 score = float(d.max()) / rng if d.size else 0.0
                 max_rel = max(max_rel, score)
             if score > worst and score > 0:
@@ -244,6 +260,8 @@ def compare(host: Sequence[dict[str, np.ndarray]], arm: Sequence[dict[str, np.nd
                 f"{'s' if max_steps > 1 else ''}; worst: {where}")
     else:
         ok = max_rel <= tol
-        text = (f"max |diff| {max_rel:.2g} of the output range (<= {tol:g})" if ok else
-                f"max |diff| {max_rel:.2g} of the output range > {tol:g}; worst: {where}")
+        text = (f"all {elements} values equal" if differing == 0 and max_rel == 0 else
+                f"max |diff| {max_rel:.2g} of range (tol {tol:g})" if ok else
+                f"{differing} of {elements} elements differ, max |diff| {max_rel:.2g} of range > {tol:g}; worst: "
+                f"{where}")
     return Agreement(ok, elements, differing, max_steps, max_rel, where if not ok else "", text)
