@@ -1,6 +1,7 @@
 """runtime/arm64.py: a real block (EfficientPose-A's ir_k7_e3, small spatial size) as int8 (int8 I/O) and fp32
 .tflite files, run by the host's x86 LiteRT and by aarch64 LiteRT under qemu-user on one ARM profile (`make test`
-installs the runtime: `make setup-arm`). Emulation is slow (about 10 s a run here), so one profile and two runs."""
+installs the runtime: `make setup-arm`). Emulation is slow (about 10 s an emulator start here), so one profile and
+one start for both files."""
 
 import numpy as np
 import pytest
@@ -29,15 +30,16 @@ def models(tmp_path_factory):
     return {"fp32": fp32, "int8": int8}, [x.permute(0, 2, 3, 1).numpy() for x in xs]
 
 
+@pytest.mark.slow(35)  # two conversions (the fixture) and one emulator start
 def test_int8_is_integer_exact_and_fp32_close_on_arm64(models):
     files, xs = models
-    for precision, path in files.items():
-        inputs = arm64.model_inputs(path, xs)
-        assert inputs[0].dtype == (np.int8 if precision == "int8" else np.float32)
-        host = arm64.host_outputs(path, inputs)
-        (r,) = arm64.run(path, inputs, profiles=[PROFILE])
+    inputs = {p: arm64.model_inputs(path, xs) for p, path in files.items()}
+    assert inputs["int8"][0].dtype == np.int8 and inputs["fp32"][0].dtype == np.float32
+    # both files in one emulator start (most of a run's time is python and LiteRT starting under emulation)
+    (runs,) = arm64.run_models([(files[p], inputs[p]) for p in files], profiles=[PROFILE])
+    for (precision, path), r in zip(files.items(), runs):
         assert r.ok, r.error
-        agree = arm64.compare(host, r.outputs, tol=1e-5)
+        agree = arm64.compare(arm64.host_outputs(path, inputs[precision]), r.outputs, tol=1e-5)
         assert agree.ok, agree.text
         if precision == "int8":
             assert r.outputs[0]["heatmaps"].dtype == np.int8 and agree.differing == 0 and agree.max_steps == 0
