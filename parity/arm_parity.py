@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from parity import metrics
-from parity.runners import TFLiteRunner
 from posekit.errors import UserError
 from runtime import arm64
+from runtime.runners import TFLiteRunner
 
 ARM_TOL = 1e-5  # float outputs: max |arm64 - host| / host range (measured <= 5e-7 on the demo files)
 # A static int8 file with float I/O ends in DEQUANTIZE of int8 values: its float output is equal iff the integers are

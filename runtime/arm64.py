@@ -181,11 +181,11 @@ def _run_profile(s: Setup, name: str, models: list[Path], counts: list[int], io_
 
 
 def model_inputs(model: str | Path, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Float inputs (in the model's layout) as the model takes them: quantized like posekit.litert.run does for an
+    """Float inputs (in the model's layout) as the model takes them: quantized like runtime.tflite.run does for an
     integer input, so host and arm64 get the very same integers."""
-    from posekit import litert
+    from runtime import tflite
 
-    (inp,) = litert.io_details(model)["inputs"]
+    (inp,) = tflite.io_details(model)["inputs"]
     q = inp["quantization"]
     if q is None or inp["dtype"] == "float32":
         return [np.asarray(x, np.float32) for x in xs]
@@ -197,9 +197,9 @@ def model_inputs(model: str | Path, xs: Sequence[np.ndarray]) -> list[np.ndarray
 def host_outputs(model: str | Path, inputs: Sequence[np.ndarray], kernels: str = "xnnpack",
                  threads: int = 1) -> list[dict[str, np.ndarray]]:
     """The host (x86) LiteRT's raw outputs for the same inputs: what `run`'s outputs are compared with."""
-    from posekit import litert
+    from runtime import tflite
 
-    runner = litert.interpreter(model, threads, xnnpack=kernels == "xnnpack").get_signature_runner(SIGNATURE)
+    runner = tflite.interpreter(model, threads, kernels=kernels).get_signature_runner(SIGNATURE)
     (iname, _), = runner.get_input_details().items()
     return [{k: np.array(v) for k, v in runner(**{iname: np.asarray(x)}).items()} for x in inputs]
 

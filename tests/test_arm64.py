@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from convert.source import randomize
 from model.blocks import InvertedResidual
 from model.deploy import deploy_model
-from posekit import litert
+from model.source import randomize
 from posekit.errors import UserError
+from posekit.export_tflite import litert_to_tflite
 from quantize import tflite as qtflite
 from runtime import arm64
 
@@ -25,7 +25,7 @@ def models(tmp_path_factory):
     xs = [torch.randn(1, 32, 8, 6, generator=torch.Generator().manual_seed(100 + i)) for i in range(2)]
     calib = [torch.randn(1, 32, 8, 6, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     d = tmp_path_factory.mktemp("arm64")
-    fp32 = litert.to_tflite(net, xs[0], d / "fp32.tflite")
+    fp32 = litert_to_tflite(net, xs[0], d / "fp32.tflite")
     int8 = qtflite.quantize_tflite(fp32, d / "int8.tflite", "int8", calib, int8_io=True)
     return {"fp32": fp32, "int8": int8}, [x.permute(0, 2, 3, 1).numpy() for x in xs]
 
