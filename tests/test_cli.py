@@ -25,6 +25,7 @@ PARSERS = {
     "demo": lambda: importlib.import_module("demo.__main__").build_parser(),
     "quantize qat": lambda: importlib.import_module("quantize.qat_main").build_parser(),
     "predict": lambda: importlib.import_module("predict.__main__").build_parser(),
+    "profile": lambda: importlib.import_module("runtime.tflite_profile").build_parser(),
 }
 
 

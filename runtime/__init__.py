@@ -1,0 +1,1 @@
+"""Loading and running artifacts (the TFLite interpreter, flatbuffer reading, per-op profiling)."""
