@@ -99,10 +99,11 @@ def format_profile(p: OpProfile, top: int = 10) -> str:
 def short_name(name: str, parts: int = 2) -> str:
     """litert-torch names a tensor by the full module path of each fused op ('a/b/model.blocks.ConvBNAct_1/...;;...'):
     the last `parts` modules of the first path, less torch's own (Sequential, activations, Conv2d)."""
+    name, plus, note = name.partition(" (+")
     first = name.split(";")[0]
     mods = [m.rsplit(".", 1)[-1] for m in first.split("/")]
     keep = [m for m in mods if not m.startswith(("Sequential", "ReLU", "Conv2d", "ConvTranspose2d", "Hardswish"))]
-    return "/".join(keep[-parts:]) if "/" in first else first
+    return ("/".join(keep[-parts:]) if "/" in first else first) + (plus + note if plus else "")
 
 
 # ---------------------------------------------------------------------------------------------------- flatbuffer
@@ -166,13 +167,20 @@ def _name(t) -> str:
 def single_op_model(m, i: int, sg: int = 0) -> tuple[bytes, list[int]]:
     """Op `i` of subgraph `sg` of ModelT `m` as a model of its own: (bytes, the original indices of its inputs, in
     the new model's input order). Constants keep their buffers; every other input becomes a model input."""
+    return ops_model(m, [i], sg)
+
+
+def ops_model(m, idx: list[int], sg: int = 0) -> tuple[bytes, list[int]]:
+    """Ops `idx` (in graph order, each feeding the next) as a model of their own: its inputs are the non-constant
+    tensors they read and do not make, its outputs those the last op makes; (bytes, original input indices)."""
     import copy
 
     s = _schema()
     g = m.subgraphs[sg]
-    op = g.operators[i]
-    used = [t for t in list(op.inputs if op.inputs is not None else []) + list(op.outputs) if t >= 0]
-    used = list(dict.fromkeys(used))
+    ops = [g.operators[i] for i in idx]
+    ins = lambda op: [t for t in (op.inputs if op.inputs is not None else []) if t >= 0]  # noqa: E731
+    made = {t for op in ops for t in op.outputs}
+    used = list(dict.fromkeys(t for op in ops for t in ins(op) + list(op.outputs)))
     remap = {t: k for k, t in enumerate(used)}
     buffers = [s.BufferT()]
     tensors = []
@@ -184,22 +192,55 @@ def single_op_model(m, i: int, sg: int = 0) -> tuple[bytes, list[int]]:
         else:
             nt.buffer = 0
         tensors.append(nt)
-    new_op = copy.copy(op)
-    new_op.opcodeIndex = 0
-    new_op.inputs = [remap[t] if t >= 0 else -1 for t in (op.inputs if op.inputs is not None else [])]
-    new_op.outputs = [remap[t] for t in op.outputs]
-    new_op.intermediates = None
-    inputs = [t for t in dict.fromkeys(op.inputs if op.inputs is not None else [])
-              if t >= 0 and not _is_const(m, g.tensors[t])]
+    codes, new_ops = [], []
+    for op in ops:
+        new_op = copy.copy(op)
+        code = m.operatorCodes[op.opcodeIndex]
+        if code not in codes:
+            codes.append(code)
+        new_op.opcodeIndex = codes.index(code)
+        new_op.inputs = [remap[t] if t >= 0 else -1 for t in (op.inputs if op.inputs is not None else [])]
+        new_op.outputs = [remap[t] for t in op.outputs]
+        new_op.intermediates = None
+        new_ops.append(new_op)
+    inputs = [t for t in dict.fromkeys(t for op in ops for t in ins(op))
+              if t not in made and not _is_const(m, g.tensors[t])]
     ng = s.SubGraphT()
-    ng.tensors, ng.operators = tensors, [new_op]
-    ng.inputs, ng.outputs = [remap[t] for t in inputs], list(new_op.outputs)
-    ng.name = "op"
+    ng.tensors, ng.operators = tensors, new_ops
+    ng.inputs, ng.outputs = [remap[t] for t in inputs], [remap[t] for t in ops[-1].outputs]
+    ng.name = "ops"
     nm = s.ModelT()
-    nm.version, nm.description = m.version, b"single op"
-    nm.operatorCodes = [m.operatorCodes[op.opcodeIndex]]
-    nm.subgraphs, nm.buffers = [ng], buffers
+    nm.version, nm.description = m.version, b"ops cut from a model"
+    nm.operatorCodes, nm.subgraphs, nm.buffers = codes, [ng], buffers
     return _pack(nm), inputs
+
+
+# XNNPACK folds a PAD into the padding of the convolution it feeds (so in the whole model it costs nothing):
+# on XNNPACK such a PAD is timed together with its conv and its time goes to the conv's row.
+FUSED_PAD_INTO = ("CONV_2D", "DEPTHWISE_CONV_2D")
+
+
+def units(m, kernels: str, sg: int = 0) -> list[list[int]]:
+    """The op groups timed together on `kernels`: [i] for each op, [pad, conv] where XNNPACK fuses the pad."""
+    g = m.subgraphs[sg]
+    if kernels != "xnnpack":
+        return [[i] for i in range(len(g.operators))]
+    readers: dict[int, list[int]] = defaultdict(list)
+    for i, op in enumerate(g.operators):
+        for t in op.inputs if op.inputs is not None else []:
+            readers[t].append(i)
+    out, skip = [], set()
+    for i, op in enumerate(g.operators):
+        if i in skip:
+            continue
+        r = readers[op.outputs[0]]
+        if (_op_name(m, op) == "PAD" and len(r) == 1 and _op_name(m, g.operators[r[0]]) in FUSED_PAD_INTO
+                and op.outputs[0] not in g.outputs and g.operators[r[0]].inputs[0] == op.outputs[0]):
+            out.append([i, r[0]])
+            skip.add(r[0])
+        else:
+            out.append([i])
+    return out
 
 
 def _all_outputs_model(m, sg: int = 0) -> bytes:
@@ -280,9 +321,11 @@ def _input_values(it, rng) -> list[np.ndarray]:
     return out
 
 
-def op_models(path: str | Path) -> Iterator[tuple[int, str, str, str, bytes, list[np.ndarray]]]:
-    """(index, type, output shape, output name, single-op model bytes, input values from a whole-model run) for
-    every op of the main subgraph, in graph order."""
+def op_models(path: str | Path, kernels: str = "builtin") -> Iterator[tuple[int, str, str, str, bytes,
+                                                                        list[np.ndarray]]]:
+    """(index, type, output shape, output name, model bytes, input values from a whole-model run) for every op of
+    the main subgraph, in graph order; on XNNPACK a PAD it fuses into the next conv comes with that conv (`units`),
+    the row being the conv's."""
     m = load_model(path)
     g = m.subgraphs[0]
     if len(m.subgraphs) > 1:
@@ -291,11 +334,13 @@ def op_models(path: str | Path) -> Iterator[tuple[int, str, str, str, bytes, lis
         whole = _interp(_all_outputs_model(m), "builtin", 1, Path(tmp), "all")
         _feed(whole, _input_values(whole, np.random.default_rng(0)))
         whole.invoke()
-        for i, op in enumerate(g.operators):
-            content, inputs = single_op_model(m, i)
+        for unit in units(m, kernels):
+            content, inputs = ops_model(m, unit)
             values = [whole.get_tensor(t) for t in inputs]
+            op = g.operators[unit[-1]]
             out = g.tensors[op.outputs[0]]
-            yield i, _op_name(m, op), _shape(out), _name(out), content, values
+            name = _name(out) + (" (+ the PAD before it, fused by XNNPACK)" if len(unit) > 1 else "")
+            yield unit[-1], _op_name(m, op), _shape(out), name, content, values
 
 
 def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, threads: int = 1,
@@ -308,7 +353,6 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
     if threads != 1:  # the thread CPU clock equals latency only when the calling thread does all the work
         raise UserError("the per-op profile runs 1 thread (each op's time is the calling thread's CPU time)")
     path = Path(path)
-    ops = list(op_models(path))
     res = {}
     with tempfile.TemporaryDirectory(prefix="tflite-profile-") as tmp:
         tmp = Path(tmp)
@@ -320,7 +364,7 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
             overhead = time_invoke(noop, repeats)
             before = time_invoke(whole, repeats, target_s=0.05)
             times = []
-            for i, typ, shape, name, content, values in ops:
+            for i, typ, shape, name, content, values in op_models(path, k):
                 it = _interp(content, k, threads, tmp, f"op{i}")
                 _feed(it, values)
                 times.append(OpTime(i, typ, shape, max(0.0, time_invoke(it, repeats) - overhead), name))
