@@ -102,13 +102,48 @@ def bench_host(args) -> list[tuple[str, dict]]:
     print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {clock} clock:")
     _print_table(rows)
     _census(next(iter(targets.values()))[0])
+    fastest = _fastest(rows, meta)
+    if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
+        _op_profiles(dict.fromkeys(p for p, _ in targets.values()))
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
     if args.json:
         atomic_write_json(args.json, {"device": "host", "threads": args.threads, "clock": clock,
-                                      "results": [{"name": n, **meta[n], **s} for n, s in rows]})
+                                      "results": [{"name": n, **meta[n], **s} for n, s in rows],
+                                      "fastest_kernels": fastest})
         print(f"wrote {args.json}")
     return rows
+
+
+def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
+    """{file: {kernels, median_ms}} of the fastest kernel set per file, printed with the int8 / fp32 ratio under the
+    default kernels (XNNPACK) and under each file's fastest (XNNPACK's >25-tap depthwise slow path on x86 makes
+    builtin the fastest for int8 here: python -m runtime.dwconv_repro)."""
+    best: dict[str, dict] = {}
+    default: dict[str, float] = {}
+    for n, s in rows:
+        f, k = meta[n]["file"], meta[n]["kernels"]
+        if f not in best or s["median_ms"] < best[f]["median_ms"]:
+            best[f] = {"kernels": k, "median_ms": s["median_ms"], "precision": meta[n]["precision"]}
+        if k == "xnnpack":
+            default[f] = s["median_ms"]
+    print("fastest kernels: " + ", ".join(f"{Path(f).name} {b['kernels']} ({b['median_ms']:.3f} ms)"
+                                          for f, b in best.items()))
+    by_prec = {b["precision"]: f for f, b in best.items() if b["precision"]}
+    if "fp32" in by_prec and "int8" in by_prec and by_prec["fp32"] in default and by_prec["int8"] in default:
+        f32, i8 = by_prec["fp32"], by_prec["int8"]
+        print(f"int8 / fp32: {default[i8] / default[f32]:.2f}x under the default kernels (xnnpack), "
+              f"{best[i8]['median_ms'] / best[f32]['median_ms']:.2f}x under each file's fastest "
+              f"(int8 {best[i8]['kernels']}, fp32 {best[f32]['kernels']})")
+    return best
+
+
+def _op_profiles(paths) -> None:
+    from runtime.tflite_profile import format_profile, profile_tflite
+
+    for path in paths:
+        for p in profile_tflite(path).values():
+            print(format_profile(p, top=8))
 
 
 def _kernels(xnnpack: bool) -> str:
@@ -133,9 +168,19 @@ def bench_android(args) -> dict:
     med = r.get("median_us", r["avg_us"]) / 1e3
     print(f"{serial}: avg {r['avg_us'] / 1e3:.3f} ms, median {med:.3f} ms, std {r['std_us'] / 1e3:.3f} ms, "
           f"n {r['count']} (benchmark_model prints no p90; min {r['min_us'] / 1e3:.3f}, max {r['max_us'] / 1e3:.3f})")
-    for op in sorted(r["ops"], key=lambda o: -o["avg_ms"])[:15]:
-        print(f"  {op['avg_ms']:8.3f} ms {op['pct']:5.1f}%  {op['type']:<20} {op['name']}")
+    from runtime.tflite_profile import format_profile
+
+    print(format_profile(phone_profile(r, serial, _kernels(args.xnnpack)), top=15))
     return r
+
+
+def phone_profile(r: dict, serial: str, kernels: str):
+    """benchmark_model --enable_op_profiling's table (android.parse_benchmark_output) as the host profile's type."""
+    from runtime.tflite_profile import OpProfile, OpTime
+
+    ops = tuple(OpTime(None, op["type"], "", op["avg_ms"], op["name"]) for op in r["ops"])
+    return OpProfile(source=f"{serial} benchmark_model --enable_op_profiling", kernels=kernels, ops=ops,
+                     model_ms=r.get("median_us", r["avg_us"]) / 1e3)
 
 
 def run_bench(args):

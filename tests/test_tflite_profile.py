@@ -92,3 +92,17 @@ def test_dwconv_repro_is_a_valid_model_both_kernel_sets_agree(tmp_path, dtype):
         ys.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float32))
     assert ys[0].std() > 0
     assert np.abs(ys[0] - ys[1]).max() <= (1 if dtype == "int8" else 1e-4)
+
+
+def test_a_phone_op_profile_fills_the_same_table():
+    from pathlib import Path
+
+    from device_bench import android
+    from device_bench.bench import phone_profile
+
+    r = android.parse_benchmark_output((Path(__file__).parent / "data" / "device_bench" /
+                                        "benchmark_model_op_profiling.txt").read_text())
+    p = phone_profile(r, "SERIAL0", "xnnpack")
+    top = max(r["ops"], key=lambda o: o["avg_ms"])
+    table = tflite_profile.format_profile(p, top=3)
+    assert len(p.ops) == len(r["ops"]) and top["type"] in table.splitlines()[1] and "sum/model" in table
