@@ -106,3 +106,28 @@ def test_a_phone_op_profile_fills_the_same_table():
     top = max(r["ops"], key=lambda o: o["avg_ms"])
     table = tflite_profile.format_profile(p, top=3)
     assert len(p.ops) == len(r["ops"]) and top["type"] in table.splitlines()[1] and "sum/model" in table
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_routed_large_dwconv_runs_on_builtin_bit_exactly(tmp_path, dtype):
+    """quantize/xnnpack_route.py: a 7x7 depthwise conv routed to the builtin kernels gives, under the default
+    (XNNPACK) interpreter, exactly the builtin kernels' output; a 5x5 one is left to XNNPACK."""
+    from posekit import litert
+    from quantize.xnnpack_route import route_large_dwconv
+
+    for k, routed in ((7, 1), (5, 0)):
+        src = litert.write_tflite(dwconv_repro.dwconv_model(k, (8, 6, 32), dtype), tmp_path / f"k{k}.tflite")
+        dst = tmp_path / f"k{k}_routed.tflite"
+        assert route_large_dwconv(src, dst) == routed
+        assert litert.op_counts(dst).get("RESHAPE", 0) == routed
+        ys = []
+        for p, xnn in ((dst, True), (src, False)):
+            it = litert.interpreter(p, 1, xnnpack=xnn)
+            d = it.get_input_details()[0]
+            rng = np.random.default_rng(0)
+            x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
+            it.set_tensor(d["index"], x.astype(d["dtype"]))
+            it.invoke()
+            ys.append(it.get_tensor(it.get_output_details()[0]["index"]))
+        if routed:
+            assert np.array_equal(ys[0], ys[1])
