@@ -87,6 +87,7 @@ def bench_host(args) -> list[tuple[str, dict]]:
                 name = f"{a['file']} {a['precision']} [{_kernels(xnn)}]"
                 targets[name] = (d / a["file"], xnn)
                 meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": _kernels(xnn)}
+        routed = _routed_targets(d, arts, targets, meta)  # noqa: F841 (the temp folder lives until the bench ends)
     runners = {}
     for name, (p, xnn) in targets.items():
         try:
@@ -104,7 +105,8 @@ def bench_host(args) -> list[tuple[str, dict]]:
     _census(next(iter(targets.values()))[0])
     fastest = _fastest(rows, meta)
     if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
-        _op_profiles(dict.fromkeys(p for p, _ in targets.values()))
+        _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
+                      for n, (p, _) in targets.items()})
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
     if args.json:
@@ -121,12 +123,15 @@ def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
     builtin the fastest for int8 here: python -m runtime.dwconv_repro)."""
     best: dict[str, dict] = {}
     default: dict[str, float] = {}
+    routed: dict[str, float] = {}
     for n, s in rows:
         f, k = meta[n]["file"], meta[n]["kernels"]
         if f not in best or s["median_ms"] < best[f]["median_ms"]:
             best[f] = {"kernels": k, "median_ms": s["median_ms"], "precision": meta[n]["precision"]}
         if k == "xnnpack":
             default[f] = s["median_ms"]
+        if k == ROUTED:
+            routed[f] = s["median_ms"]
     print("fastest kernels: " + ", ".join(f"{Path(f).name} {b['kernels']} ({b['median_ms']:.3f} ms)"
                                           for f, b in best.items()))
     by_prec = {b["precision"]: f for f, b in best.items() if b["precision"]}
@@ -135,15 +140,40 @@ def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
         print(f"int8 / fp32: {default[i8] / default[f32]:.2f}x under the default kernels (xnnpack), "
               f"{best[i8]['median_ms'] / best[f32]['median_ms']:.2f}x under each file's fastest "
               f"(int8 {best[i8]['kernels']}, fp32 {best[f32]['kernels']})")
+        if i8 in routed:
+            print(f"int8 / fp32 with >25-tap depthwise convs routed to builtin (quantize/xnnpack_route.py): "
+                  f"int8 routed / fp32 as converted {routed[i8] / default[f32]:.2f}x"
+                  + (f", both routed {routed[i8] / routed[f32]:.2f}x" if f32 in routed else ""))
     return best
 
 
-def _op_profiles(paths) -> None:
+def _op_profiles(paths: dict) -> None:
     from runtime.tflite_profile import format_profile, profile_tflite
 
-    for path in paths:
-        for p in profile_tflite(path).values():
+    for path, kernels in paths.items():
+        for p in profile_tflite(path, kernels).values():
             print(format_profile(p, top=8))
+
+
+ROUTED = "xnnpack+builtin-dwconv"
+
+
+def _routed_targets(d: Path, arts: list[dict], targets: dict, meta: dict):
+    """Each file with its >25-tap depthwise convs routed to the builtin kernels (quantize/xnnpack_route.py: XNNPACK's
+    slow path for them on x86), timed beside the file as converted; the copies live in a temp folder (returned,
+    removed when dropped)."""
+    import tempfile
+
+    from quantize.xnnpack_route import route_large_dwconv
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-routed-")
+    for a in arts:
+        dst = Path(tmp.name) / Path(a["file"]).name
+        if route_large_dwconv(d / a["file"], dst):
+            name = f"{a['file']} {a['precision']} [{ROUTED}]"
+            targets[name] = (dst, True)
+            meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": ROUTED}
+    return tmp
 
 
 def _kernels(xnnpack: bool) -> str:
