@@ -9,6 +9,11 @@ Rewrites of a depthwise ConvTranspose2d (stride s, kernel k, padding p), all exa
   followed by a pixel shuffle computes it. TFLite: DEPTHWISE_CONV_2D (+ PAD when the taps are asymmetric) +
   RESHAPE, TRANSPOSE, RESHAPE.
 - "phases": the same taps as s*s separate depthwise convs, concatenated, then a pixel shuffle.
+- "interleave": the phases' convs, interleaved by stacks on the channels-last view (no TRANSPOSE), the ReLU after
+  the deconv fused into each phase's conv. head-bench (fp32, XNNPACK, 1 thread, one run, 2026-12-02): plain 2.60 ms,
+  subpixel 0.40x plain, phases 0.31x, interleave 0.23x; int8 (static_wi8_ai8, XNNPACK): plain 1.31 ms, subpixel
+  4.11 ms (its multiplier-4 depthwise conv alone 2.4 ms), interleave 0.57 ms. Not the default yet: quantize/qat.py
+  and quantize/simulate.py (the int8 twins) know the sub-pixel form only, and Core ML was not timed (no Mac here).
 
 - "zeros": zero insertion (stride-s upsampling with zeros) then a stride-1 depthwise conv with the flipped kernel.
 - "dense": one dense ConvTranspose2d with a block-diagonal weight (C times the MACs, one TRANSPOSE_CONV).
