@@ -31,7 +31,7 @@ import numpy as np
 from posekit.errors import UserError
 
 KERNELS = ("xnnpack", "builtin")
-WHOLE_EVERY = 10  # ops between two samples of the whole model
+WHOLE_SAMPLES = 10  # samples of the whole model taken between the ops
 
 
 @dataclass(frozen=True)
@@ -363,16 +363,18 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
             noop = _interp(_noop_model(), k, threads, tmp, "noop")
             _feed(noop, [np.ones(1, np.float32)] * 2)
             overhead = time_invoke(noop, repeats)
-            # the whole model is sampled before, every WHOLE_EVERY ops and after: its minimum is taken over the
-            # same stretch of machine load as the ops' (a shared host's load changes within a profile)
+            # the whole model is sampled before, WHOLE_SAMPLES times between the ops and after: its minimum is taken
+            # over the same stretch of machine load as the ops' (a shared host's load changes within a profile)
             best = time_invoke(whole, repeats, target_s=0.05)
             times = []
-            for n, (i, typ, shape, name, content, values) in enumerate(op_models(path, k)):
+            cut = list(op_models(path, k))
+            every = max(1, len(cut) // WHOLE_SAMPLES)
+            for n, (i, typ, shape, name, content, values) in enumerate(cut):
                 it = _interp(content, k, threads, tmp, f"op{i}")
                 _feed(it, values)
                 times.append(OpTime(i, typ, shape, max(0.0, time_invoke(it, repeats) - overhead), name))
                 del it
-                if n % WHOLE_EVERY == WHOLE_EVERY - 1:
+                if n % every == every - 1:
                     best = min(best, time_invoke(whole, 2, target_s=0.02))
             best = min(best, time_invoke(whole, repeats, target_s=0.05))
             res[k] = OpProfile(source=f"host {path.name}", kernels=k, ops=tuple(times),

@@ -26,7 +26,7 @@ def test_sum_of_ops_is_within_10_percent_of_the_whole_model(block, precision, on
     names = [t for _, t, *_ in ops]
     assert "DEPTHWISE_CONV_2D" in names and "CONV_2D" in names
     best = {}
-    for _ in range(3):  # a shared machine: the best of three profiles per kernel set
+    for _ in range(4):  # a shared machine: the best of up to four profiles per kernel set
         for k, p in tflite_profile.profile_tflite(path).items():
             assert 0 < len(p.ops) <= len(ops) and all(o.ms >= 0 for o in p.ops)
             if k not in best or abs(p.ratio - 1) < abs(best[k].ratio - 1):
