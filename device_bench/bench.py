@@ -103,16 +103,16 @@ def bench_host(args) -> list[tuple[str, dict]]:
     print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {clock} clock:")
     _print_table(rows)
     _census(next(iter(targets.values()))[0])
-    fastest = _fastest(rows, meta)
+    fastest, profiles = _fastest(rows, meta), []
     if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
-        _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
+        profiles = _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
                       for n, (p, _) in targets.items()})
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
     if args.json:
         atomic_write_json(args.json, {"device": "host", "threads": args.threads, "clock": clock,
                                       "results": [{"name": n, **meta[n], **s} for n, s in rows],
-                                      "fastest_kernels": fastest})
+                                      "fastest_kernels": fastest, "profiles": profiles})
         print(f"wrote {args.json}")
     return rows
 
@@ -147,12 +147,15 @@ def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
     return best
 
 
-def _op_profiles(paths: dict) -> None:
+def _op_profiles(paths: dict) -> list[dict]:
     from runtime.tflite_profile import format_profile, profile_tflite
 
+    out = []
     for path, kernels in paths.items():
         for p in profile_tflite(path, kernels).values():
             print(format_profile(p, top=8))
+            out.append({"file": str(path), **p.to_json()})
+    return out
 
 
 ROUTED = "xnnpack+builtin-dwconv"
