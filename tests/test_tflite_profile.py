@@ -131,3 +131,12 @@ def test_routed_large_dwconv_runs_on_builtin_bit_exactly(tmp_path, dtype):
             ys.append(it.get_tensor(it.get_output_details()[0]["index"]))
         if routed:
             assert np.array_equal(ys[0], ys[1])
+
+
+def test_profile_bar_chart_for_the_report(block, tmp_path):
+    from demo.charts import op_profile_chart
+
+    profiles = [{"file": str(block[q]), **p.to_json()} for q in ("fp32", "int8")
+                for p in tflite_profile.profile_tflite(block[q], repeats=2).values()]
+    png = op_profile_chart(profiles, tmp_path / "op_profile.png")
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
