@@ -27,8 +27,8 @@ def route_large_dwconv(src: str | Path, dst: str | Path, max_taps: int = MAX_XNN
     builtin kernels (module doc); returns how many were routed."""
     from ai_edge_litert import schema_py_generated as s
 
-    from posekit.litert import write_tflite
-    from runtime.tflite_profile import _op_name, _pack, load_model
+    from posekit.export_tflite import write_tflite
+    from runtime.tflite_flatbuffer import load_model, op_name, pack_model
 
     m = load_model(src)
     g = m.subgraphs[0]
@@ -37,7 +37,7 @@ def route_large_dwconv(src: str | Path, dst: str | Path, max_taps: int = MAX_XNN
     code.version = 1
     ops, n = [], 0
     for op in g.operators:
-        if _op_name(m, op) == "DEPTHWISE_CONV_2D":
+        if op_name(m, op) == "DEPTHWISE_CONV_2D":
             w = g.tensors[op.inputs[1]]
             if int(w.shape[1]) * int(w.shape[2]) > max_taps:
                 if n == 0:
@@ -62,5 +62,5 @@ def route_large_dwconv(src: str | Path, dst: str | Path, max_taps: int = MAX_XNN
                 n += 1
         ops.append(op)
     g.operators = ops
-    write_tflite(_pack(m), dst)
+    write_tflite(pack_model(m), dst)
     return n

@@ -21,8 +21,9 @@ from posekit.errors import UserError
 def dwconv_model(k: int, hwc: tuple[int, int, int] = (8, 6, 576), dtype: str = "int8", seed: int = 0) -> bytes:
     """One DEPTHWISE_CONV_2D, k x k, stride 1, SAME padding, ReLU, on a (1, H, W, C) input: fp32, or int8 the way
     ai-edge-quantizer writes it (int8 activations, per-channel symmetric int8 weights on axis 3, int32 bias)."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as s
+
+    from .tflite_flatbuffer import pack_model
 
     if dtype not in ("fp32", "int8"):
         raise UserError(f"dtype {dtype!r}: expected fp32 or int8")
@@ -76,24 +77,23 @@ def dwconv_model(k: int, hwc: tuple[int, int, int] = (8, 6, 576), dtype: str = "
     m = s.ModelT()
     m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [code], [g], buffers
     m.description = f"one {k}x{k} depthwise conv, {dtype}, {h}x{w}x{c}".encode()
-    b = flatbuffers.Builder(1 << 16)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return pack_model(m)
 
 
 def measure(out: Path, ks=(3, 5, 7), hwc=(8, 6, 576), repeats: int = 7) -> list[dict]:
     """Write each model to `out` and time it on both kernel sets: [{k, dtype, file, xnnpack_ms, builtin_ms}]."""
-    from posekit import litert
+    from posekit.export_tflite import write_tflite
 
+    from .tflite import interpreter
     from .tflite_profile import time_invoke
 
     rows = []
     for dtype in ("fp32", "int8"):
         for k in ks:
-            path = litert.write_tflite(dwconv_model(k, hwc, dtype), out / f"dwconv_k{k}_{dtype}.tflite")
+            path = write_tflite(dwconv_model(k, hwc, dtype), out / f"dwconv_k{k}_{dtype}.tflite")
             row = {"k": k, "dtype": dtype, "file": str(path)}
             for kernels in ("xnnpack", "builtin"):
-                it = litert.interpreter(path, 1, xnnpack=kernels == "xnnpack")
+                it = interpreter(path, 1, kernels=kernels)
                 d = it.get_input_details()[0]
                 rng = np.random.default_rng(0)
                 x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])

@@ -19,7 +19,6 @@ The table type (`OpTime`, `OpProfile`, `format_profile`) is shared with the phon
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from posekit.errors import UserError
+
+from .tflite_flatbuffer import _schema, load_model, op_name, pack_model
 
 KERNELS = ("xnnpack", "builtin")
 WHOLE_SAMPLES = 10  # samples of the whole model taken between the ops
@@ -108,47 +109,8 @@ def short_name(name: str, parts: int = 2) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- flatbuffer
-def _schema():
-    from ai_edge_litert import schema_py_generated as s
-
-    return s
-
-
-def load_model(path: str | Path):
-    """The file as a schema ModelT with every constant's data inline (ai-edge-quantizer writes constant data after
-    the flatbuffer, Buffer.offset/size: read it from there, as posekit/tflite_metadata.py does)."""
-    raw = Path(path).read_bytes()
-    try:
-        m = _schema().ModelT.InitFromPackedBuf(raw, 0)
-    except Exception as e:  # a truncated or foreign file: name it, do not show a flatbuffers traceback
-        raise UserError(f"{path}: not a TFLite flatbuffer ({type(e).__name__}: {e})") from None
-    for b in m.buffers or []:
-        if (b.offset or 0) > 1:
-            b.data = np.frombuffer(raw[b.offset:b.offset + b.size], np.uint8)
-            b.offset = b.size = 0
-    if not m.subgraphs:
-        raise UserError(f"{path}: the model has no subgraph")
-    return m
-
-
-def _pack(m) -> bytes:
-    import flatbuffers
-
-    b = flatbuffers.Builder(1 << 16)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
 def _is_const(m, t) -> bool:
     return t.buffer > 0 and m.buffers[t.buffer].data is not None and len(m.buffers[t.buffer].data) > 0
-
-
-def _op_name(m, op) -> str:
-    from posekit.litert import _builtin_names
-
-    oc = m.operatorCodes[op.opcodeIndex]
-    code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-    return _builtin_names().get(code, f"CUSTOM_{code}")
 
 
 def _type_name(code: int) -> str:
@@ -213,7 +175,7 @@ def ops_model(m, idx: list[int], sg: int = 0) -> tuple[bytes, list[int]]:
     nm = s.ModelT()
     nm.version, nm.description = m.version, b"ops cut from a model"
     nm.operatorCodes, nm.subgraphs, nm.buffers = codes, [ng], buffers
-    return _pack(nm), inputs
+    return pack_model(nm), inputs
 
 
 # XNNPACK folds a PAD into the padding of the convolution it feeds (so in the whole model it costs nothing):
@@ -235,7 +197,7 @@ def units(m, kernels: str, sg: int = 0) -> list[list[int]]:
         if i in skip:
             continue
         r = readers[op.outputs[0]]
-        if (_op_name(m, op) == "PAD" and len(r) == 1 and _op_name(m, g.operators[r[0]]) in FUSED_PAD_INTO
+        if (op_name(m, op) == "PAD" and len(r) == 1 and op_name(m, g.operators[r[0]]) in FUSED_PAD_INTO
                 and op.outputs[0] not in g.outputs and g.operators[r[0]].inputs[0] == op.outputs[0]):
             out.append([i, r[0]])
             skip.add(r[0])
@@ -254,7 +216,7 @@ def _all_outputs_model(m, sg: int = 0) -> bytes:
     g.outputs = list(dict.fromkeys(list(g.outputs) + outs))
     nm.subgraphs = [g]
     nm.signatureDefs, nm.metadata, nm.metadataBuffer = None, None, None
-    return _pack(nm)
+    return pack_model(nm)
 
 
 def _noop_model() -> bytes:
@@ -275,17 +237,15 @@ def _noop_model() -> bytes:
     g.tensors, g.operators, g.inputs, g.outputs = ts, [op], [0, 1], [2]
     m = s.ModelT()
     m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [code], [g], [s.BufferT()]
-    return _pack(m)
+    return pack_model(m)
 
 
 # ---------------------------------------------------------------------------------------------------- timing
-def _interp(content: bytes, kernels: str, threads: int, tmp: Path, name: str):
-    """The bench's interpreter (posekit.litert.interpreter) on `content`, written to a file in `tmp`."""
-    from posekit import litert
+def _interp(content: bytes, kernels: str, threads: int):
+    """The bench's interpreter (runtime.tflite.interpreter) on the model bytes `content`."""
+    from .tflite import interpreter
 
-    p = tmp / f"{name}.tflite"
-    p.write_bytes(content)
-    return litert.interpreter(p, threads, xnnpack=kernels == "xnnpack")
+    return interpreter(content, threads, kernels=kernels)
 
 
 def _feed(it, values: list[np.ndarray]) -> None:
@@ -331,17 +291,16 @@ def op_models(path: str | Path, kernels: str = "builtin") -> Iterator[tuple[int,
     g = m.subgraphs[0]
     if len(m.subgraphs) > 1:
         raise UserError(f"{path}: {len(m.subgraphs)} subgraphs; the per-op profile cuts single-subgraph models")
-    with tempfile.TemporaryDirectory(prefix="tflite-profile-") as tmp:
-        whole = _interp(_all_outputs_model(m), "builtin", 1, Path(tmp), "all")
-        _feed(whole, _input_values(whole, np.random.default_rng(0)))
-        whole.invoke()
-        for unit in units(m, kernels):
-            content, inputs = ops_model(m, unit)
-            values = [whole.get_tensor(t) for t in inputs]
-            op = g.operators[unit[-1]]
-            out = g.tensors[op.outputs[0]]
-            name = _name(out) + (" (+ the PAD before it, fused by XNNPACK)" if len(unit) > 1 else "")
-            yield unit[-1], _op_name(m, op), _shape(out), name, content, values
+    whole = _interp(_all_outputs_model(m), "builtin", 1)
+    _feed(whole, _input_values(whole, np.random.default_rng(0)))
+    whole.invoke()
+    for unit in units(m, kernels):
+        content, inputs = ops_model(m, unit)
+        values = [whole.get_tensor(t) for t in inputs]
+        op = g.operators[unit[-1]]
+        out = g.tensors[op.outputs[0]]
+        name = _name(out) + (" (+ the PAD before it, fused by XNNPACK)" if len(unit) > 1 else "")
+        yield unit[-1], op_name(m, op), _shape(out), name, content, values
 
 
 def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, threads: int = 1,
@@ -355,30 +314,28 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
         raise UserError("the per-op profile runs 1 thread (each op's time is the calling thread's CPU time)")
     path = Path(path)
     res = {}
-    with tempfile.TemporaryDirectory(prefix="tflite-profile-") as tmp:
-        tmp = Path(tmp)
-        for k in kernels:
-            whole = _interp(path.read_bytes(), k, threads, tmp, "whole")
-            _feed(whole, _input_values(whole, np.random.default_rng(0)))
-            noop = _interp(_noop_model(), k, threads, tmp, "noop")
-            _feed(noop, [np.ones(1, np.float32)] * 2)
-            overhead = time_invoke(noop, repeats)
-            # the whole model is sampled before, WHOLE_SAMPLES times between the ops and after: its minimum is taken
-            # over the same stretch of machine load as the ops' (a shared host's load changes within a profile)
-            best = time_invoke(whole, repeats, target_s=0.05)
-            times = []
-            cut = list(op_models(path, k))
-            every = max(1, len(cut) // WHOLE_SAMPLES)
-            for n, (i, typ, shape, name, content, values) in enumerate(cut):
-                it = _interp(content, k, threads, tmp, f"op{i}")
-                _feed(it, values)
-                times.append(OpTime(i, typ, shape, max(0.0, time_invoke(it, repeats) - overhead), name))
-                del it
-                if n % every == every - 1:
-                    best = min(best, time_invoke(whole, 2, target_s=0.02))
-            best = min(best, time_invoke(whole, repeats, target_s=0.05))
-            res[k] = OpProfile(source=f"host {path.name}", kernels=k, ops=tuple(times),
-                               model_ms=best - overhead, overhead_ms=overhead)
+    for k in kernels:
+        whole = _interp(path.read_bytes(), k, threads)
+        _feed(whole, _input_values(whole, np.random.default_rng(0)))
+        noop = _interp(_noop_model(), k, threads)
+        _feed(noop, [np.ones(1, np.float32)] * 2)
+        overhead = time_invoke(noop, repeats)
+        # the whole model is sampled before, WHOLE_SAMPLES times between the ops and after: its minimum is taken
+        # over the same stretch of machine load as the ops' (a shared host's load changes within a profile)
+        best = time_invoke(whole, repeats, target_s=0.05)
+        times = []
+        cut = list(op_models(path, k))
+        every = max(1, len(cut) // WHOLE_SAMPLES)
+        for n, (i, typ, shape, name, content, values) in enumerate(cut):
+            it = _interp(content, k, threads)
+            _feed(it, values)
+            times.append(OpTime(i, typ, shape, max(0.0, time_invoke(it, repeats) - overhead), name))
+            del it
+            if n % every == every - 1:
+                best = min(best, time_invoke(whole, 2, target_s=0.02))
+        best = min(best, time_invoke(whole, repeats, target_s=0.05))
+        res[k] = OpProfile(source=f"host {path.name}", kernels=k, ops=tuple(times),
+                           model_ms=best - overhead, overhead_ms=overhead)
     return res
 
 

@@ -42,27 +42,22 @@ def test_sum_of_ops_is_within_10_percent_of_the_whole_model(block, precision, on
 def test_single_op_model_computes_what_the_op_computes_in_the_whole_model(block):
     """Cutting keeps the op's constants and quantization: op i alone, fed its whole-model inputs, gives the
     whole model's value of its output, bit for bit on the builtin kernels."""
-    import tempfile
-    from pathlib import Path
-
-    from posekit import litert
+    from runtime import tflite, tflite_flatbuffer
 
     path = block["int8"]
-    m = tflite_profile.load_model(path)
+    m = tflite_flatbuffer.load_model(path)
     g = m.subgraphs[0]
     full = tflite_profile._all_outputs_model(m)
-    with tempfile.TemporaryDirectory() as tmp:
-        whole = tflite_profile._interp(full, "builtin", 1, Path(tmp), "all")
-        tflite_profile._feed(whole, tflite_profile._input_values(whole, np.random.default_rng(1)))
-        whole.invoke()
-        for i, op in enumerate(g.operators):
-            content, inputs = tflite_profile.single_op_model(m, i)
-            p = litert.write_tflite(content, Path(tmp) / f"op{i}.tflite")
-            it = litert.interpreter(p, xnnpack=False)
-            tflite_profile._feed(it, [whole.get_tensor(t) for t in inputs])
-            it.invoke()
-            got = it.get_tensor(it.get_output_details()[0]["index"])
-            assert np.array_equal(got, whole.get_tensor(op.outputs[0])), i
+    whole = tflite_profile._interp(full, "builtin", 1)
+    tflite_profile._feed(whole, tflite_profile._input_values(whole, np.random.default_rng(1)))
+    whole.invoke()
+    for i, op in enumerate(g.operators):
+        content, inputs = tflite_profile.single_op_model(m, i)
+        it = tflite.interpreter(content, kernels="builtin")
+        tflite_profile._feed(it, [whole.get_tensor(t) for t in inputs])
+        it.invoke()
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+        assert np.array_equal(got, whole.get_tensor(op.outputs[0])), i
 
 
 def test_profile_cli_prints_both_kernel_sets_and_refuses_a_non_tflite(block, tmp_path, capsys):
@@ -78,12 +73,13 @@ def test_profile_cli_prints_both_kernel_sets_and_refuses_a_non_tflite(block, tmp
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_dwconv_repro_is_a_valid_model_both_kernel_sets_agree(tmp_path, dtype):
-    from posekit import litert
+    from posekit.export_tflite import write_tflite
+    from runtime.tflite import interpreter
 
-    path = litert.write_tflite(dwconv_repro.dwconv_model(7, (8, 6, 32), dtype), tmp_path / "dw.tflite")
+    path = write_tflite(dwconv_repro.dwconv_model(7, (8, 6, 32), dtype), tmp_path / "dw.tflite")
     ys = []
-    for xnn in (True, False):
-        it = litert.interpreter(path, 1, xnnpack=xnn)
+    for kernels in ("xnnpack", "builtin"):
+        it = interpreter(path, 1, kernels=kernels)
         d = it.get_input_details()[0]
         rng = np.random.default_rng(0)
         x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
@@ -98,7 +94,7 @@ def test_a_phone_op_profile_fills_the_same_table():
     from pathlib import Path
 
     from device_bench import android
-    from device_bench.bench import phone_profile
+    from device_bench.model_bench import phone_profile
 
     r = android.parse_benchmark_output((Path(__file__).parent / "data" / "device_bench" /
                                         "benchmark_model_op_profiling.txt").read_text())
@@ -112,17 +108,19 @@ def test_a_phone_op_profile_fills_the_same_table():
 def test_routed_large_dwconv_runs_on_builtin_bit_exactly(tmp_path, dtype):
     """quantize/xnnpack_route.py: a 7x7 depthwise conv routed to the builtin kernels gives, under the default
     (XNNPACK) interpreter, exactly the builtin kernels' output; a 5x5 one is left to XNNPACK."""
-    from posekit import litert
+    from posekit.export_tflite import write_tflite
     from quantize.xnnpack_route import route_large_dwconv
+    from runtime.tflite import interpreter
+    from runtime.tflite_flatbuffer import op_counts
 
     for k, routed in ((7, 1), (5, 0)):
-        src = litert.write_tflite(dwconv_repro.dwconv_model(k, (8, 6, 32), dtype), tmp_path / f"k{k}.tflite")
+        src = write_tflite(dwconv_repro.dwconv_model(k, (8, 6, 32), dtype), tmp_path / f"k{k}.tflite")
         dst = tmp_path / f"k{k}_routed.tflite"
         assert route_large_dwconv(src, dst) == routed
-        assert litert.op_counts(dst).get("RESHAPE", 0) == routed
+        assert op_counts(dst).get("RESHAPE", 0) == routed
         ys = []
-        for p, xnn in ((dst, True), (src, False)):
-            it = litert.interpreter(p, 1, xnnpack=xnn)
+        for p, kernels in ((dst, "xnnpack"), (src, "builtin")):
+            it = interpreter(p, 1, kernels=kernels)
             d = it.get_input_details()[0]
             rng = np.random.default_rng(0)
             x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
