@@ -21,6 +21,7 @@ from parity import fidelity, metrics
 from parity.runners import TorchRunner, make_runner
 from posekit.errors import UserError
 from posekit.io import atomic_path, atomic_write_json, sha256_file
+from runtime.decoded import is_decoded
 
 REPO = Path(__file__).resolve().parent.parent
 LOW_AP = 0.3
@@ -215,7 +216,10 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)
+        decoded = is_decoded(a)  # keypoints in the file (issue 28): thresholds.yaml keypoints-<precision>
         rules = thresholds.get(f"{a['precision']}-qat" if qat else a["precision"], thresholds.get(a["precision"]))
+        if decoded:
+            rules = thresholds.get(f"keypoints-{a['precision']}")
         if rules is None:
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
@@ -231,11 +235,16 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             continue
         try:
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
+            figures = None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"], fp32)
+            if decoded:  # judged on its in-file keypoints (parity/keypoints.py), its heatmaps as any file's
+                from parity.keypoints import Recorder
+                from runtime.decoded import KeypointRunner
+
+                runner = Recorder(KeypointRunner(runner))
+                figures = functools.partial(runner.figures, ref["heatmaps"], data.input_size, stride)
             # macOS: runtime and executor differ; how the file is judged depends on what the manifest says it is
             eng = hashlib.sha256(f"{runner.engine}|{a['precision']}|{a.get('quantizer')}".encode()).hexdigest()[:6]
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
-                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"],
-                                                               fp32))
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}", figures)
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({**base, "fails": [f"could not run: {e}"]})
             continue
@@ -257,7 +266,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             row["twin"] = twin_check(a, model_dir, ref["sample_inputs"])
             row["fails"] += row["twin"].pop("fails")
         row["status"] = "fail" if row["fails"] else "pass"
-        if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
+        if row["fails"] and locate and not decoded and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
                 from parity.locate import first_divergence
 
