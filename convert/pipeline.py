@@ -113,7 +113,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
-        key = _key(src, target, opts if t.exporter == "tflite-int8" else {})
+        key = _key(src, target, opts if t.exporter in ("tflite-int8", "tflite-int8-kp") else {})
         prev = state.get(target)
         if prev and prev["key"] == key and all((out / e["file"]).exists() and sha256_file(out / e["file"]) ==
                                                e["sha256"] for e in prev["entries"]):

@@ -212,7 +212,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
     fp32 = next((model_dir / a["file"] for a in man["artifacts"] if a["format"] == "tflite" and
-                 a["precision"] == "fp32" and (model_dir / a["file"]).is_file()), None)  # what int8 was made from
+                 a["precision"] == "fp32" and not is_decoded(a) and (model_dir / a["file"]).is_file()),
+                None)  # what int8 was made from
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)

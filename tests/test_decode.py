@@ -108,3 +108,12 @@ def test_readme_snippets_read_what_the_decoded_files_expose(tmp_path, one_thread
     assert f'"{inp.name}": MLFeatureValue(pixelBuffer:' in sw and inp.type.WhichOneof("Type") == "imageType"
     assert {int(k) for k in re.findall(r"\[0, j, (\d)\]", sw)} == {0, 1, 2}
     assert f"{Path(cm['file']).stem}(configuration:" in sw
+
+
+def test_decode_flag_adds_the_decoded_twin_of_each_target():
+    from convert.targets import GROUPS, expand
+
+    assert not any(n.endswith("-kp") for n in GROUPS["all"])  # `all` is unchanged; --decode or `kp` asks for them
+    names = [t.name for t in expand(["tflite-int8", "onnx", "coreml-fp32"], decode=True)]
+    assert names == ["tflite-int8", "coreml-fp32", "onnx", "tflite-int8-kp", "onnx-fp32-kp"]
+    assert [t.name for t in expand(["kp"])] == ["tflite-fp32-kp", "tflite-int8-kp", "coreml-fp16-kp", "onnx-fp32-kp"]
