@@ -177,7 +177,7 @@ def test_predict_without_metadata_uses_the_manifest_or_says_what_is_missing(app_
     assert len(json.loads((tmp_path / "o" / "keypoints.json").read_text())) == 1
 
 
-@pytest.mark.slow(60)
+@pytest.mark.slow(90)
 def test_predict_uses_in_file_keypoints_of_a_decoded_int8_file(app_artifacts, tmp_path, capsys):
     """`posenas predict --model model_int8_kp.tflite` (issue 28) says it uses the file's own keypoints and gives the
     keypoints of the plain int8 file, each copied alone, within 0.5 px in the image."""
