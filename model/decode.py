@@ -8,8 +8,8 @@ pixels, by exactly posekit.heatmap.decode's rule followed by posekit.heatmap.hea
 Built only from ops every target lowers and computes exactly: PAD/SLICE/SUB/SIGN for the neighbour comparison as a
 whole map (a border cell gets a zero difference, so sign 0: no shift, the rule's `inner` test), ARG_MAX, EQUAL with
 a constant index ramp (a one-hot of the arg-max: no integer divide, no gather), and a multiply + sum picking the
-candidate coordinate map at that cell. Every value on the way is a small multiple of 1/8 (exact in fp16 too up to
-2048 px): the in-graph keypoints equal the Python decode of the same heatmaps bit for bit."""
+candidate coordinate map at that cell. Every value on the way is a small multiple of 1/8 (exact in fp16 too below
+1024 px): the in-graph keypoints equal the Python decode of the same heatmaps bit for bit."""
 
 from __future__ import annotations
 
