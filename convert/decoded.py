@@ -47,7 +47,7 @@ class DecodedSignature(nn.Module):
 
 
 def _tflite_entry(out, t, path, quantizer=None, **extra):
-    from posekit.litert import io_entries
+    from runtime.tflite import io_entries
 
     ins, outs = io_entries(path)
     outs = [{**o, "layout": KP_LAYOUT} if o["name"] == "keypoints" else o for o in outs]
@@ -55,7 +55,7 @@ def _tflite_entry(out, t, path, quantizer=None, **extra):
 
 
 def _fp32(net, arch, path, sample):
-    from posekit.litert import tflite_bytes, to_nhwc, write_tflite
+    from posekit.export_tflite import tflite_bytes, to_nhwc, write_tflite
 
     module = DecodedSignature(decoded_net(net, arch)).eval()
     with torch.no_grad():

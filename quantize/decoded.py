@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from posekit.errors import UserError
-from posekit.litert import COMPUTE_OPS, SIGNATURE, quiet, write_tflite
+from posekit.export_tflite import SIGNATURE, quiet, write_tflite
+from runtime.tflite_flatbuffer import COMPUTE_OPS, split_ops
 
 from . import tflite as qtflite
 
@@ -22,8 +23,6 @@ DECODE_TENSORS = r".*model\.decode\.KeypointDecode_[A-Za-z_]+;.*|serving_default
 def quantize_decoded(fp32: str | Path, path: str | Path, calib) -> tuple[Path, dict]:
     """int8 file of the decoded fp32 .tflite at `path`; returns (path, {'OP:dtype': n} of the float decode tail)."""
     from ai_edge_quantizer import quantizer
-
-    from runtime.decoded import split_ops
 
     data = Path(fp32).read_bytes()
     batches = qtflite._calib_batches(calib, True, "int8")  # noqa: SLF001 (the int8 calibration, as convert's int8)

@@ -1,5 +1,5 @@
 """The MIL ops of the in-graph keypoint decode (model/decode.py) for the Core ML reference executor
-(parity/coreml_exec.py's MIL_OPS): pad, slice_by_index, sign, equal, reduce_argmax / reduce_max / reduce_sum, with
+(runtime/coreml_reference.py's MIL_OPS): pad, slice_by_index, sign, equal, reduce_argmax / reduce_max / reduce_sum, with
 MIL's semantics (iOS16 opset)."""
 
 from __future__ import annotations

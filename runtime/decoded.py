@@ -1,12 +1,9 @@
 """Decoded artifacts: files whose graph ends in the keypoint decode (model/decode.py) and that output `keypoints`
 (1, J, 3) = (x, y, score) in input-crop pixels beside `heatmaps`. How to tell one (`is_decoded`), how to run one
-for both outputs (`KeypointRunner`, over parity's runner of its format), and which ops of a .tflite are the
-network and which the decode tail after it (`split_ops`: the int8 file must be integer up to the heatmaps)."""
+for both outputs (`KeypointRunner`, over runtime/runners.py's runner of its format). Which ops of a .tflite are the
+network and which the decode tail after it: runtime.tflite_flatbuffer.split_ops."""
 
 from __future__ import annotations
-
-from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +19,9 @@ def is_decoded(entry: dict) -> bool:
 
 
 class KeypointRunner:
-    """runner(x) -> heatmaps as parity's runners give them (NCHW float32), keeping each call's in-file keypoints
-    in `.keypoints`; both(x) -> (heatmaps, keypoints (N, J, 3) float32). base: parity.runners.make_runner's runner
-    for the entry (it prepares the input and finishes the heatmaps; this asks its engine for both outputs)."""
+    """runner(x) -> heatmaps as runtime/runners.py's runners give them (NCHW float32), keeping each call's in-file
+    keypoints in `.keypoints`; both(x) -> (heatmaps, keypoints (N, J, 3) float32). base: runtime.runners.make_runner's
+    runner for the entry (it prepares the input and finishes the heatmaps; this asks its engine for both outputs)."""
 
     def __init__(self, base):
         self.base, self.path, self.engine, self.label = base, base.path, base.engine, base.label
@@ -64,38 +61,4 @@ class KeypointRunner:
         hm, kp = self.both(x)
         self.keypoints.append(kp)
         return hm
-
-
-def split_ops(path) -> tuple[Counter, Counter]:
-    """({'OP:dtype': n} of the network: every op the `heatmaps` output depends on, {'OP:dtype': n} of the decode
-    tail: the rest), from the .tflite's first subgraph. dtype: the op's first output's."""
-    from ai_edge_litert import schema_py_generated as s
-
-    from posekit.litert import builtin_name
-
-    m = s.Model.GetRootAs(Path(path).read_bytes(), 0)
-    sg = m.Subgraphs(0)
-    types = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_")}
-    ops = [sg.Operators(i) for i in range(sg.OperatorsLength())]
-    producer = {int(t): i for i, op in enumerate(ops) for t in op.OutputsAsNumpy()}
-    sig = m.SignatureDefs(0)
-    outs = {sig.Outputs(i).Name().decode(): sig.Outputs(i).TensorIndex() for i in range(sig.OutputsLength())}
-    if HEATMAPS not in outs:
-        raise UserError(f"{path}: the signature has no {HEATMAPS!r} output")
-    net, todo = set(), [producer[outs[HEATMAPS]]]
-    while todo:  # the heatmaps' ancestors
-        i = todo.pop()
-        if i in net:
-            continue
-        net.add(i)
-        todo += [producer[int(t)] for t in ops[i].InputsAsNumpy() if t >= 0 and int(t) in producer]
-
-    def tag(i):
-        op = ops[i]
-        o = op.OutputsAsNumpy()
-        return f"{builtin_name(m, op)}:{types[sg.Tensors(int(o[0])).Type()] if len(o) else '-'}"
-
-    return (Counter(tag(i) for i in range(len(ops)) if i in net),
-            Counter(tag(i) for i in range(len(ops)) if i not in net))
-
 

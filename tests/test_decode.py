@@ -74,7 +74,7 @@ def test_readme_snippets_read_what_the_decoded_files_expose(tmp_path, one_thread
     import re
 
     from convert import decoded, targets
-    from posekit.litert import SIGNATURE, interpreter, io_details
+    from runtime.tflite import SIGNATURE, interpreter, io_details
     from tests.parity_helpers import INPUT, tiny_arch, tiny_net
 
     net, arch = tiny_net().eval(), tiny_arch()
