@@ -67,6 +67,21 @@ def _lut_profile(arch_dict: dict, device: str, top: int = 8, allow_foreign: bool
         print(f"  {v:8.3f} ms {100 * v / total:5.1f}%  {k}")
 
 
+def decode_cost(rows: list[tuple[str, dict]], meta: dict) -> list[str]:
+    """The in-graph decode's cost (issue 28): each decoded file (`*_kp.tflite`) against its plain twin timed in the
+    same interleaved run with the same kernels, as a share of the plain network's time (fastest runs: other
+    tenants of a shared machine only add time)."""
+    by = {(meta[n]["file"], meta[n]["kernels"]): s for n, s in rows}
+    out = []
+    for (file, kernels), s in by.items():
+        plain = by.get((file.replace("_kp.tflite", ".tflite"), kernels)) if file.endswith("_kp.tflite") else None
+        if plain:
+            d_min, d_med = s["min_ms"] - plain["min_ms"], s["median_ms"] - plain["median_ms"]
+            out.append(f"decode in {file} [{kernels}]: {d_min:+.3f} ms min ({100 * d_min / plain['min_ms']:+.1f}% "
+                       f"of the net), {d_med:+.3f} ms median ({100 * d_med / plain['median_ms']:+.1f}%)")
+    return out
+
+
 def bench_host(args) -> list[tuple[str, dict]]:
     from .host import runner
 
@@ -107,6 +122,8 @@ def bench_host(args) -> list[tuple[str, dict]]:
     if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
         profiles = _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
                       for n, (p, _) in targets.items()})
+    for line in decode_cost(rows, meta):
+        print(line)
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
     if args.json:

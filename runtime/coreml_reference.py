@@ -19,6 +19,7 @@ import numpy as np
 
 from posekit.errors import UserError
 from posekit.io import require_file
+from runtime.coreml_decode_ops import DECODE_MIL_OPS
 
 from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of this module's interface)
     UnsupportedOp,
@@ -221,6 +222,7 @@ MIL_OPS = {
     "reshape": lambda a: np.reshape(a["x"], [int(v) for v in np.ravel(a["shape"])]),
     "transpose": lambda a: np.transpose(a["x"], [int(v) for v in np.ravel(a["perm"])]),
     "concat": lambda a: np.concatenate(list(a["values"]), axis=int(a["axis"])),
+    **DECODE_MIL_OPS,  # the in-graph keypoint decode (model/decode.py)
 }
 
 

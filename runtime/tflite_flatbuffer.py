@@ -1,8 +1,9 @@
 """The one reader of the .tflite flatbuffer (ai_edge_litert's generated schema bindings): operators with their
 builtin names, tensors and options, tensors with their quantization parameters, and the op census built on them
-(op_counts, op_dtypes, float_compute_ops), `inline_buffers`, the one rewrite (for the metadata writer), and the
-object API for the model editors (runtime/tflite_profile.py's op cutting, quantize/xnnpack_route.py): load_model,
-op_name, pack_model. Nothing here runs a model (runtime/tflite.py does).
+(op_counts, op_dtypes, float_compute_ops), `split_ops` (a decoded file's network ops and decode-tail ops),
+`inline_buffers`, the one rewrite (for the metadata writer), and the object API for the model editors
+(runtime/tflite_profile.py's op cutting, quantize/xnnpack_route.py): load_model, op_name, pack_model. Nothing here
+runs a model (runtime/tflite.py does).
 """
 
 from __future__ import annotations
@@ -187,3 +188,37 @@ def inline_buffers(model: bytes) -> bytes:
     the model."""
     m = _schema().ModelT.InitFromPackedBuf(model, 0)
     return pack_model(m) if _inline(m, model) else model
+
+
+
+def split_ops(path) -> tuple[Counter, Counter]:
+    """Of a decoded .tflite (runtime/decoded.py): ({'OP:dtype': n} of the network: every op the `heatmaps`
+    output depends on, {'OP:dtype': n} of the decode tail: the rest), from the first subgraph. dtype: the op's
+    first output's."""
+    from posekit.errors import UserError
+
+    s = _schema()
+    m = _model(path)
+    sg = m.Subgraphs(0)
+    types = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_")}
+    ops = [sg.Operators(i) for i in range(sg.OperatorsLength())]
+    producer = {int(t): i for i, op in enumerate(ops) for t in op.OutputsAsNumpy()}
+    sig = m.SignatureDefs(0)
+    outs = {sig.Outputs(i).Name().decode(): sig.Outputs(i).TensorIndex() for i in range(sig.OutputsLength())}
+    if "heatmaps" not in outs:
+        raise UserError(f"{path}: the signature has no 'heatmaps' output")
+    net, todo = set(), [producer[outs["heatmaps"]]]
+    while todo:  # the heatmaps' ancestors
+        i = todo.pop()
+        if i in net:
+            continue
+        net.add(i)
+        todo += [producer[int(t)] for t in ops[i].InputsAsNumpy() if t >= 0 and int(t) in producer]
+
+    def tag(i):
+        op = ops[i]
+        o = op.OutputsAsNumpy()
+        return f"{builtin_name(m, op)}:{types[sg.Tensors(int(o[0])).Type()] if len(o) else '-'}"
+
+    return (Counter(tag(i) for i in range(len(ops)) if i in net),
+            Counter(tag(i) for i in range(len(ops)) if i not in net))
