@@ -184,3 +184,24 @@ def freeze_fusions(module: nn.Module) -> nn.Module:
                 a[p] = 1.0  # exactly: the pivot input is added as it is
             m.fusion = ConstantFusion(a.tolist())
     return module
+
+
+class PackedNeck(nn.Module):
+    """A neck as a one-input module, so a LUT can time it like any other part (the TFLite signature of a part has one
+    input): its level inputs arrive packed channels-last, level after level, in one (N, L, 1, 1) tensor; each is
+    sliced and reshaped back (SLICE + RESHAPE: copies of a few hundred KB, small beside the neck's convs)."""
+
+    def __init__(self, neck: BiFPN, shapes):
+        super().__init__()
+        self.neck, self.shapes = neck, [tuple(int(v) for v in s) for s in shapes]
+
+    @staticmethod
+    def packed_len(shapes) -> int:
+        return sum(h * w * c for h, w, c in shapes)
+
+    def forward(self, x):
+        flat, feats, o = x.flatten(1), [], 0
+        for h, w, c in self.shapes:
+            feats.append(flat[:, o:o + h * w * c].unflatten(1, (h, w, c)).permute(0, 3, 1, 2))
+            o += h * w * c
+        return self.neck(feats)

@@ -27,7 +27,9 @@ from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of th
     op_conv,
     op_conv_transpose,
     op_depth_to_space,
+    op_max_pool,
     op_pixel_shuffle,
+    op_upsample_nearest_neighbor,
     unpack_bits,
 )
 
@@ -221,6 +223,8 @@ MIL_OPS = {
     "reshape": lambda a: np.reshape(a["x"], [int(v) for v in np.ravel(a["shape"])]),
     "transpose": lambda a: np.transpose(a["x"], [int(v) for v in np.ravel(a["perm"])]),
     "concat": lambda a: np.concatenate(list(a["values"]), axis=int(a["axis"])),
+    "max_pool": op_max_pool,
+    "upsample_nearest_neighbor": op_upsample_nearest_neighbor,
 }
 
 

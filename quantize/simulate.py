@@ -163,7 +163,8 @@ def _read_ops(path: Path) -> list[_Op]:
             o = getattr(s, kind)()
             o.Init(table.Bytes, table.Pos)
             for attr in ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor",
-                         "FusedActivationFunction", "DepthMultiplier", "Axis", "KeepDims", "BlockSize"):
+                         "FusedActivationFunction", "DepthMultiplier", "Axis", "KeepDims", "BlockSize",
+                         "FilterWidth", "FilterHeight", "AlignCorners", "HalfPixelCenters"):
                 if hasattr(o, attr):
                     opts[attr] = getattr(o, attr)()
         ins = [int(t) for t in op.InputsAsNumpy()] if op.InputsLength() else []
@@ -181,6 +182,16 @@ def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     out = -(-size // s)
     total = max((out - 1) * s + eff - size, 0)
     return total // 2, total - total // 2
+
+
+def _nearest_index(out: int, size: int, opts: dict) -> torch.Tensor:
+    """The input index each output pixel of TFLite's RESIZE_NEAREST_NEIGHBOR reads (its reference kernel)."""
+    i = torch.arange(out, dtype=torch.float64)
+    if opts.get("AlignCorners"):
+        src = torch.round(i * ((size - 1) / (out - 1) if out > 1 else 0.0))
+    else:
+        src = torch.floor((i + (0.5 if opts.get("HalfPixelCenters") else 0.0)) * (size / out))
+    return src.clamp(0, size - 1).long()
 
 
 def _act(x: torch.Tensor, code: int) -> torch.Tensor:
@@ -425,6 +436,20 @@ class TFLiteTwin(nn.Module):
             x = v(0)
             nb, h, w, c = x.shape
             return x.reshape(nb, h, w, b, b, c // b // b).permute(0, 1, 3, 2, 4, 5).reshape(nb, h * b, w * b, -1)
+        if n == "MAX_POOL_2D":  # NHWC; a max commutes with the monotone requantization, so float max is exact
+            x = v(0).permute(0, 3, 1, 2)
+            o = op.options
+            k, s = (o["FilterHeight"], o["FilterWidth"]), (o["StrideH"], o["StrideW"])
+            if op.options.get("Padding", 1) == 0:  # SAME
+                (t, b), (lft, r) = (_same_pad(x.shape[i + 2], k[i], s[i], 1) for i in (0, 1))
+                x = F.pad(x, (lft, r, t, b), value=float("-inf"))
+            y = F.max_pool2d(x, k, s).permute(0, 2, 3, 1)
+            return _act(y, op.options.get("FusedActivationFunction", 0))
+        if n == "RESIZE_NEAREST_NEIGHBOR":  # NHWC, to the constant size; TFLite's index rule per option
+            x = v(0)
+            (oh, ow), (h, w) = (int(d) for d in self.consts[op.inputs[1]]), x.shape[1:3]
+            idx = [_nearest_index(o, i, op.options) for o, i in ((oh, h), (ow, w))]
+            return x[:, idx[0]][:, :, idx[1]]
         raise UserError(f"{self.path}: op {n} (op {op.index}) is not simulated by quantize.simulate")
 
     @torch.no_grad()

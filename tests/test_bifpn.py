@@ -207,3 +207,47 @@ def test_neck_has_a_lut_key():
     assert "neck:bifpn_w64_r3_relu|in=64x48x24+32x24x32+16x12x96" in keys
     assert keys[-1] == "head:plain_d_k4_sic|in=64x48x64|out=17"
     assert not any(k.startswith("neck:") for k in network_keys(load("efficientpose_a")))
+
+
+def test_reference_executors_run_the_necks_resampling_ops():
+    """The ops a neck adds, in the two reference executors parity uses: the TFLite twin's RESIZE_NEAREST_NEIGHBOR index
+    rule and the Core ML executor's max_pool / upsample_nearest_neighbor, against torch."""
+    import torch.nn.functional as F
+
+    from parity.coreml_ops import op_max_pool, op_upsample_nearest_neighbor
+    from quantize.simulate import _nearest_index
+
+    x = torch.randn(1, 5, 6, 4)
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    for opts in ({}, {"HalfPixelCenters": True}):
+        rows, cols = _nearest_index(12, 6, opts), _nearest_index(8, 4, opts)
+        assert torch.equal(x[:, :, rows][:, :, :, cols], up)
+    got = op_upsample_nearest_neighbor({"x": x.numpy(), "scale_factor_height": 2, "scale_factor_width": 2.0})
+    assert torch.equal(torch.from_numpy(got), up)
+    got = op_max_pool({"x": x.numpy(), "kernel_sizes": [2, 2], "strides": [2, 2], "pad_type": "valid"})
+    assert torch.equal(torch.from_numpy(got), F.max_pool2d(x, 2, 2))
+    got = op_max_pool({"x": x.numpy(), "kernel_sizes": [3, 3], "strides": [2, 2], "pad_type": "custom",
+                       "pad": [1, 1, 1, 1]})
+    assert torch.equal(torch.from_numpy(got), F.max_pool2d(x, 3, 2, 1))
+
+
+def test_neck_lut_part_is_the_neck_on_packed_levels():
+    """The LUT part of a neck (one input: its levels packed channels-last) computes what the neck computes."""
+    from device_bench.parts import arch_parts
+    from model.bifpn import PackedNeck
+
+    a = small()
+    parts = arch_parts(a)
+    assert list(parts) == list(dict.fromkeys(network_keys(a)))  # repeated blocks share a key
+    key = next(k for k in parts if k.startswith("neck:"))
+    part = parts[key]
+    m = part.module()
+    assert isinstance(m, PackedNeck) and part.in_hwc == (1, 1, 16 * 12 * 24 + 8 * 6 * 32 + 4 * 3 * 96)
+    x = part.sample()
+    levels, o = [], 0
+    for h, w, c in a.level_shapes().values():
+        levels.append(x.flatten(1)[:, o:o + h * w * c].reshape(1, h, w, c).permute(0, 3, 1, 2))
+        o += h * w * c
+    with torch.no_grad():
+        assert torch.equal(m(x), m.neck(levels))
+    assert parts[network_keys(a)[-1]].in_hwc == a.head_in_shape == (16, 12, 64)
