@@ -18,7 +18,8 @@ dead compute, and parameters without gradients that DDP refuses). EfficientDet s
 
 At deploy (`freeze_fusions`, called by model.deploy.deploy_model) the normalized weights become constants: the
 largest is folded into the node's depthwise conv (it has no bias, so scaling its weight scales its output), the others
-become constant multipliers relative to it, and an input whose weight is exactly 0 is left out of the graph.
+become constant multipliers relative to it, and an input whose weight is exactly 0 is left out of the graph. The
+finest level's lateral conv (linear, one consumer) takes its node's multiplier too.
 """
 
 from __future__ import annotations
@@ -183,7 +184,26 @@ def freeze_fusions(module: nn.Module) -> nn.Module:
                 a = a / a[p]
                 a[p] = 1.0  # exactly: the pivot input is added as it is
             m.fusion = ConstantFusion(a.tolist())
+    for m in module.modules():
+        if isinstance(m, BiFPN):
+            _fold_into_lateral(m)
     return module
+
+
+def _fold_into_lateral(neck: BiFPN):
+    """The finest level's lateral (1x1 conv + BN, linear) feeds one node only (the first layer's O_0): its constant
+    multiplier goes into the BN's affine, hence into the conv once BN is folded. TFLite's converter folds a constant MUL
+    into a linear conv before it anyway, so the deploy graph then has the weights the file has."""
+    lat, node = neck.lateral[0], neck.layers[0].td[0]
+    s = node.fusion.scales[0]
+    if not isinstance(lat, ConvBNAct) or not isinstance(lat[2], nn.Identity) or s in (0.0, 1.0):
+        return
+    bn = lat[1]
+    if not bn.affine:
+        return
+    bn.weight.mul_(s)
+    bn.bias.mul_(s)
+    node.fusion.scales[0] = 1.0
 
 
 class PackedNeck(nn.Module):

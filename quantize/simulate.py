@@ -281,17 +281,27 @@ class TFLiteTwin(nn.Module):
             raise UserError(f"{self.path}: {len(weighted)} conv ops, the PyTorch deploy graph has {len(mods)} convs "
                             f"(is this artifact made from this network?)")
         self.weights, self._w = [], {}
-        for op, (name, m) in zip(weighted, mods):
+        pool = list(mods)  # the PyTorch convs not bound yet, in execution order
+
+        def file_layout(m, op):
+            w = m.weight.detach().float()
+            if isinstance(m, nn.ConvTranspose2d) or op.name == "DEPTHWISE_CONV_2D":
+                return w.permute(1, 2, 3, 0)  # (I, O, kh, kw) -> OHWI; depthwise (C*M, 1, kh, kw) -> 1HW(C*M)
+            return w.permute(0, 2, 3, 1)  # OIHW -> OHWI
+
+        for op in weighted:
             wi = op.inputs[1]  # TRANSPOSE_CONV: (output_shape, weights, input, bias); convs: (input, weights, bias)
             src = self._const_source(wi)
             stored = self.consts.get(src)
-            w = m.weight.detach().float()
-            if isinstance(m, nn.ConvTranspose2d):
-                tfw = w.permute(1, 2, 3, 0)  # (I, O, kh, kw) -> OHWI
-            elif op.name == "DEPTHWISE_CONV_2D":
-                tfw = w.permute(1, 2, 3, 0)  # (C*M, 1, kh, kw) -> 1HW(C*M)
-            else:
-                tfw = w.permute(0, 2, 3, 1)  # OIHW -> OHWI
+            name, m = pool[0]
+            same = [(n, c) for n, c in pool if stored is not None and tuple(file_layout(c, op).shape) == stored.shape]
+            if len(same) > 1:  # a DAG (a BiFPN neck) may run in another order than the file's: bind by value
+                ref = self._value(src, {})
+                name, m = min(same, key=lambda nc: float((file_layout(nc[1], op) - ref).abs().max()))
+            elif same:
+                name, m = same[0]
+            pool.remove((name, m))
+            tfw = file_layout(m, op)
             if stored is None or tuple(stored.shape) != tuple(tfw.shape):
                 raise UserError(f"{self.path}: op {op.index} {op.name} weight {self.details[wi]['name'][:80]!r} "
                                 f"shape {None if stored is None else list(stored.shape)} does not match PyTorch "
