@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import os
 import sys
 from pathlib import Path
 
 from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, positive_int
+from posekit.console import quiet_libraries
 from posekit.lock import folder_lock
 
 from .targets import BY_NAME, GROUPS
-
-
-def quiet_libraries():
-    """The converters log a lot that is not for the user (absl C++ logs, coremltools' missing macOS runtime on
-    Linux, torchao's optional kernels): drop their Python log records below ERROR; what they print on fds 1/2 goes
-    to <out>/convert.log during a run (convert/worker.py: chatter_to)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    for name in ("coremltools", "torchao", "absl", "torch.utils._pytree", "torch.export", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_targets: str):
@@ -51,8 +40,10 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
 
 
 def run(args, log=print):
+    from model.source import load_source
+    from quantize.calibration import calibration_batches
+
     from .pipeline import convert, expand_targets
-    from .source import load_source
 
     if args.calib < 1:
         from posekit.errors import UserError
@@ -62,7 +53,8 @@ def run(args, log=print):
     with contextlib.ExitStack() as stack:
         if args.out:  # one writer per folder: refuse at once, before loading the model
             stack.enter_context(folder_lock(args.out, "an artifact folder"))
-        src = load_source(args.ckpt, args.arch, args.head, args.input, args.data)
+        src = load_source(args.ckpt, args.arch, args.head, args.input,
+                          crops=lambda arch: calibration_batches(arch, args.data, 8))
         if "tflite-int8" in targets:  # bad calibration data is refused before any file is written
             from posekit.data import check_pose_data
 
@@ -104,7 +96,7 @@ def main(argv=None):
     if argv[:1] == ["head-bench"]:
         from model.deploy import REWRITES
 
-        from .bench import head_bench
+        from .head_bench import head_bench
 
         a = bench_parser().parse_args(argv[1:])
         head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES)

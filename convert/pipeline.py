@@ -1,7 +1,7 @@
 """One conversion run: resolve the model, build the deploy graph, write each requested artifact (atomically, each
 recorded in a resumable state file as it lands), then the manifest last, checked against the files.
 
-The float graphs are written here through the shared layer's exporters (posekit.litert, posekit.export_coreml,
+The float graphs are written here through the shared layer's exporters (posekit.export_tflite, posekit.export_coreml,
 posekit.export_onnx); the quantized ones by quantize/ (calibration crops, recipes, candidate selection, Core ML
 weight compression). One writer per folder (posekit/lock.py); third-party output goes to <out>/convert.log."""
 
@@ -22,13 +22,14 @@ from tqdm import tqdm
 from model.arch import dump
 from model.checkpoint import save_checkpoint
 from model.deploy import deploy_model
-from posekit import manifest, metadata
+from model.source import Source
+from posekit import manifest
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, sha256_file
 from posekit.lock import folder_lock
+from runtime import metadata
 
 from . import targets as registry
-from .source import Source
 from .worker import chatter_to, die_with_parent, net_bytes, net_from_bytes
 
 STATE = ".convert-state.json"
@@ -109,7 +110,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
     if "tflite-tf-int8" in targets and "tf" not in opts["candidates"]:
         opts["candidates"].append("tf")  # the TensorFlow int8 is scored among the int8 candidates
-    opts["_head"] = head  # facts embedded in each file (posekit.metadata); "_" keys are not part of an artifact's key
+    opts["_head"] = head  # facts embedded in each file (runtime.metadata); "_" keys are not part of an artifact's key
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
@@ -193,11 +194,11 @@ def _timed(target, net, arch, out, sample, batches, opts, log=print):
 
 
 def _tflite_fp32(t, net, arch, out, sample, batches, opts, log):
-    from posekit import litert
+    from posekit import export_tflite
 
     fp32 = out / registry.get("tflite-fp32").file
     if t.name == "tflite-fp32" or not opts["_fp32_fresh"]:
-        _guard(lambda: litert.to_tflite(net, sample, fp32), "tflite", net, sample)
+        _guard(lambda: export_tflite.litert_to_tflite(net, sample, fp32), "tflite", net, sample)
         opts["_fp32_fresh"] = True
     return fp32
 
@@ -246,7 +247,7 @@ def _export_onnx(t, net, arch, out, sample, batches, opts, log):
 def _export_tflite_tf(t, net, arch, out, sample, batches, opts, log):
     from quantize import tf
 
-    path = tf.to_tflite(net, arch, batches("calib"), out / t.file, t.kind)  # same crops as every int8 candidate
+    path = tf.onnx2tf_to_tflite(net, arch, batches("calib"), out / t.file, t.kind)  # same crops as every int8 candidate
     return [_entry(out, t, path, tf.NAME[t.kind])], {}
 
 
@@ -256,7 +257,7 @@ EXPORTERS = {"tflite": _export_tflite, "tflite-tf": _export_tflite_tf, "tflite-q
 
 
 def _entry(out: Path, t, path: Path, quantizer: str | None = None) -> dict:
-    from posekit.litert import io_entries
+    from runtime.tflite import io_entries
 
     ins, outs = io_entries(path)
     return manifest.artifact(out, path, t.format, t.precision, quantizer, ins, outs)
@@ -268,12 +269,12 @@ def _one(t, net, arch, out, sample, batches, opts, log):
 
 def _guard(fn, what, net, sample):
     """Run one exporter; a failure becomes one line naming the op and the module path it came from."""
-    from . import locate
+    from . import failure_locator
 
     try:
         return fn()
     except Exception as e:
         text = str(e).strip()
         msg = text if isinstance(e, UserError) else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-        where = locate.locate(net, sample, getattr(locate, f"{what}_try"))
+        where = failure_locator.locate(net, sample, getattr(failure_locator, f"{what}_try"))
         raise UserError(f"{what}: cannot convert: {msg}{where}") from None

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 from model import load
-from model.flops import count_flops
 from model.latency import load_lut
 from posekit import manifest as manifest_file
 from posekit.errors import UserError
@@ -36,6 +35,8 @@ def _luts(arch) -> tuple[dict, dict, dict]:
 
 
 def gather(paths: dict[str, Path], steps) -> dict:
+    from model.flops import count_flops  # torch: not needed for `python -m demo --help`
+
     arch = load(paths["arch"])
     f = count_flops(arch)
     luts, lat, lat_why = _luts(arch)

@@ -1,5 +1,5 @@
 """Host backend: each part made deployable (`model.deploy.deploy_model`: BN folded, depthwise transposed convs
-rewritten, i.e. what ships), converted with litert-torch (`quantize.tflite.to_tflite`, fp32 or int8 calibrated on
+rewritten, i.e. what ships), converted with litert-torch (`quantize.tflite.ptq_to_tflite`, fp32 or int8 calibrated on
 real crops) and timed with the ai_edge_litert Interpreter (XNNPACK or the builtin kernels), interleaved across ops.
 
 Converted parts are cached under runs/lut-cache, and the LUT is saved after every chunk of keys, so a killed run
@@ -61,11 +61,11 @@ def quiet_fds():
 
 def tflite_for(module, sample, path: Path, precision: str, calib=None) -> Path:
     """Deploy + convert, cached at `path` (written atomically, so a killed conversion leaves nothing)."""
-    from quantize.tflite import to_tflite
+    from quantize.tflite import ptq_to_tflite
 
     if not path.exists():
         with quiet_fds():
-            to_tflite(deployable(module), sample, path, precision=precision, calib=calib)
+            ptq_to_tflite(deployable(module), sample, path, precision=precision, calib=calib)
     return path
 
 
@@ -87,9 +87,9 @@ def convert_part(part: Part, precision: str, cache: Path = CACHE, data: str | No
 
 def runner(path: Path, threads: int, xnnpack: bool) -> Callable[[], None]:
     """A zero-argument call that runs the model once on a fixed random input."""
-    from posekit.litert import interpreter
+    from runtime.tflite import interpreter
 
-    it = interpreter(path, threads=threads, xnnpack=xnnpack)
+    it = interpreter(path, threads=threads, kernels="xnnpack" if xnnpack else "builtin")
     for d in it.get_input_details():
         x = np.random.default_rng(0).standard_normal(d["shape"]).astype(d["dtype"])
         it.set_tensor(d["index"], x)

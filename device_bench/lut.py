@@ -159,24 +159,25 @@ def run_lut(args):
 
 
 def run_predict(args):
-    from . import predict
+    from . import phone_profiles
 
     try:
         from model.deploy import deploy_model
     except ImportError:
         deploy_model = None
     if args.check_transfer:
-        return print_transfer(predict.check_transfer(deploy_model))
+        return print_transfer(phone_profiles.check_transfer(deploy_model))
     if not args.device:
-        raise UserError("predict: pass --device (" + " | ".join((*predict.PHONES, "all")) + ") or --check-transfer")
+        phones = " | ".join((*phone_profiles.PHONES, "all"))
+        raise UserError(f"predict: pass --device ({phones}) or --check-transfer")
     space, parts, arch_names = select_parts(args.space, not args.no_shipped_archs, args.archs or [])
-    devices = predict.PHONES if args.device == "all" else (args.device,)
+    devices = phone_profiles.PHONES if args.device == "all" else (args.device,)
     if args.out and len(devices) > 1:
         raise UserError("--out names one file: pass one --device with it")
     luts = []
     for device in devices:
-        fields, entries = predict.predict_lut(device, parts, deploy_model)
-        src = predict.SOURCES[device]
+        fields, entries = phone_profiles.predict_lut(device, parts, deploy_model)
+        src = phone_profiles.SOURCES[device]
         header = lutfile.make_header(device, space, backend="predicted",
                                      runtime="TFLite (published measurements)", runtime_version=None, threads=1
                                      if src.get("format") == "nnmeter" else None, precision="fp32",

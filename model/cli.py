@@ -14,7 +14,6 @@ import argparse
 from posekit.cli import ArgumentParser, float_range, hxw, int_range, main_guard
 
 from .arch import dump, load, shipped
-from .flops import count_flops
 from .scaling import ALPHA, BETA, GAMMA, compound_scale
 
 
@@ -31,6 +30,8 @@ HEADER = (f"{'arch':<34} {'input':<8} {'head':<5} {'blk':>3} {'Mparam':>7} {'bb'
 
 
 def cmd_info(args):
+    from .flops import count_flops  # torch: not needed for --help
+
     names = args.arch or list(shipped())
     print(HEADER)
     for name in names:
@@ -55,6 +56,8 @@ def cmd_info(args):
 
 
 def cmd_scale(args):
+    from .flops import count_flops
+
     arch = compound_scale(load(args.arch), args.phi)
     path = dump(arch, args.output, header=f"{arch.name}: compound-scaled from {args.arch} with phi={args.phi:g}")
     f = count_flops(arch)

@@ -25,6 +25,7 @@ measured whole-network latency (fitted by the fidelity command).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -266,6 +267,23 @@ def resolve_lut(device_or_path: str | Path) -> Path:
     if p.name in HOST_DEVICES:
         return host_lut_path(p.name)
     return LUT_DIR / f"{p.name}.json"
+
+
+def lut_device(s: str) -> str:
+    """A search cost: `flops`, a device whose luts/<device>.json exists, or a LUT file (search, demo, closed-loop).
+    The LUT's contents are checked when it is read (load_lut). An argparse type (posekit.cli's typed options)."""
+    if s == "flops":
+        return s
+    p = resolve_lut(s)
+    if not p.is_file():
+        known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
+        raise argparse.ArgumentTypeError(f"no LUT for device '{s}' (no {p}; devices with a LUT: "
+                                         f"{', '.join(known + ['flops'])}; or a LUT file; `make lut DEVICE=...` "
+                                         "builds one)")
+    return s
+
+
+lut_device.bad = ["tpu", "/nonexistent/lut.json"]
 
 
 def check_fingerprint(lut: LUT, allow_foreign: bool | None = None) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 
 from .arch import Arch
-from .bifpn import scale_neck
-from .blocks import make_divisible
 
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 
 
 def compound_scale(arch: Arch, phi: float, alpha=ALPHA, beta=BETA, gamma=GAMMA) -> Arch:
+    from .bifpn import scale_neck
+    from .blocks import make_divisible  # model.blocks imports torch; `python -m model --help` does not need it
+
     if phi == 0:
         return arch
     d, w, r = alpha ** phi, beta ** phi, gamma ** phi

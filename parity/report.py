@@ -11,7 +11,7 @@ import numpy as np
 from posekit.io import atomic_write_json, atomic_write_text, save_figure
 
 COLUMNS = [("file", "artifact"), ("engine", "ran on"),
-           # is the conversion exact? (the artifact against its twin: quantize.simulate)
+           # is the conversion exact? (the artifact against its twin: runtime.tflite_twin)
            ("fidelity_sqnr_db", "fidelity SQNR dB (vs twin)"), ("fidelity_in_step", "fidelity: int8 within 1 step"),
            ("weights_exact", "weights as the twin's"), ("fidelity_graph_sqnr_db", "graph SQNR dB (float twin)"),
            # what does quantization cost? (keypoints against PyTorch's)
@@ -76,8 +76,8 @@ def overlays(inputs: np.ndarray, ref: np.ndarray, outputs: dict, out_dir: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from parity.runners import to_pixels
     from posekit.heatmap import decode
+    from runtime.runners import to_pixels
 
     n = min(n, len(inputs))
     imgs = to_pixels(inputs[:n], norm).transpose(0, 2, 3, 1).astype(np.uint8)

@@ -199,25 +199,6 @@ def existing_dir(s: str) -> Path:
 existing_dir.bad = ["/nonexistent/folder"]
 
 
-def lut_device(s: str) -> str:
-    """A search cost: `flops`, a device whose luts/<device>.json exists, or a LUT file (search, demo, closed-loop).
-    The LUT's contents are checked when it is read (model.latency.load_lut)."""
-    if s == "flops":
-        return s
-    from model.latency import resolve_lut  # lazy: posekit does not import model at import time
-
-    p = resolve_lut(s)
-    if not p.is_file():
-        known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
-        raise argparse.ArgumentTypeError(f"no LUT for device '{s}' (no {p}; devices with a LUT: "
-                                         f"{', '.join(known + ['flops'])}; or a LUT file; `make lut DEVICE=...` "
-                                         "builds one)")
-    return s
-
-
-lut_device.bad = ["tpu", "/nonexistent/lut.json"]
-
-
 def data_dir(s: str) -> str:
     """A dataset folder that exists, kept as the text given (it is written into configs and manifests)."""
     return str(existing_dir(s)) and s

@@ -1,9 +1,12 @@
 """`posenas <stage> ...`: one console command (pyproject [project.scripts]) for every stage's CLI. It imports the
-stage's `__main__` and calls its main(argv), so `posenas convert --help` is `python -m convert --help`."""
+stage's `__main__` and calls its main(argv), so `posenas convert --help` is `python -m convert --help`. Also what every
+stage's console needs: `quiet_libraries` (third-party log records below ERROR)."""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 # stage -> what it does (the order of the pipeline)
@@ -18,6 +21,16 @@ STAGES = {
     "demo": "the whole pipeline on bundled data (python -m demo)",
     "predict": "run an artifact on images: COCO keypoints json + overlay (python -m predict)",
 }
+
+
+def quiet_libraries():
+    """The converters log a lot that is not for the user (absl C++ logs, coremltools' missing macOS runtime on
+    Linux, torchao's optional kernels): drop their Python log records below ERROR; what they print on fds 1/2 goes
+    to <out>/convert.log during a run (convert/worker.py: chatter_to)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    for name in ("coremltools", "torchao", "absl", "torch.utils._pytree", "torch.export", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def usage() -> str:

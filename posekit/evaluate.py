@@ -130,6 +130,13 @@ def oks_agreement(ref, pred, areas, labelled=None, sigmas=None) -> np.ndarray:
         return np.where(mask.any(1), (e * mask).sum(1) / np.maximum(mask.sum(1), 1), np.nan)
 
 
+def mean_oks_agreement(ref, pred, areas, labelled=None, sigmas=None) -> float:
+    """The mean over persons of `oks_agreement` (persons with no labelled joint left out; NaN when none is left):
+    the one figure parity, the int8 selection and QAT report."""
+    o = oks_agreement(ref, pred, areas, labelled, sigmas)
+    return float(np.nanmean(o)) if np.isfinite(o).any() else float("nan")
+
+
 def to_coco_results(kps, metas, cat_id: int = 1, nms: bool = False) -> list[dict]:
     """Per-person keypoints -> COCO results, scored box score x mean confidence of the confident joints;
     OKS NMS per image when `nms` (detection boxes give many overlapping crops of one person)."""

@@ -15,3 +15,4 @@ DEFAULT_MPII = DATA / "mpii-mini"
 LUTS = REPO / "luts"
 RUNS = REPO / "runs"
 ARTIFACTS = REPO / "artifacts"
+DEMO_CKPT = RUNS / "demo" / "train" / "best.pt"  # what `make demo` trains; the default checkpoint of convert and QAT

@@ -9,7 +9,6 @@ import functools
 import warnings
 
 import torch
-from torch import nn
 
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO, DEFAULT_MPII
@@ -70,20 +69,3 @@ def part_batches(in_chw, n: int = 8, data: str | None = None) -> list[torch.Tens
     crops = calibration_batches((h, w), data, n)
     reps = -(-c // 3)
     return [x.repeat(1, reps, 1, 1)[:, :c].contiguous() for x in crops]
-
-
-@torch.no_grad()
-def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
-    """Set every BatchNorm's running statistics to their average over `batches` (real crops), so a randomly
-    initialized net has the activation ranges of a trained one and int8 parity means something."""
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    net.train()
-    for b in batches:
-        net(b)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 0.1
-    return net.eval()

@@ -403,16 +403,16 @@ def twin_outputs(qat: QATNet | str | Path, x) -> np.ndarray:
 def twin_agreement(qat: QATNet, tflite_path: str | Path, batches) -> dict:
     """The .tflite's int8 output values against the twin's on NCHW `batches`: fractions identical / within one
     step, the largest step difference, and the SQNR of the dequantized outputs (twin as reference)."""
-    from posekit import litert
+    from runtime import tflite
 
-    it = litert.interpreter(tflite_path, threads=1)
+    it = tflite.interpreter(tflite_path, threads=1)
     scale, zp = (v.item() for v in qat.outq.qparams())
     same = near = total = 0
     worst, sig, noise = 0, 0.0, 0.0
     for b in batches:
         b = torch.as_tensor(b, dtype=torch.float32)
         tw = qat.int8_output(b).permute(0, 2, 3, 1).numpy()
-        y = litert.run(it, b.permute(0, 2, 3, 1).numpy())
+        y = tflite.run(it, b.permute(0, 2, 3, 1).numpy())
         fq = np.round(y / scale + zp)  # float output = (q - zp) * scale: recover q
         d = np.abs(fq - tw)
         same, near, total = same + int((d == 0).sum()), near + int((d <= 1).sum()), total + d.size
@@ -487,33 +487,18 @@ class _Float(nn.Module):
 
 def _tensor_ops(model: bytes):
     """[(op name, [input tensor names], [output tensor names])] of subgraph 0, in execution order."""
-    from ai_edge_litert import schema_py_generated as s
+    from runtime.tflite_flatbuffer import operators, tensors
 
-    from posekit.litert import builtin_name
-
-    m = s.Model.GetRootAs(model, 0)
-    sg = m.Subgraphs(0)
-    tname = [sg.Tensors(i).Name().decode() for i in range(sg.TensorsLength())]
-    out = []
-    for i in range(sg.OperatorsLength()):
-        op = sg.Operators(i)
-        out.append((builtin_name(m, op), [tname[t] for t in op.InputsAsNumpy() if t >= 0],
-                    [tname[t] for t in op.OutputsAsNumpy() if t >= 0]))
-    return out
+    tname = [t.name for t in tensors(model)]
+    return [(op.name, [tname[t] for t in op.inputs if t >= 0], [tname[t] for t in op.outputs if t >= 0])
+            for op in operators(model)]
 
 
 def _tensor_quant(model: bytes) -> dict:
     """{tensor name: (scales, zero points)} of every quantized tensor of subgraph 0."""
-    from ai_edge_litert import schema_py_generated as s
+    from runtime.tflite_flatbuffer import tensors
 
-    sg = s.Model.GetRootAs(model, 0).Subgraphs(0)
-    out = {}
-    for i in range(sg.TensorsLength()):
-        t = sg.Tensors(i)
-        q = t.Quantization()
-        if q is not None and q.ScaleLength():
-            out[t.Name().decode()] = (q.ScaleAsNumpy().copy(), q.ZeroPointAsNumpy().copy())
-    return out
+    return {t.name: (t.scale, t.zero_point) for t in tensors(model) if t.scale is not None}
 
 
 # Ops whose output keeps the input's quantization (ai-edge-quantizer constrains them so; no requantization).
@@ -524,13 +509,11 @@ SAME_SCALE_OPS = ("PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "DEPT
 def _match_tensors(qat: QATNet, fp32: Path, x: torch.Tensor, names) -> dict:
     """{tflite tensor name: ActQuant} by value: each quantizer's float tensor (hooked in the float graph) against
     the fp32 .tflite's intermediate tensors on the same input; tensors of SAME_SCALE_OPS inherit their input's."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from runtime.tflite import SIGNATURE, interpreter
 
     model = Path(fp32).read_bytes()
-    it = Interpreter(model_content=model, experimental_preserve_all_tensors=True,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    runner = it.get_signature_runner("serving_default")
+    it = interpreter(model, kernels="builtin", preserve_all_tensors=True)
+    runner = it.get_signature_runner(SIGNATURE)
     runner(image=x.permute(0, 2, 3, 1).numpy())
     vals = {}
     for d in it.get_tensor_details():
@@ -573,20 +556,21 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
     {'tensors': quantized activations, 'scales_equal': every file scale/zero point == the QAT model's, ...}."""
     from ai_edge_quantizer import quantizer
 
-    from posekit import litert
+    from posekit import export_tflite
     from quantize.tflite import _aeq_recipe
+    from runtime import tflite
 
     path = Path(path)
     work = Path(work or path.parent)
     fp32 = work / f".{path.stem}.fp32.tflite"
     qat = qat.eval()
     try:
-        litert.to_tflite(_Float(qat), sample[:1], fp32)
+        export_tflite.litert_to_tflite(_Float(qat), sample[:1], fp32)
         model = fp32.read_bytes()
         q = quantizer.Quantizer(bytearray(model), _aeq_recipe("static_wi8_ai8", int8_io))
-        with litert.quiet():
+        with export_tflite.quiet():
             # One pass gives the QSV table's layout (every tensor the recipe quantizes); its values are replaced.
-            qsvs = q.calibrate({litert.SIGNATURE: [{"image": sample[:1].permute(0, 2, 3, 1).numpy()}]})
+            qsvs = q.calibrate({tflite.SIGNATURE: [{"image": sample[:1].permute(0, 2, 3, 1).numpy()}]})
         match = _match_tensors(qat, fp32, sample[:1], set(qsvs))
         missing = sorted(set(qsvs) - set(match))
         if missing:
@@ -597,7 +581,7 @@ def export_tflite(qat: QATNet, sample: torch.Tensor, path: str | Path, int8_io: 
             e = qsvs[name]
             e["min"] = np.full_like(np.asarray(e["min"]), lo)
             e["max"] = np.full_like(np.asarray(e["max"]), max(aq.hi.item(), 0.0))
-        with litert.quiet():
+        with export_tflite.quiet():
             out = bytes(q.quantize(qsvs, enable_progress_report=False).quantized_model)
     finally:
         fp32.unlink(missing_ok=True)

@@ -13,11 +13,12 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, load_state_file, unwrap
+from posekit import dist
 from posekit.data import CocoPose, MpiiPose
 from posekit.errors import UserError
+from posekit.heatmap import joints_mse as weighted_mse
 from posekit.io import atomic_path, atomic_write_json, sha256_file
-from train import dist
-from train.loop import EpochBatches, evaluate, lr_factor, rng_state, set_rng_state, weighted_mse
+from posekit.training import EpochBatches, evaluate, lr_factor, rng_state, set_rng_state
 
 from .qat import QATNet, export_tflite, load_qat, qat_state, twin_agreement
 
@@ -154,11 +155,10 @@ def twin_ap(qat: QATNet, cfg: dict, arch) -> float | None:
 def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io: bool, log=print) -> dict:
     """Write <artifacts>/tflite/model_int8_qat[_io].tflite and the twin <artifacts>/qat/model_qat.pt, list the
     file in the manifest (quantizer 'qat') beside what convert wrote; returns the manifest entry."""
-    from convert.source import load_source
     from posekit import manifest
-    from posekit.litert import io_entries
     from quantize.calibration import calibration_batches, eval_batches
     from quantize.tflite import fully_integer
+    from runtime.tflite import io_entries
 
     artifacts = Path(artifacts)
     path = artifacts / "tflite" / ("model_int8_qat_io.tflite" if int8_io else "model_int8_qat.tflite")
@@ -184,6 +184,7 @@ def export(qat: QATNet, arch, cfg: dict, run_dir: Path, artifacts: Path, int8_io
         keep = old["artifacts"]
     else:  # no conversion of this checkpoint there yet: a manifest of its own
         from model.arch import dump
+        from model.source import load_source
 
         src = load_source(cfg["ckpt"])
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,9 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     keypoints with the float net's (mean over persons)."""
     import numpy as np
 
-    from posekit import litert, manifest
-    from posekit.evaluate import evaluate_model, oks_agreement
+    from posekit import manifest
+    from posekit.evaluate import evaluate_model, mean_oks_agreement
+    from runtime import tflite
 
     net, arch, _ = load_checkpoint(ckpt)
     man = manifest.read(artifacts) or {"artifacts": []}
@@ -235,8 +237,8 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
             def f(x):
                 return net(torch.from_numpy(x)).numpy()
             return f
-        it = litert.interpreter(path, threads=threads)
-        return lambda x: np.concatenate([litert.run(it, b[None].transpose(0, 2, 3, 1)) for b in x]).transpose(
+        it = tflite.interpreter(path, threads=threads)
+        return lambda x: np.concatenate([tflite.run(it, b[None].transpose(0, 2, 3, 1)) for b in x]).transpose(
             0, 3, 1, 2)  # the .tflite's batch is 1, NHWC
 
     split = cfg["val_split"]
@@ -250,7 +252,6 @@ def compare(ckpt: str, artifacts: Path, cfg: dict, threads: int = 1) -> dict:
     for name in files:
         if name != "float":
             ref = kps["float"]
-            oks = oks_agreement(ref["keypoints"], kps[name]["keypoints"], ref["areas"], ref["labelled"])
-            out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4),
-                             oks_agreement=round(float(np.nanmean(oks)), 4))
+            oks = mean_oks_agreement(ref["keypoints"], kps[name]["keypoints"], ref["areas"], ref["labelled"])
+            out[name].update(dap=round(out["float"]["ap"] - out[name]["ap"], 4), oks_agreement=round(oks, 4))
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posekit import litert
+from runtime import tflite, tflite_flatbuffer
 
 from . import tflite as qtflite
 
@@ -50,26 +50,26 @@ def torch_ref(net, batches) -> np.ndarray:
 
 
 def tflite_out(path, batches) -> np.ndarray:
-    it = litert.interpreter(path, threads=2)
-    return np.concatenate([litert.run(it, b.permute(0, 2, 3, 1).numpy()) for b in batches])
+    it = tflite.interpreter(path, threads=2)
+    return np.concatenate([tflite.run(it, b.permute(0, 2, 3, 1).numpy()) for b in batches])
 
 
-def oks_agreement(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> float:
-    """Mean per-crop OKS of the candidate's decoded keypoints against the float model's, each crop taken as one
-    person whose area is the crop's (in input pixels) and every joint counted."""
-    from posekit.evaluate import oks_agreement as oks
+def heatmaps_oks_agreement(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> float:
+    """posekit.evaluate.mean_oks_agreement of the candidate's decoded keypoints against the float model's, each
+    crop taken as one person whose area is the crop's (in input pixels) and every joint counted."""
+    from posekit.evaluate import mean_oks_agreement
     from posekit.heatmap import STRIDE, decode
 
     r, _ = decode(np.transpose(ref_nhwc, (0, 3, 1, 2)))
     p, _ = decode(np.transpose(out_nhwc, (0, 3, 1, 2)))
     h, w = input_size
     area = np.full(len(r), float(h * w))
-    return float(np.nanmean(oks(r * STRIDE, p * STRIDE, area)))
+    return mean_oks_agreement(r * STRIDE, p * STRIDE, area)
 
 
 def score(ref_nhwc: np.ndarray, out_nhwc: np.ndarray, input_size) -> dict:
     """{'oks_agreement', 'sqnr_db'} of one candidate's heatmaps against the float model's."""
-    return {"oks_agreement": round(oks_agreement(ref_nhwc, out_nhwc, input_size), 4),
+    return {"oks_agreement": round(heatmaps_oks_agreement(ref_nhwc, out_nhwc, input_size), 4),
             "sqnr_db": round(sqnr_db(ref_nhwc, out_nhwc), 2)}
 
 
@@ -92,10 +92,10 @@ def candidate(name: str, net, sample, fp32: Path, calib, tmp: Path, int8_io: boo
     if quantizer == "tf":
         from . import tf
 
-        return tf.to_tflite(net, arch, calib, tmp, "int8")
+        return tf.onnx2tf_to_tflite(net, arch, calib, tmp, "int8")
     if quantizer == "aeq":
         return qtflite.quantize_tflite(fp32, tmp, "int8", calib, int8_io=int8_io, recipe=recipe)
-    return qtflite.to_tflite(net, sample, tmp, "int8", calib, quantizer="pt2e")
+    return qtflite.ptq_to_tflite(net, sample, tmp, "int8", calib, quantizer="pt2e")
 
 
 def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool, candidates=DEFAULT_CANDIDATES,
@@ -121,7 +121,7 @@ def export_int8(net, sample, out: Path, fp32: Path, calib, evals, int8_io: bool,
             build(tmp)
             s = {"quantizer": name, **score(ref, tflite_out(tmp, evals), input_size),
                  "fully_integer": qtflite.fully_integer(tmp), "int8_activations": qtflite.int8_activations(tmp),
-                 "float_ops": litert.float_compute_ops(tmp), "_path": tmp}
+                 "float_ops": tflite_flatbuffer.float_compute_ops(tmp), "_path": tmp}
         except Exception as e:  # a candidate that fails is recorded, not fatal
             s = {"quantizer": name, "error": f"{type(e).__name__}: {e}"[:300]}
         log(f"  int8 candidate {s['quantizer']}: " + (

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from posekit.errors import UserError
+from posekit.export_tflite import write_tflite
 from posekit.keypoints import MEAN, STD
-from posekit.litert import write_tflite
 from posekit.proc import die_with_parent
 
 NAME = {"fp32": "tensorflow TFLiteConverter fp32 (onnx2tf)",
@@ -85,7 +85,7 @@ def convert_bytes(net, arch, calib) -> dict[str, bytes]:
     return out
 
 
-def to_tflite(net, arch, calib, path, precision: str) -> Path:
+def onnx2tf_to_tflite(net, arch, calib, path, precision: str) -> Path:
     """Write the TensorFlow path's `precision` ('fp32' | 'int8') .tflite to `path` (atomic)."""
     if precision not in NAME:
         raise UserError(f"precision {precision!r}: the TensorFlow path writes fp32 or int8")

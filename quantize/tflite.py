@@ -1,6 +1,7 @@
 """Quantized .tflite files: ai-edge-quantizer recipes on litert-torch's fp32 bytes, and PT2E.
 
-- "aeq" (default): litert-torch converts fp32 (posekit.litert.tflite_bytes), then ai-edge-quantizer applies a recipe
+- "aeq" (default): litert-torch converts fp32 (posekit.export_tflite.tflite_bytes), then ai-edge-quantizer applies a
+  recipe
   (static_wi8_ai8, static_wi8_ai16, dynamic_wi8_afp32, fp16 float casting) calibrated on `calib` (real crops:
   quantize/calibration.py) with the true min/max over all samples. Every compute op is quantized, TRANSPOSE_CONV
   included.
@@ -18,17 +19,10 @@ import torch
 from torch import nn
 
 from posekit.errors import UserError
-from posekit.litert import (
-    SIGNATURE,
-    SignatureModule,
-    first_line,
-    float_compute_ops,
-    op_dtypes,
-    quiet,
-    tflite_bytes,
-    to_nhwc,
-    write_tflite,
-)
+from posekit.export_tflite import SignatureModule, quiet, tflite_bytes, to_nhwc, write_tflite
+from posekit.io import first_line
+from runtime.tflite import SIGNATURE
+from runtime.tflite_flatbuffer import float_compute_ops, op_dtypes
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 STATIC_RECIPES = ("static_wi8_ai8", "static_wi8_ai16")
@@ -105,7 +99,7 @@ def _pt2e(module: nn.Module, sample: torch.Tensor, batches: list[np.ndarray]) ->
     return tflite_bytes(m, sample, quant_config.QuantConfig(pt2e_quantizer=q))
 
 
-def to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, precision: str = "fp32",
+def ptq_to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, precision: str = "fp32",
               calib: Iterable | None = None, int8_io: bool = False, nhwc: bool = True, *,
               quantizer: str = "aeq", recipe: str = "static_wi8_ai8", output_name: str = "heatmaps") -> Path:
     """Convert `module` (eval mode, NCHW input like `sample_input`) to a .tflite at `path` (atomic) and return it.
@@ -130,7 +124,8 @@ def to_tflite(module: nn.Module, sample_input: torch.Tensor, path: str | Path, p
 
 def quantize_tflite(fp32: str | Path | bytes, path: str | Path, precision: str, calib: Iterable | None = None,
                     int8_io: bool = False, nhwc: bool = True, recipe: str = "static_wi8_ai8") -> Path:
-    """Quantize an fp32 .tflite written by `to_tflite` (ai-edge-quantizer) without converting again."""
+    """Quantize an fp32 .tflite (posekit.export_tflite.litert_to_tflite) with ai-edge-quantizer, without converting
+    again."""
     _check(precision, int8_io, "aeq", recipe)
     batches = _calib_batches(calib, nhwc, "int8") if precision == "int8" else None
     model = fp32 if isinstance(fp32, bytes) else Path(fp32).read_bytes()
@@ -161,7 +156,7 @@ def _quantize(model: bytes, precision: str, batches, recipe: str, int8_io: bool 
 
 
 def fully_integer(path) -> bool:
-    """No compute op left in float (posekit.litert.COMPUTE_OPS)."""
+    """No compute op left in float (runtime.tflite_flatbuffer.COMPUTE_OPS)."""
     return not float_compute_ops(path)
 
 

@@ -10,12 +10,12 @@ import math
 import os
 from pathlib import Path
 
+from model.latency import lut_device
 from posekit.cli import (
     ArgumentParser,
     data_dir,
     float_range,
     hxw_type,
-    lut_device,
     main_guard,
     nonneg_float,
     nonneg_int,

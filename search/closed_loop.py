@@ -4,8 +4,8 @@ measured int8 latency, convert the derived arch to int8 TFLite and time it with 
     python -m search closed-loop [--lut host-int8] [--ref efficientpose_a] [--ratio 0.7] [search options]
 
 The reference is EfficientPose-A's blocks with the search space's stem and head (the part the search cannot change
-is then the same in both), converted by `quantize.tflite.to_tflite(deploy_model(net), ..., precision="int8")` and
-timed by `posekit.litert.interpreter` (XNNPACK, --runtime-threads, interleaved A/B repeats, median). Latency
+is then the same in both), converted by `quantize.tflite.ptq_to_tflite(deploy_model(net), ..., precision="int8")` and
+timed by `runtime.tflite.interpreter` (XNNPACK, --runtime-threads, interleaved A/B repeats, median). Latency
 does not depend on the weight values, so both networks keep their initial weights (calibrated on real crops).
 Writes <out>/closed_loop.json and the two .tflite files (`make bench MODEL=<file>` re-times them).
 """
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from model.arch import Arch, load
-from posekit.cli import ArgumentParser, lut_device, positive_float, positive_int
+from model.latency import lut_device
+from posekit.cli import ArgumentParser, positive_float, positive_int
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 
@@ -44,7 +45,7 @@ def calib_batches(input_size, n: int = 8, data: str | None = None) -> list[torch
 def to_int8(arch: Arch, path: Path, calib) -> Path:
     from model.deploy import deploy_model
     from model.net import build
-    from quantize.tflite import to_tflite
+    from quantize.tflite import ptq_to_tflite
 
     torch.manual_seed(0)
     net = build(arch).eval()
@@ -53,13 +54,13 @@ def to_int8(arch: Arch, path: Path, calib) -> Path:
         for b in calib:
             net(b)
         net.eval()
-    return to_tflite(deploy_model(net), calib[0], path, precision="int8", calib=calib)
+    return ptq_to_tflite(deploy_model(net), calib[0], path, precision="int8", calib=calib)
 
 
 def time_tflite(paths: list[Path], threads: int, repeats: int, warmup: int = 5, clock: str = "wall") -> list[float]:
     """Median ms per model, round-robin over the models so the machine's noise spreads evenly. clock "cpu" is the
     calling thread's CPU time (1 thread only): on a shared machine it leaves out the time other jobs hold the core."""
-    from posekit.litert import interpreter, io_details, run
+    from runtime.tflite import interpreter, io_details, run
 
     now = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}[clock]
     its, xs = [], []
@@ -112,11 +113,11 @@ def main(argv) -> int:
     cfg = cli.build_config(a, out=a.out)
     out = Path(a.out)
 
-    from device_bench.lut import ensure_lut
+    from model.latency import load_lut
     from model.space import load_space
 
     space = load_space(a.space)
-    lut = ensure_lut(a.lut, space)  # this machine's host LUT, measured on first use
+    lut = load_lut(a.lut, space)  # this machine's host LUT: `make lut DEVICE=host-int8` measures it
     threads = a.runtime_threads or int(lut.header.get("threads") or 1)
     clock = a.clock or ("cpu" if str(lut.header.get("clock", "wall")).startswith("cpu") else "wall")
     if clock == "cpu" and threads != 1:

@@ -61,12 +61,12 @@ def device_name(device: str) -> str:
 
 
 def load_cost(device: str, space: SearchSpace) -> CostModel:
-    """`flops` -> per-candidate FLOPs (computed); anything else -> `model.latency.load_lut(device, space)`."""
+    """`flops` -> per-candidate FLOPs (computed); anything else -> `model.latency.load_lut(device, space)`. The search
+    reads LUT files; measuring a missing one (this machine's host LUT) is a step before it (`make search`, the
+    demo: `python -m device_bench lut`)."""
     if device == FLOPS:
         return flops_cost(space)
-    from device_bench.lut import ensure_lut  # load_lut; this machine's host LUT is measured on first use
-
-    lut = ensure_lut(device, space)
+    lut = load_lut(device, space)
     return lut_cost(lut, space, device_name(device))
 
 

@@ -110,7 +110,7 @@ def write_manifest(root: Path, arch, entries: list[dict], ckpt: Path):
 
 def run_parity(argv, capsys):
     """python -m parity in-process: (exit code, captured out/err); torch's thread count restored after it."""
-    from parity.__main__ import main
+    from parity.cli import main
 
     n = torch.get_num_threads()
     try:
@@ -125,7 +125,7 @@ def _tflite_ops(buf: bytearray):
     """(Model, its first subgraph, each operator's builtin name) of a .tflite held in `buf` (views, not copies)."""
     from ai_edge_litert import schema_py_generated as s
 
-    from posekit.litert import builtin_name
+    from runtime.tflite_flatbuffer import builtin_name
 
     m = s.Model.GetRootAs(buf, 0)
     g = m.Subgraphs(0)
@@ -158,7 +158,7 @@ def change_coreml_scale(src: Path, dst: Path, factor: float = -30.0) -> str:
     inside weights/weight.bin; returns that op's output name."""
     from coremltools import proto
 
-    from parity.coreml_exec import blob_span
+    from runtime.coreml_reference import blob_span
 
     shutil.copytree(src, dst)
     spec = proto.Model_pb2.Model()
@@ -245,7 +245,7 @@ def change_coreml_palette_entry(src: Path, dst: Path, shift: float = 0.25) -> st
     range inside weights/weight.bin; returns that op's output name."""
     from coremltools import proto
 
-    from parity.coreml_exec import CoreMLProgram, blob_span, unpack_bits
+    from runtime.coreml_reference import CoreMLProgram, blob_span, unpack_bits
 
     shutil.copytree(src, dst)
     impl = CoreMLProgram(dst)._impl

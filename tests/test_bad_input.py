@@ -56,7 +56,7 @@ def test_convert_refuses_bad_calibration_data_before_writing_anything(tmp_path, 
     (lambda a: a.pop("bbox"), "bbox: missing"),
 ], ids=["50 values", "abc", "null", "no bbox"])
 def test_train_refuses_a_malformed_annotation_in_one_line(tmp_path, capsys, edit, field):
-    from train.__main__ import main
+    from train.cli import main
 
     root, f, ann_id = bad_tree(tmp_path, edit=edit)
     rc = main(["--data", str(root), "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])
@@ -67,7 +67,7 @@ def test_train_refuses_a_malformed_annotation_in_one_line(tmp_path, capsys, edit
 
 def test_coco_file_with_mpii_sized_persons_names_the_joint_count(tmp_path, capsys):
     """Every annotation with 16 joints (MPII-sized) used to be '86 persons with no labelled joint'."""
-    from train.__main__ import main
+    from train.cli import main
 
     root = tmp_path / "coco"
     shutil.copytree(DEFAULT_COCO, root)
@@ -82,7 +82,7 @@ def test_coco_file_with_mpii_sized_persons_names_the_joint_count(tmp_path, capsy
 
 
 def test_train_names_a_missing_val_split_before_training(tmp_path, capsys):
-    from train.__main__ import main
+    from train.cli import main
 
     rc = main(["--val-split", "nosuch", "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])
     line = one_error_line(capsys.readouterr().err)
@@ -91,7 +91,7 @@ def test_train_names_a_missing_val_split_before_training(tmp_path, capsys):
 
 
 def test_val_split_without_the_fields_cocoeval_reads_is_named_before_training(tmp_path, capsys):
-    from train.__main__ import main
+    from train.cli import main
 
     root, f, ann_id = bad_tree(tmp_path, split="val2017", edit=lambda a: a.pop("num_keypoints"))
     rc = main(["--data", str(root), "--input", "64x48", "--epochs", "1", "--out", str(tmp_path / "run")])

@@ -214,8 +214,8 @@ def test_reference_executors_run_the_necks_resampling_ops():
     rule and the Core ML executor's max_pool / upsample_nearest_neighbor, against torch."""
     import torch.nn.functional as F
 
-    from parity.coreml_ops import op_max_pool, op_upsample_nearest_neighbor
-    from quantize.simulate import _nearest_index
+    from runtime.coreml_ops import op_max_pool, op_upsample_nearest_neighbor
+    from runtime.tflite_twin import _nearest_index
 
     x = torch.randn(1, 5, 6, 4)
     up = F.interpolate(x, scale_factor=2, mode="nearest")

@@ -13,18 +13,18 @@ from posekit import cli
 
 # (stage module, subcommand or None): every parser a user can reach
 PARSERS = {
-    "train": lambda: importlib.import_module("train.__main__").build_parser(),
+    "train": lambda: importlib.import_module("train.cli").build_parser(),
     "model": lambda: importlib.import_module("model.cli").build_parser(),
-    "device_bench": lambda: importlib.import_module("device_bench.__main__").build_parser(),
+    "device_bench": lambda: importlib.import_module("device_bench.cli").build_parser(),
     "search": lambda: importlib.import_module("search.cli").build_parser(),
     "search closed-loop": lambda: importlib.import_module("search.closed_loop").build_parser(),
     "convert": lambda: importlib.import_module("convert.cli").build_parser(),
     "convert head-bench": lambda: importlib.import_module("convert.cli").bench_parser(),
-    "quantize": lambda: importlib.import_module("quantize.__main__").build_parser(),
-    "parity": lambda: importlib.import_module("parity.__main__").build_parser(),
-    "demo": lambda: importlib.import_module("demo.__main__").build_parser(),
-    "quantize qat": lambda: importlib.import_module("quantize.qat_main").build_parser(),
-    "predict": lambda: importlib.import_module("predict.__main__").build_parser(),
+    "quantize": lambda: importlib.import_module("quantize.cli").build_parser(),
+    "parity": lambda: importlib.import_module("parity.cli").build_parser(),
+    "demo": lambda: importlib.import_module("demo.cli").build_parser(),
+    "quantize qat": lambda: importlib.import_module("quantize.qat_cli").build_parser(),
+    "predict": lambda: importlib.import_module("predict.cli").build_parser(),
 }
 
 
@@ -106,12 +106,13 @@ def test_good_values_still_parse():
         cli.parse_hxw("100x96", 16)
 
 
-def test_every_stage_main_answers_a_bad_option_in_one_line(capsys):
-    """Through main() (what `python -m <stage>` runs): argparse's exit 2, one line, no traceback."""
+def test_every_stage_main_answers_a_bad_option_in_one_line(capfd):
+    """Through main() (what `python -m <stage>` runs): argparse's exit 2, one line, no traceback (capfd: `quantize
+    run` is convert's CLI in a child process)."""
     mains = {"train": ["--epochs", "0"], "model": ["info", "--family", "-1"], "search": ["--device", "tpu"],
              "device_bench": ["bench", "--model", "x.tflite", "--runs", "0"], "convert": ["--jobs", "0"],
              "quantize": ["--calib", "-3"], "parity": ["--threads", "0"], "demo": ["--device", "tpu"]}
     for stage, argv in mains.items():
         rc = importlib.import_module("model.cli" if stage == "model" else f"{stage}.__main__").main(argv)
-        err = capsys.readouterr().err
+        err = capfd.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (stage, err)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from posekit import litert
+from posekit import export_tflite
+from runtime import tflite, tflite_flatbuffer
 from tests.app_artifacts import CALIB, copy_of
 
 PY = sys.executable
@@ -63,18 +64,19 @@ def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(app_artifacts):
         ref = np.concatenate([net(b).permute(0, 2, 3, 1).numpy() for b in x])
     arts = {a["precision"]: a for a in m["artifacts"] if a["format"] == "tflite"}
     fp32 = out / arts["fp32"]["file"]
-    y = np.concatenate([litert.run(litert.interpreter(fp32), b.permute(0, 2, 3, 1).numpy()) for b in x])
+    y = np.concatenate([tflite.run(tflite.interpreter(fp32), b.permute(0, 2, 3, 1).numpy()) for b in x])
     assert np.abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
     a = arts["int8"]
     assert a["inputs"][0]["name"] == "image" and a["outputs"][0]["name"] == "heatmaps"
     assert a["inputs"][0]["dtype"] == "float32" and a["inputs"][0]["layout"] == "NHWC"
     int8 = out / a["file"]
-    assert litert.float_compute_ops(int8) == {}
-    ops8, opsf = litert.op_counts(int8), litert.op_counts(fp32)
+    assert tflite_flatbuffer.float_compute_ops(int8) == {}
+    ops8, opsf = tflite_flatbuffer.op_counts(int8), tflite_flatbuffer.op_counts(fp32)
     assert not {"SLICE", "CONCATENATION", "TRANSPOSE_CONV"} & set(ops8)
     assert {k: v for k, v in ops8.items() if k not in ("QUANTIZE", "DEQUANTIZE")} == opsf
     for xnn in (True, False):  # both kernel sets run it (what `make bench` times)
-        q = np.concatenate([litert.run(litert.interpreter(int8, xnnpack=xnn), b.permute(0, 2, 3, 1).numpy())
+        it = tflite.interpreter(int8, kernels="xnnpack" if xnn else "builtin")
+        q = np.concatenate([tflite.run(it, b.permute(0, 2, 3, 1).numpy())
                             for b in x])
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.9
 
@@ -154,14 +156,14 @@ def test_unconvertible_op_names_op_and_module(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.ReLU(), Odd())).eval()
     x = torch.randn(1, 3, 8, 6)
     with pytest.raises(UserError) as e:
-        _guard(lambda: litert.to_tflite(net, x, tmp_path / "odd.tflite"), "tflite", net, x)
+        _guard(lambda: export_tflite.litert_to_tflite(net, x, tmp_path / "odd.tflite"), "tflite", net, x)
     assert "fft" in str(e.value) and "'1.1'" in str(e.value)
     assert not (tmp_path / "odd.tflite").exists()
 
 
 def test_help(capsys):
     from convert.cli import main as convert_main
-    from quantize.__main__ import main as quantize_main
+    from quantize.cli import main as quantize_main
 
     for main in (convert_main, quantize_main):
         assert main(["--help"]) == 0 and "--targets" in capsys.readouterr().out

@@ -169,9 +169,10 @@ def test_tensorflow_path_agrees_with_pytorch_and_is_an_int8_candidate(tiny_arch_
     import torch
 
     from model.checkpoint import load_checkpoint
-    from posekit import litert, manifest
+    from posekit import manifest
     from quantize.calibration import eval_batches
     from quantize.tflite import fully_integer
+    from runtime import tflite
 
     out = tmp_path / "art"
     r = _convert(root, tiny_arch_file, out, "tflite-int8", "tflite-tf-fp32", "tflite-tf-int8")
@@ -184,8 +185,8 @@ def test_tensorflow_path_agrees_with_pytorch_and_is_an_int8_candidate(tiny_arch_
     x = eval_batches(arch, n=2)
     with torch.no_grad():
         ref = np.concatenate([net(b).permute(0, 2, 3, 1).numpy() for b in x])
-    it = litert.interpreter(out / "tflite/model_tf_fp32.tflite")
-    y = np.concatenate([litert.run(it, b.permute(0, 2, 3, 1).numpy()) for b in x])
+    it = tflite.interpreter(out / "tflite/model_tf_fp32.tflite")
+    y = np.concatenate([tflite.run(it, b.permute(0, 2, 3, 1).numpy()) for b in x])
     assert np.abs(y - ref).max() <= 1e-4 * np.ptp(ref)  # two independent converters agree with PyTorch
     assert fully_integer(out / "tflite/model_tf_int8.tflite")
     tf_cand = [c for c in m["int8_selection"]["candidates"] if c["quantizer"].startswith("tensorflow")]

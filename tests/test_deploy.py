@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from convert.source import randomize
 from model.arch import Head
 from model.deploy import REWRITES, deploy_model, fold_bn, rewrite_deconv
 from model.heads import DeconvBNAct, PoseHead
+from model.source import randomize
 
 
 def _bn_random(bn):
@@ -83,20 +83,21 @@ def test_bad_deconv_geometry_is_refused():
 
 def test_mbv1_head_tflite_has_no_slice_concat_or_transpose_conv(tmp_path):
     """The shipped rewrite: one DEPTHWISE_CONV_2D per deconv, fully integer in int8."""
-    from posekit import litert
+    from posekit import export_tflite
+    from runtime import tflite, tflite_flatbuffer
 
     net = deploy_model(randomize(PoseHead(32, 17, Head("mbv1", [16, 16], 4, True))).eval())
     x = torch.randn(1, 32, 4, 3)
-    fp32 = litert.to_tflite(net, x, tmp_path / "head.tflite")
-    ops = litert.op_counts(fp32)
+    fp32 = export_tflite.litert_to_tflite(net, x, tmp_path / "head.tflite")
+    ops = tflite_flatbuffer.op_counts(fp32)
     assert not {"SLICE", "CONCATENATION", "TRANSPOSE_CONV"} & set(ops), ops
     assert ops["DEPTHWISE_CONV_2D"] == 3  # two rewritten deconvs + SIC
-    it = litert.interpreter(fp32)
-    y = litert.run(it, x.permute(0, 2, 3, 1).numpy())
+    it = tflite.interpreter(fp32)
+    y = tflite.run(it, x.permute(0, 2, 3, 1).numpy())
     ref = net(x).permute(0, 2, 3, 1).detach().numpy()
     assert abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
     from quantize.tflite import quantize_tflite
 
     int8 = quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
-    assert litert.float_compute_ops(int8) == {}
-    assert not {"SLICE", "CONCATENATION"} & set(litert.op_counts(int8))
+    assert tflite_flatbuffer.float_compute_ops(int8) == {}
+    assert not {"SLICE", "CONCATENATION"} & set(tflite_flatbuffer.op_counts(int8))

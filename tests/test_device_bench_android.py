@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from device_bench import android
-from device_bench.__main__ import main
+from device_bench.cli import main
 from device_bench.parts import Part
 from model.latency import LUT
 from posekit.errors import UserError

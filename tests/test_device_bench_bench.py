@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from device_bench import fidelity, host
-from device_bench.__main__ import main
+from device_bench import host, lut_accuracy
+from device_bench.cli import main
 from device_bench.lut import select_parts
 from model.space import load_space
 
@@ -22,7 +22,7 @@ def artifacts(tmp_path_factory):
 
     from model.arch import dump, load
     from posekit import manifest
-    from posekit.litert import io_details
+    from runtime.tflite import io_details
 
     arts = []
     for precision in ("fp32", "int8"):
@@ -72,21 +72,21 @@ def test_bench_bad_inputs(tmp_path, capsys):
 
 def test_fidelity_statistics():
     meas = np.array([10.0, 12.0, 15.0, 20.0, 30.0])
-    s = fidelity.stats(meas * 1.1, meas)
+    s = lut_accuracy.stats(meas * 1.1, meas)
     assert s["mape_pct"] == pytest.approx(10.0) and s["spearman"] == pytest.approx(1.0)
-    assert fidelity.stats(meas[::-1].copy(), meas)["spearman"] == pytest.approx(-1.0)
+    assert lut_accuracy.stats(meas[::-1].copy(), meas)["spearman"] == pytest.approx(-1.0)
     pred = (meas - 2.0) / 1.5  # the LUT sums parts: off by a scale and an offset
-    cal = fidelity.linear_calibration(pred, meas)
+    cal = lut_accuracy.linear_calibration(pred, meas)
     assert cal["scale"] == pytest.approx(1.5) and cal["offset_ms"] == pytest.approx(2.0)
     assert cal["mape_pct"] == pytest.approx(0, abs=1e-9) and cal["loo_mape_pct"] == pytest.approx(0, abs=1e-6)
 
 
 def test_fidelity_samples_are_reproducible_archs_of_the_space(tmp_path):
     space = load_space("default")
-    a, b = fidelity.sample_archs(space, 5, seed=3), fidelity.sample_archs(space, 5, seed=3)
+    a, b = lut_accuracy.sample_archs(space, 5, seed=3), lut_accuracy.sample_archs(space, 5, seed=3)
     assert [x.blocks for x in a] == [x.blocks for x in b]
     assert len({tuple(y.op for y in x.blocks) for x in a}) == 5
-    png = fidelity.scatter(tmp_path / "f.png", [1, 2, 3], [1.1, 2.2, 2.9], "t", {"scale": 1.0, "offset_ms": 0.1})
+    png = lut_accuracy.scatter(tmp_path / "f.png", [1, 2, 3], [1.1, 2.2, 2.9], "t", {"scale": 1.0, "offset_ms": 0.1})
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

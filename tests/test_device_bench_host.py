@@ -5,12 +5,12 @@ import json
 import pytest
 
 from device_bench import host, lutfile
-from device_bench.__main__ import main
+from device_bench.cli import main
 from device_bench.lut import select_parts
 from model.latency import LUT, load_lut, network_keys
 from model.space import load_space
 from posekit.errors import UserError
-from posekit.litert import op_counts
+from runtime.tflite_flatbuffer import op_counts
 
 KEY = "ir_k3_e3|in=16x12x64|out=64|s=1"
 

@@ -1,16 +1,32 @@
 """The project's import graph, read from the sources (ast; nothing is imported or run).
 
-- No project module imports a `__main__` module (anywhere, in-function imports included): an entry point holds
-  argument parsing only, and importing it runs it a second time under `python -m`.
-- No cycles, counting in-function imports too: deferring an import hides a cycle from Python, not from a reader.
+- Layers: posekit < model < runtime < quantize < stages (device_bench, search, train, convert, parity, predict) <
+  demo. A package imports only lower ranks, and a stage never imports another stage (in-function imports
+  included: deferring an import hides it from Python, not from a reader). The same rank table as the repository
+  hook /work/shared/hooks/layers.py.
+- No project module imports a `__main__` module: an entry point holds the 3-line call of its stage's cli.py, and
+  importing it runs it a second time under `python -m`.
+- No cycles, counting in-function imports too.
+- Entry points stay light: `python -m <stage> --help` imports neither torch nor tensorflow nor coremltools.
 """
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from posekit.paths import REPO as ROOT
 
-PACKAGES = ("model", "posekit", "train", "search", "convert", "quantize", "device_bench", "parity", "demo", "predict")
+RANK = {"posekit": 0, "model": 1, "runtime": 2, "quantize": 3, "device_bench": 4, "search": 4, "train": 4,
+        "convert": 4, "parity": 4, "predict": 4, "demo": 5}
+STAGE_RANK = 4  # packages of this rank never import each other
+PACKAGES = tuple(RANK)
+STAGES = ("model", "device_bench", "search", "train", "convert", "quantize", "parity", "predict", "demo")
+HEAVY = ("torch", "tensorflow", "coremltools")
 
 # Known violations (none: a new one must be fixed, not listed here).
 KNOWN_MAIN_IMPORTS: set = set()
@@ -87,6 +103,62 @@ def cycles(edges: dict[str, set[str]]) -> list[frozenset]:
     return out
 
 
+def layer_violations(edges: dict[str, set[str]]) -> list[str]:
+    """'src -> dst' for every import against the ranks (a lower package importing a higher one, or a stage
+    importing another stage)."""
+    bad = []
+    for src, deps in sorted(edges.items()):
+        a = src.split(".")[0]
+        for dst in sorted(deps):
+            b = dst.split(".")[0]
+            if a != b and (RANK[b] > RANK[a] or RANK[a] == RANK[b] == STAGE_RANK):
+                bad.append(f"{src} -> {dst}")
+    return bad
+
+
+def test_every_import_follows_the_layers():
+    assert layer_violations(graph()) == []
+
+
+def test_the_layer_check_catches_a_planted_import(tmp_path):
+    """A file like posekit/metadata.py once was (an in-function import of parity), read by the same reader."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("import numpy\n\n\ndef read(path):\n    from parity.report import write_report\n"
+                       "    return write_report\n")
+    mods = modules()
+    edges = {"posekit.planted": imports("posekit.planted", planted, mods)}
+    assert edges["posekit.planted"] == {"parity.report"}
+    assert layer_violations(edges) == ["posekit.planted -> parity.report"]
+    stage_to_stage = tmp_path / "s.py"
+    stage_to_stage.write_text("from device_bench.lut import ensure_lut\n")
+    assert layer_violations({"search.s": imports("search.s", stage_to_stage, mods)}) == [
+        "search.s -> device_bench.lut"]
+    assert layer_violations({"quantize.x": {"runtime.tflite", "model.arch", "posekit.io"}}) == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_imports_no_heavy_library(stage):
+    """`python -m <stage> --help` in a fresh interpreter: exit 0, and none of torch / tensorflow / coremltools
+    in sys.modules afterwards (the stage's parser is built without them)."""
+    code = ("import runpy, sys, json\n"
+            f"sys.argv = ['{stage}', '--help']\n"
+            "try:\n"
+            f"    runpy.run_module('{stage}', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as e:\n"
+            "    rc = e.code or 0\n"
+            "else:\n"
+            "    rc = 0\n"
+            f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+            "sys.stdout.flush()\n"
+            "print('\\n' + json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["rc"] == 0 and "usage:" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert res["heavy"] == [], f"python -m {stage} --help imports {sorted({m.split('.')[0] for m in res['heavy']})}"
+
+
 def test_no_module_imports_a_main_module():
     found = {(src, dst) for src, deps in graph().items() for dst in deps if dst.endswith(".__main__")}
     assert found <= KNOWN_MAIN_IMPORTS, sorted(found - KNOWN_MAIN_IMPORTS)
@@ -103,3 +175,5 @@ def test_the_checker_sees_cycles_and_main_imports():
     mods = modules()
     assert {"model.arch", "model.latency", "posekit.errors"} <= imports("model.space", mods["model.space"], mods)
     assert "search.cli" in imports("search.closed_loop", mods["search.closed_loop"], mods)  # relative, in-function
+    fd = "parity.first_divergence"
+    assert "runtime.tflite" in imports(fd, mods[fd], mods)  # absolute, in-function

@@ -1,17 +1,18 @@
-"""posekit/litert.py (fp32) and quantize/tflite.py (quantized) on one real block (EfficientPose-A's ir_k7_e3 at a
-small spatial size): fp32 parity, the int8
-flavours, int8 I/O, both kernel sets, the op census and bad arguments."""
+"""posekit/export_tflite.py + runtime/tflite*.py (fp32) and quantize/tflite.py (quantized) on one real block
+(EfficientPose-A's ir_k7_e3 at a small spatial size): fp32 parity, the int8 flavours,
+int8 I/O, both kernel sets, the op census and bad arguments."""
 
 import numpy as np
 import pytest
 import torch
 
-from convert.source import randomize
 from model.blocks import InvertedResidual
 from model.deploy import deploy_model
-from posekit import litert
+from model.source import randomize
+from posekit import export_tflite
 from posekit.errors import UserError
 from quantize import tflite as qtflite
+from runtime import tflite, tflite_flatbuffer
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def block(tmp_path_factory):
     x = torch.randn(1, 32, 8, 6)
     calib = [torch.randn(1, 32, 8, 6, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     d = tmp_path_factory.mktemp("litert")
-    return net, x, calib, litert.to_tflite(net, x, d / "fp32.tflite"), d
+    return net, x, calib, export_tflite.litert_to_tflite(net, x, d / "fp32.tflite"), d
 
 
 def _ref(net, x):
@@ -32,10 +33,11 @@ def test_fp32_matches_and_both_kernel_sets_run(block):
     net, x, _, fp32, _ = block
     ref = _ref(net, x)
     for xnnpack in (True, False):
-        y = litert.run(litert.interpreter(fp32, xnnpack=xnnpack), x.permute(0, 2, 3, 1).numpy())
+        it = tflite.interpreter(fp32, kernels="xnnpack" if xnnpack else "builtin")
+        y = tflite.run(it, x.permute(0, 2, 3, 1).numpy())
         assert np.abs(y - ref).max() <= 1e-4 * np.ptp(ref)
-    assert litert.op_counts(fp32) == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
-    io = litert.io_details(fp32)
+    assert tflite_flatbuffer.op_counts(fp32) == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "ADD": 1}
+    io = tflite.io_details(fp32)
     assert io["inputs"][0]["name"] == "image" and io["inputs"][0]["shape"] == [1, 8, 6, 32]
     assert io["outputs"][0]["name"] == "heatmaps" and io["outputs"][0]["quantization"] is None
 
@@ -44,9 +46,9 @@ def test_fp32_matches_and_both_kernel_sets_run(block):
 def test_quantized_flavours(block, precision):
     net, x, calib, fp32, d = block
     q = qtflite.quantize_tflite(fp32, d / f"{precision}.tflite", precision, calib)
-    floats = litert.float_compute_ops(q)
+    floats = tflite_flatbuffer.float_compute_ops(q)
     assert (floats == {}) == (precision == "int8") == qtflite.fully_integer(q), floats
-    y = litert.run(litert.interpreter(q), x.permute(0, 2, 3, 1).numpy())
+    y = tflite.run(tflite.interpreter(q), x.permute(0, 2, 3, 1).numpy())
     ref = _ref(net, x)
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.98
     assert q.stat().st_size < fp32.stat().st_size
@@ -55,11 +57,11 @@ def test_quantized_flavours(block, precision):
 def test_int8_io_records_scale_and_zero_point(block):
     net, x, calib, fp32, d = block
     q = qtflite.quantize_tflite(fp32, d / "io.tflite", "int8", calib, int8_io=True)
-    io = litert.io_details(q)
+    io = tflite.io_details(q)
     for t in io["inputs"] + io["outputs"]:
         assert t["dtype"] == "int8" and t["quantization"]["scale"] > 0
-    assert "QUANTIZE" not in litert.op_counts(q)  # nothing float at the edges
-    y = litert.run(litert.interpreter(q), x.permute(0, 2, 3, 1).numpy())  # run() quantizes / dequantizes
+    assert "QUANTIZE" not in tflite_flatbuffer.op_counts(q)  # nothing float at the edges
+    y = tflite.run(tflite.interpreter(q), x.permute(0, 2, 3, 1).numpy())  # run() quantizes / dequantizes
     assert np.corrcoef(y.ravel(), _ref(net, x).ravel())[0, 1] > 0.98
 
 
@@ -69,7 +71,7 @@ def test_calibration_covers_every_sample_not_a_moving_average(block):
     net, x, calib, fp32, d = block
     wide = calib[:-1] + [calib[-1] * 6.0]
     q = qtflite.quantize_tflite(fp32, d / "wide.tflite", "int8", wide, int8_io=True)
-    qp = litert.io_details(q)["inputs"][0]["quantization"]
+    qp = tflite.io_details(q)["inputs"][0]["quantization"]
     lo, hi = (-128 - qp["zero_point"]) * qp["scale"], (127 - qp["zero_point"]) * qp["scale"]
     data = torch.cat(wide)
     assert lo <= float(data.min()) * 0.99 and hi >= float(data.max()) * 0.99
@@ -77,8 +79,8 @@ def test_calibration_covers_every_sample_not_a_moving_average(block):
 
 def test_pt2e_flow_quantizes_the_convs(block):
     net, x, calib, _, d = block
-    q = qtflite.to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
-    dt = litert.op_dtypes(q)
+    q = qtflite.ptq_to_tflite(net, x, d / "pt2e.tflite", "int8", calib, quantizer="pt2e")
+    dt = tflite_flatbuffer.op_dtypes(q)
     assert dt.get("CONV_2D:int8") == 2 and dt.get("DEPTHWISE_CONV_2D:int8") == 1
 
 
@@ -89,12 +91,5 @@ def test_pt2e_flow_quantizes_the_convs(block):
 def test_bad_arguments(block, tmp_path, kw, msg):
     net, x, _, _, _ = block
     with pytest.raises(UserError, match=msg):
-        qtflite.to_tflite(net, x, tmp_path / "bad.tflite", **kw)
+        qtflite.ptq_to_tflite(net, x, tmp_path / "bad.tflite", **kw)
     assert not (tmp_path / "bad.tflite").exists()
-
-
-def test_posekit_litert_writes_fp32_only(block, tmp_path):
-    net, x, _, _, _ = block
-    with pytest.raises(UserError, match="quantize.tflite"):
-        litert.to_tflite(net, x, tmp_path / "q.tflite", "int8")
-    assert not (tmp_path / "q.tflite").exists()

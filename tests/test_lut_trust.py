@@ -8,7 +8,7 @@ import pytest
 
 import model.latency as latency
 from device_bench import lutfile
-from device_bench.__main__ import main as bench_main
+from device_bench.cli import main as bench_main
 from model.latency import ALLOW_FOREIGN_ENV, LUT, host_lut_path, load_lut
 from model.space import load_space
 from posekit.errors import UserError

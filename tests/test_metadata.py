@@ -1,4 +1,4 @@
-"""In-file metadata (posekit.metadata, posekit.tflite_metadata): every .tflite read back with tflite-support's
+"""In-file metadata (runtime.metadata, runtime.tflite_metadata): every .tflite read back with tflite-support's
 MetadataDisplayer (a reader we did not write) has the normalization, input size and keypoint names; ONNX
 metadata_props and Core ML user-defined metadata carry the same facts; convert's manifest hashes the files as
 written (with their metadata)."""
@@ -14,8 +14,8 @@ from posekit.keypoints import COCO_KEYPOINTS, COCO_SKELETON, MEAN, STD
 def test_tflite_metadata_read_by_tflite_support(app_artifacts):
     from tensorflow_lite_support.metadata.python.metadata import MetadataDisplayer
 
-    from posekit import litert
     from posekit.io import sha256_file
+    from runtime import tflite
 
     out, m = app_artifacts
     tfl = [a for a in m["artifacts"] if a["format"] == "tflite"]
@@ -44,7 +44,7 @@ def test_tflite_metadata_read_by_tflite_support(app_artifacts):
         facts = json.loads(d.get_associated_file_buffer("posenas.json"))
         # the input size in the metadata is the model's input tensor's
         h, w = facts["input_size"]
-        assert [1, h, w, 3] == litert.io_details(path)["inputs"][0]["shape"] == a["inputs"][0]["shape"]
+        assert [1, h, w, 3] == tflite.io_details(path)["inputs"][0]["shape"] == a["inputs"][0]["shape"]
         assert facts["checkpoint_sha256"] == m["source"]["checkpoint_sha256"]
         assert facts["arch_sha256"] == m["source"]["arch_sha256"] and facts["precision"] == a["precision"]
         assert f"{h}x{w}" in tin["description"]
@@ -54,7 +54,7 @@ def test_tflite_metadata_rewrite_keeps_the_model(app_artifacts, tmp_path):
     """Writing the metadata again replaces it, and the model computes exactly what it did."""
     import shutil
 
-    from posekit import litert, metadata
+    from runtime import metadata, tflite
 
     out, m = app_artifacts
     a = next(a for a in m["artifacts"] if a["precision"] == "int8")
@@ -62,10 +62,10 @@ def test_tflite_metadata_rewrite_keeps_the_model(app_artifacts, tmp_path):
     shutil.copy(out / a["file"], p)
     head = {k: v for k, v in m.items() if k != "artifacts"}
     x = np.random.default_rng(1).normal(size=a["inputs"][0]["shape"]).astype(np.float32)
-    y0 = litert.run(litert.interpreter(p), x)
+    y0 = tflite.run(tflite.interpreter(p), x)
     metadata.embed(p, {**metadata.facts(head, a), "name": "renamed"})
     assert metadata.read(p)["name"] == "renamed"
-    assert np.array_equal(litert.run(litert.interpreter(p), x), y0)
+    assert np.array_equal(tflite.run(tflite.interpreter(p), x), y0)
 
 
 def test_onnx_and_coreml_metadata(app_artifacts):
@@ -92,8 +92,8 @@ def test_onnx_and_coreml_metadata(app_artifacts):
 
 
 def test_unknown_file_and_missing_metadata_are_one_line_errors(tmp_path):
-    from posekit import metadata
     from posekit.errors import UserError
+    from runtime import metadata
 
     p = tmp_path / "x.bin"
     p.write_bytes(b"0")

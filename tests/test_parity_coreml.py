@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.coreml_exec import CoreMLProgram, UnsupportedOp
+from runtime.coreml_reference import CoreMLProgram, UnsupportedOp
 from tests.parity_helpers import INPUT, compress, coreml_convert, tiny_net
 
 

@@ -1,4 +1,4 @@
-"""Parity you can trust: conversion fidelity against the artifact's twin (quantize.simulate), keypoint rules judged
+"""Parity you can trust: conversion fidelity against the artifact's twin (runtime.tflite_twin), keypoint rules judged
 separately, and verdicts tied to the artifact's bytes. Tiny nets at 64x48 on the bundled COCO crops."""
 
 import json
@@ -31,7 +31,7 @@ def quantized(tmp_path_factory):
     with one palette entry moved; all in one manifest."""
     from model.checkpoint import save_checkpoint
     from model.deploy import deploy_model
-    from posekit.litert import to_tflite
+    from posekit.export_tflite import litert_to_tflite
     from quantize.calibration import calibration_batches
     from quantize.tflite import quantize_tflite
 
@@ -41,7 +41,7 @@ def quantized(tmp_path_factory):
     net, arch = fitted_tiny_net(), tiny_arch()
     ckpt = save_checkpoint(root / "model.pt", net, arch)
     dep = deploy_model(net)
-    to_tflite(dep, torch.zeros(1, 3, *INPUT), root / "tflite/model_fp32.tflite")
+    litert_to_tflite(dep, torch.zeros(1, 3, *INPUT), root / "tflite/model_fp32.tflite")
     quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8.tflite", "int8",
                     calibration_batches(arch, None, 8))
     quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8_dynamic.tflite", "int8-dynamic")
@@ -75,15 +75,15 @@ def _val_run(path) -> tuple[np.ndarray, np.ndarray]:
     """What a .tflite gives parity's first KEYPOINT_CROPS val persons: their keypoints, decoded as parity decodes
     them (posekit.evaluate, GT boxes, flip test), and the file's outputs on the crops parity's conversion-fidelity
     check sees (its first FIDELITY_CROPS inputs: the same evaluate call, so the same crops in the same order)."""
-    from parity.run import FIDELITY_CROPS
-    from posekit import litert
+    from parity.compare_artifacts import FIDELITY_CROPS
     from posekit.evaluate import evaluate_model
     from posekit.keypoints import DEFAULT_COCO
+    from runtime import tflite
 
-    it, outs = litert.interpreter(path), []
+    it, outs = tflite.interpreter(path), []
 
     def fn(x):  # the file takes one crop at a time
-        y = np.concatenate([litert.run(it, np.ascontiguousarray(c.transpose(1, 2, 0))[None]) for c in x])
+        y = np.concatenate([tflite.run(it, np.ascontiguousarray(c.transpose(1, 2, 0))[None]) for c in x])
         outs.append(y)
         return y.transpose(0, 3, 1, 2)
 
@@ -108,7 +108,7 @@ def _rescaled_joint(src, dst) -> dict:
     and a joint whose heatmap is nearly flat on the fidelity crops keeps its keypoints only because the change
     hardly shows. Which joints do either depends on the net, hence on the CPU that fitted it (CI saw both): this
     picks, on any machine, a change the keypoint rules provably cannot see and conversion fidelity must."""
-    from quantize.simulate import compare_outputs
+    from runtime.tflite_twin import compare_outputs
 
     ref, ref_out = _val_run(src)
     again, _ = _val_run(src)
@@ -225,7 +225,7 @@ def test_tampered_after_cached_run_fails_naming_the_sha(quantized, capsys, tmp_p
 def test_fake_quant_rounds_like_tflite():
     """The primitive QAT reuses: ties away from zero (torch.round rounds them to even), clamp to the int8 range,
     per-channel scales, straight-through gradient inside the range."""
-    from quantize.simulate import fake_quant, quantize_weight, round_half_away
+    from runtime.tflite_twin import fake_quant, quantize_weight, round_half_away
 
     assert round_half_away(torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5])).tolist() == [1, 2, 3, -1, -3]
     x = torch.tensor([0.25, 0.75, -0.25, 100.0, -100.0])

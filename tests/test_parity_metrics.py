@@ -94,7 +94,7 @@ def test_rules_and_default_thresholds(tmp_path):
 
 
 def test_int8_failure_names_the_other_candidates():
-    from parity.__main__ import int8_hint
+    from parity.cli import int8_hint
 
     sel = {"candidates": [
         {"quantizer": "ai-edge-quantizer static_wi8_ai8", "sqnr_db": 18.7, "int8_activations": True},

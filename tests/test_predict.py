@@ -45,7 +45,7 @@ def test_pyproject_declares_the_console_script():
 
 
 def test_predict_bad_input_is_one_error_line(tmp_path, capsys):
-    from predict.run import read_boxes
+    from predict.pose_from_artifact import read_boxes
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
@@ -116,7 +116,7 @@ def _predict_alone(out, m, fmt, precision, tmp_path, images=IMAGES, dets=DETS):
 
 def _agreement(out, m, fmt, precision, tmp_path, images=IMAGES, dets=DETS):
     from posekit.evaluate import oks_agreement
-    from predict.run import read_boxes
+    from predict.pose_from_artifact import read_boxes
 
     results, res = _predict_alone(out, m, fmt, precision, tmp_path, images, dets)
     by_image = read_boxes(dets, 0.5)
@@ -153,7 +153,7 @@ def test_predict_whole_image_and_model_folder(app_artifacts, tmp_path):
     results, _ = _predict_alone(out, m, "tflite", "fp32", tmp_path, dets=None)
     assert [r["image_id"] for r in results] == [int(p.stem) for p in IMAGES]
     assert all(len(r["keypoints"]) == 3 * 17 for r in results)
-    from predict.run import resolve_model
+    from predict.pose_from_artifact import resolve_model
 
     assert resolve_model(out).name == "model_int8.tflite"
 

@@ -30,10 +30,11 @@ def qat(*args, check=True, **kw):
 
 def _random_init(arch: str, path: Path, head=None, input_size=None) -> Path:
     """convert's random init of an arch (kaiming weights, BatchNorm statistics from real crops), as a checkpoint."""
-    from convert.source import load_source
     from model.checkpoint import save_checkpoint
+    from model.source import load_source
+    from quantize.calibration import calibration_batches
 
-    src = load_source(None, arch, head, input_size)
+    src = load_source(None, arch, head, input_size, crops=lambda a: calibration_batches(a, None, 8))
     return save_checkpoint(path, src.net, src.arch, note="test net")
 
 
@@ -94,17 +95,17 @@ def test_activation_scale_is_ai_edge_quantizers(one_thread):
 def test_tflite_is_exact_to_its_twin(exported, one_thread):
     """On val and train crops: >= 99% of the int8 outputs identical or one step apart, SQNR >= 40 dB (measured:
     all identical against XNNPACK)."""
-    from posekit import litert
     from quantize.calibration import calibration_batches, eval_batches
     from quantize.qat import load_qat, twin_agreement
+    from runtime import tflite_flatbuffer
 
     run, art = exported
     man = json.loads((art / "manifest.json").read_text())
     (entry,) = [a for a in man["artifacts"] if a["quantizer"] == "qat"]
     assert entry["precision"] == "int8" and entry["qat"]["fully_integer"]
     path = art / entry["file"]
-    assert not litert.float_compute_ops(path)
-    assert litert.op_dtypes(path).get("CONV_2D:int8", 0) > 0
+    assert not tflite_flatbuffer.float_compute_ops(path)
+    assert tflite_flatbuffer.op_dtypes(path).get("CONV_2D:int8", 0) > 0
     twin, arch, _ = load_qat(art / entry["qat"]["twin"])
     crops = eval_batches(arch, n=4) + calibration_batches(arch, n=4)
     a = twin_agreement(twin, path, crops)
@@ -160,7 +161,7 @@ def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_arch_ckpt
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     # other options in the same run folder: refused, not silently mixed
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     rc = main(["qat", "--ckpt", str(small_arch_ckpt), "--epochs", "3", *TINY, "--no-export", "--out", str(out)])
     err = capsys.readouterr().err
@@ -173,7 +174,7 @@ def test_kill_during_qat_then_resume_is_the_uninterrupted_result(small_arch_ckpt
     (["--ckpt", "no/such.pt"], "no/such.pt"),
 ])
 def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     try:
         rc = main(["qat", *argv, "--out", str(tmp_path / "r")])
@@ -185,7 +186,7 @@ def test_bad_input_is_one_line(argv, msg, tmp_path, capsys):
 
 
 def test_help(capsys):
-    from quantize.__main__ import main
+    from quantize.cli import main
 
     try:
         rc = main(["qat", "--help"])
@@ -197,7 +198,7 @@ def test_help(capsys):
 
 @pytest.mark.slow(3)
 def test_parity_holds_the_qat_file_to_its_twin(exported, tmp_path, capsys, one_thread):
-    from parity.__main__ import main
+    from parity.cli import main
 
     _, art = exported
     rc = main(["--model-dir", str(art), "--crops", "3", "--no-locate", "--out", str(tmp_path / "p")])

@@ -77,7 +77,7 @@ def test_tiny_run_writes_the_run_folder(tiny_run):
 
 def run_main(capsys, *args):
     """The CLI in-process (no torch import per call): (exit code, stdout, stderr)."""
-    from train.__main__ import main
+    from train.cli import main
 
     rc = main(list(args))
     out, err = capsys.readouterr()
@@ -88,7 +88,7 @@ def test_abbreviated_options_are_refused(capsys):
     """argparse would take `--head mbv1` as `--headboxes mbv1` and train the plain head without a word."""
     rc, _, err = run_main(capsys, "--head", "mbv1")
     assert rc == 2 and "unrecognized arguments: --head mbv1" in err
-    from device_bench.__main__ import build_parser  # subcommand parsers are made of the same class
+    from device_bench.cli import build_parser  # subcommand parsers are made of the same class
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lut", "--dev", "host"])
@@ -141,7 +141,7 @@ def test_resume_refuses_what_it_cannot_honour(tiny_run, capsys, args, msg):
 
 def test_resume_same_options_is_accepted(tiny_run, capsys):
     """Repeating the run's own options (the command line that made it) is not a change."""
-    from train.__main__ import build_parser, config, given_options
+    from train.cli import build_parser, config, given_options
 
     argv = ["--arch", "efficientpose_a", *TINY, "--epochs", "3", "--resume", "--out", str(tiny_run[0])]
     p = build_parser()

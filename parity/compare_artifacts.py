@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from parity import fidelity, metrics
-from parity.runners import TorchRunner, make_runner
+from parity import conversion_fidelity, metrics
 from posekit.errors import UserError
+from posekit.evaluate import mean_oks_agreement
 from posekit.io import atomic_path, atomic_write_json, sha256_file
+from runtime.runners import TorchRunner, make_runner
 
 REPO = Path(__file__).resolve().parent.parent
 LOW_AP = 0.3
@@ -46,16 +47,16 @@ def load_reference(man: dict, model_dir: Path, ckpt: str | None):
     src = man.get("source") or {}
     path = ckpt or src.get("checkpoint")
     if not path and src.get("random_init"):
-        # No checkpoint: convert built the arch with torch.manual_seed(0) (convert/source.py). Rebuild it the same
-        # way; should that convention ever change, the fp32 rows fail and say so.
-        import torch
-
+        # No checkpoint: convert made a random init (model.source.random_network, on the default calibration
+        # crops); rebuild it the same way. A conversion calibrated on other --data differs: its fp32 rows say so.
         from model.arch import from_dict
         from model.net import build
+        from model.source import RANDOM_INIT_SEED, random_network
+        from quantize.calibration import calibration_batches
 
-        torch.manual_seed(0)
-        net = build(from_dict(man["arch"], src=f"{model_dir / 'manifest.json'}: arch")).eval()
-        return net, "random init (torch.manual_seed(0), as convert makes it)"
+        arch = from_dict(man["arch"], src=f"{model_dir / 'manifest.json'}: arch")
+        net = random_network(build(arch), calibration_batches(arch, None, 8)).eval()
+        return net, f"random init (model.source.random_network, seed {RANDOM_INIT_SEED}, as convert makes it)"
     if not path:
         raise UserError(f"{model_dir / 'manifest.json'}: source.checkpoint is null: parity needs the weights the "
                         f"artifacts were made from (pass --ckpt)")
@@ -152,15 +153,6 @@ def reference(data: Data, net, cache: Path, key: str) -> dict:
             "sample_heatmaps": z["heatmaps"], **{k: z[k] for k in KEYPOINT_ARRAYS}}
 
 
-def oks_agreement(ref: dict, kps: np.ndarray) -> float:
-    """Mean over persons of each person's mean OKS (over labelled joints) of the runtime's keypoints against
-    PyTorch's (posekit.evaluate.oks_agreement: COCO sigmas, the person's annotated area)."""
-    from posekit.evaluate import oks_agreement as per_person
-
-    o = per_person(ref["keypoints"], kps, ref["areas"], ref["labelled"])
-    return float(np.nanmean(o)) if np.isfinite(o).any() else float("nan")
-
-
 def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, fidelity=None) -> dict:
     """Agreement of one runtime with the reference on every crop, plus `fidelity()`'s figures (cached per
     artifact: a killed run resumes)."""
@@ -182,7 +174,8 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, f
     kps = stats.pop("keypoints")
     for k in KEYPOINT_ARRAYS[1:]:
         stats.pop(k)
-    res = {**acc.result(), **stats, "oks_agreement": oks_agreement(ref, kps), "hist": acc.hist.tolist(),
+    oks = mean_oks_agreement(ref["keypoints"], kps, ref["areas"], ref["labelled"])
+    res = {**acc.result(), **stats, "oks_agreement": oks, "hist": acc.hist.tolist(),
            **(fidelity() if fidelity else {})}
     with atomic_path(fs) as tmp:
         with open(tmp, "wb") as fh:
@@ -207,7 +200,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     stride = int(man.get("heatmap_stride", 4))
     entries = [a for a in man["artifacts"] if not only or only in a["file"]]
     # new metrics or a new twin: re-measure
-    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{fidelity.VERSION}",)
+    tags = metrics.METRICS + (f"fidelity-{FIDELITY_CROPS}-v{conversion_fidelity.VERSION}",)
     metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
     fp32 = next((model_dir / a["file"] for a in man["artifacts"] if a["format"] == "tflite" and
@@ -234,8 +227,8 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             # macOS: runtime and executor differ; how the file is judged depends on what the manifest says it is
             eng = hashlib.sha256(f"{runner.engine}|{a['precision']}|{a.get('quantizer')}".encode()).hexdigest()[:6]
             res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
-                          None if qat else functools.partial(fidelity.measure, a, runner, net, ref["fidelity_inputs"],
-                                                               fp32))
+                          None if qat else functools.partial(conversion_fidelity.measure, a, runner, net,
+                                                             ref["fidelity_inputs"], fp32))
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({**base, "fails": [f"could not run: {e}"]})
             continue
@@ -259,7 +252,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
         row["status"] = "fail" if row["fails"] else "pass"
         if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
-                from parity.locate import first_divergence
+                from parity.first_divergence import first_divergence
 
                 row["first_divergence"] = first_divergence(runner, net, ref["sample_inputs"][:1], a["precision"])
             except Exception as e:  # locating is a diagnosis aid: never hide the failure itself

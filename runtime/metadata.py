@@ -5,7 +5,7 @@ and arch sha256, input size / layout / dtype / quantization, the RGB normalizati
 the model), the heatmap output (layout, stride), keypoint names, skeleton and flip pairs. Each format gets them in
 its own standard place, added in place (atomic rewrite) to an already written file:
 
-- .tflite: the TFLite Metadata schema (posekit.tflite_metadata, written with tflite-support);
+- .tflite: the TFLite Metadata schema (runtime.tflite_metadata, written with tflite-support);
 - .onnx: ModelProto.metadata_props (plain string key/values, JSON for lists) and doc_string;
 - Core ML: the model's user-defined metadata, author, license, version and descriptions.
 
@@ -68,7 +68,7 @@ def embed(path, f: dict) -> None:
     """Write the facts into the artifact at `path` (in place, atomically)."""
     fmt = suffix_format(path)
     if fmt == "tflite":
-        from posekit.tflite_metadata import write_tflite_metadata
+        from runtime.tflite_metadata import write_tflite_metadata
 
         write_tflite_metadata(path, f)
     elif fmt == "onnx":
@@ -146,7 +146,7 @@ def write_coreml_metadata(path, f: dict) -> Path:
 
 def read_coreml(path) -> dict:
     """Facts from a Core ML model's spec (read with the protobuf classes coremltools ships; no macOS runtime)."""
-    from parity.coreml_exec import CoreMLProgram
+    from runtime.coreml_reference import CoreMLProgram
 
     prog = CoreMLProgram(path)
     md = dict(prog.spec.description.metadata.userDefined)
@@ -184,7 +184,7 @@ def read(path) -> dict:
         raise UserError(f"{path}: no such model file")
     fmt = suffix_format(path)
     if fmt == "tflite":
-        from posekit.tflite_metadata import read_tflite_metadata
+        from runtime.tflite_metadata import read_tflite_metadata
 
         f = read_tflite_metadata(path)
     elif fmt == "onnx":

@@ -9,8 +9,6 @@ both a floor and 4x the largest error before it is named, with the PyTorch modul
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -85,14 +83,10 @@ def _match(a: np.ndarray, refs, nhwc: bool, start: int = 0, hint: str | None = N
 
 
 def tflite_intermediates(runner, x):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from runtime.tflite import interpreter
 
     # builtin kernels, no XNNPACK delegate: a delegate runs the graph as one op and keeps no intermediates
-    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": that is what this is
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(runner.path), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
+    it = interpreter(runner.path, kernels="builtin", preserve_all_tensors=True)
     it.set_tensor(it.get_input_details()[0]["index"], runner.prepare(x[:1]))
     it.invoke()
     details = {d["index"]: d for d in it.get_tensor_details()}
@@ -111,7 +105,8 @@ def tflite_intermediates(runner, x):
 
 def onnx_intermediates(runner, x):
     import onnx
-    import onnxruntime as ort
+
+    from runtime.onnx import session
 
     m = onnx.load(str(runner.path))
     have = {o.name for o in m.graph.output}
@@ -121,7 +116,7 @@ def onnx_intermediates(runner, x):
             order.append((node.op_type, o))
             if o and o not in have:
                 m.graph.output.append(onnx.ValueInfoProto(name=o))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(m.SerializeToString(), what=runner.path)
     names = [o.name for o in sess.get_outputs()]
     vals = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: runner.prepare(x[:1])})))
     for typ, name in order:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from device_bench import predict
+from device_bench import phone_profiles
 from device_bench.lut import select_parts
 from device_bench.parts import ir_prims, module_prims, shipped_archs
 from model import arch as archlib
@@ -13,15 +13,15 @@ from model.space import load_space
 
 @pytest.mark.parametrize("device,n_rows", [("pixel-proxylessnas", 71), ("note10", 465)])
 def test_published_tables_parse_and_fit_within_15pct_leave_one_out(device, n_rows):
-    rows = predict.parse_published(device)
+    rows = phone_profiles.parse_published(device)
     assert len(rows) == n_rows and all(r.ms > 0 and r.prims for r in rows)
-    f = predict.fit(rows)
+    f = phone_profiles.fit(rows)
     assert (f.coef >= 0).all()
     assert 100 * f.loo_ape.mean() <= 15
 
 
 def test_nnmeter_rows_are_mbconv_blocks_and_stem_convs():
-    rows = {r.key.split(":", 1)[1]: r for r in predict.parse_published("pixel4")}
+    rows = {r.key.split(":", 1)[1]: r for r in phone_profiles.parse_published("pixel4")}
     assert len(rows) == 1800
     r = rows["conv_112_16_16_1_1_hard_swish_3_nose"]  # expand 1: the expand conv is there; S=1, 16->16: residual
     assert [p.kind for p in r.prims] == ["pw", "dw", "pw", "add"] and r.hs == 2 * 16 * 112 * 112 and r.se == 0
@@ -34,20 +34,20 @@ def test_nnmeter_rows_are_mbconv_blocks_and_stem_convs():
 
 
 def test_seven_by_seven_kernels_cost_more_than_five_by_five_per_block():
-    rho = predict.k7_ratio()  # from the one published table with 7x7 kernels
+    rho = phone_profiles.k7_ratio()  # from the one published table with 7x7 kernels
     assert rho > 0
-    f, _ = predict.device_fit("pixel6", loo=False)
+    f, _ = phone_profiles.device_fit("pixel6", loo=False)
     assert f.rho == rho
-    k5 = predict.features(ir_prims(32, 24, 32, 32, 192, 5, 1, residual=True))
-    k7 = predict.features(ir_prims(32, 24, 32, 32, 192, 7, 1, residual=True))
+    k5 = phone_profiles.features(ir_prims(32, 24, 32, 32, 192, 5, 1, residual=True))
+    k7 = phone_profiles.features(ir_prims(32, 24, 32, 32, 192, 7, 1, residual=True))
     assert f.predict(k7) > f.predict(k5) > 0
 
 
 def test_pixel_expand_is_a_ratio_and_note10_expand_is_absolute():
-    px = {r.key.split(":", 1)[1]: r for r in predict.parse_published("pixel-proxylessnas")}
+    px = {r.key.split(":", 1)[1]: r for r in phone_profiles.parse_published("pixel-proxylessnas")}
     r = px["expanded_conv-input:112x112x16-output:56x56x24-expand:3-kernel:3-stride:2-idskip:0"]
     assert [p.kind for p in r.prims] == ["pw", "dw", "pw"] and r.prims[0].macs == 112 * 112 * 16 * 48
-    nt = {r.key.split(":", 1)[1]: r for r in predict.parse_published("note10")}
+    nt = {r.key.split(":", 1)[1]: r for r in phone_profiles.parse_published("note10")}
     r = nt["expanded_conv-input:112x112x24-output:56x56x32-expand:72-kernel:5-stride:2-idskip:0-se:0-hs:0"]
     assert r.prims[0].macs == 112 * 112 * 24 * 72 and r.prims[1].kernel == 5 and r.hs == r.se == 0
     r = nt["expanded_conv-input:112x112x24-output:112x112x24-expand:24-kernel:3-stride:1-idskip:1-se:0-hs:0"]

@@ -1,6 +1,10 @@
-"""What to convert: a checkpoint, an arch file, or the default (the demo's trained checkpoint when it exists, else
-EfficientPose-A with the MBV1 head, randomly initialized; its BatchNorm statistics from real crops, quantize's
-calibration crops)."""
+"""The one checkpoint -> network loader, for every stage that needs the network an artifact is made from (convert,
+parity, quantize's QAT export): a checkpoint, an arch file, or the default (the demo's trained checkpoint when it
+exists, else EfficientPose-A with the MBV1 head, randomly initialized).
+
+A random init is one recipe with one seed (`random_network`): kaiming weights from RANDOM_INIT_SEED, BatchNorm
+statistics from real crops (the caller passes them: quantize.calibration's, so this layer reads no data), damped
+residual branches. Convert builds it and parity rebuilds it the same way."""
 
 from __future__ import annotations
 
@@ -14,11 +18,10 @@ from model.arch import Arch
 from model.net import PoseNet, build
 from posekit.errors import UserError
 from posekit.io import sha256_file
-from posekit.keypoints import REPO
-from quantize.calibration import calibration_batches, recalibrate_bn
+from posekit.paths import DEMO_CKPT
 
-DEMO_CKPT = REPO / "runs" / "demo" / "train" / "best.pt"
 DEFAULT_ARCH = "efficientpose_a"
+RANDOM_INIT_SEED = 0  # the one seed of a random init (convert makes it, parity rebuilds it)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Source:
         return self.arch.name
 
 
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomize(module: nn.Module, seed: int = RANDOM_INIT_SEED) -> nn.Module:
     """Random weights and BN statistics of a trained net's scale (the default init makes heads output ~0)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -59,7 +62,7 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
 def damp_residuals(net: nn.Module, gain: float = 0.2) -> nn.Module:
     """Scale each residual branch's last BatchNorm: a random 26-block residual stack is chaotic (fp16 weight
     rounding alone costs it 30 dB SQNR), trained ones are not, and quantizer choice must be measured on the latter."""
-    from model.blocks import InvertedResidual
+    from .blocks import InvertedResidual
 
     for m in net.modules():
         if isinstance(m, InvertedResidual) and m.use_res:
@@ -67,6 +70,30 @@ def damp_residuals(net: nn.Module, gain: float = 0.2) -> nn.Module:
             bn.weight.mul_(gain)
             bn.bias.mul_(gain)
     return net
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
+    """Set every BatchNorm's running statistics to their average over `batches` (real crops), so a randomly
+    initialized net has the activation ranges of a trained one and int8 parity means something."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    net.train()
+    for b in batches:
+        net(b)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return net.eval()
+
+
+def random_network(net: nn.Module, crops) -> nn.Module:
+    """The random init of `net` (built from its arch): RANDOM_INIT_SEED weights, BatchNorm statistics over `crops`
+    (real NCHW batches), damped residual branches. The same net for the same arch and crops, wherever it is made."""
+    recalibrate_bn(randomize(net), crops)
+    return damp_residuals(net)
 
 
 def _size(s) -> tuple[int, int]:
@@ -79,15 +106,16 @@ def _size(s) -> tuple[int, int]:
 
 
 def load_source(ckpt: str | None = None, arch: str | None = None, head: str | None = None,
-                input_size: str | None = None, data: str | None = None) -> Source:
+                input_size: str | None = None, crops=None) -> Source:
     """Resolve the model to convert. `head` switches the head type (plain/mbv1/mbv2) of an arch file (not of a
-    checkpoint: its weights fix the head); `input_size` 'HxW' overrides the arch's input size."""
+    checkpoint: its weights fix the head); `input_size` 'HxW' overrides the arch's input size. `crops(arch)` gives
+    the real crops a random init takes its BatchNorm statistics from (needed only without a checkpoint)."""
     if ckpt is None and arch is None and DEMO_CKPT.is_file():
         ckpt = str(DEMO_CKPT)
     if ckpt is not None:
         if arch is not None:
             raise UserError("give --ckpt or --arch, not both (a checkpoint carries its arch)")
-        from model.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         net, a, _ = load_checkpoint(ckpt)
         if head is not None and head != a.head.type:
@@ -112,6 +140,7 @@ def load_source(ckpt: str | None = None, arch: str | None = None, head: str | No
         net.load_state_dict(src.net.state_dict())  # weights do not depend on the input size
         src.arch, src.net, src.input_override = new, net, True
     if src.random_init:
-        recalibrate_bn(randomize(src.net), calibration_batches(src.arch, data, 8))
-        damp_residuals(src.net)
+        if crops is None:
+            raise UserError(f"{src.arch_origin}: a random init needs real crops for its BatchNorm statistics")
+        random_network(src.net, crops(src.arch))
     return src

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -30,7 +31,8 @@ from scipy.optimize import nnls
 
 from posekit.errors import UserError
 
-from .parts import Part, Prim, conv_prim, ir_prims, module_prims
+if TYPE_CHECKING:  # .parts builds PyTorch modules: imported where used, so `python -m device_bench --help` stays light
+    from .parts import Part, Prim
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "data" / "published-luts"
 _NNMETER = ("nn-Meter {f} (microsoft/nn-Meter dev/hybrid-transformer 9c31e190): 1,788 MobileNetV3 MBConv blocks "
@@ -98,6 +100,8 @@ def parse_nnmeter(device: str) -> list[Row]:
     on Pixel 4)."""
     import json
 
+    from .parts import conv_prim, ir_prims
+
     rows = []
     for name in SOURCES[device]["files"]:
         path = PUBLISHED / name
@@ -131,6 +135,8 @@ def parse_nnmeter(device: str) -> list[Row]:
 def parse_published(device: str) -> list[Row]:
     """The conv entries of a published table as rows (pooling and the fully connected classifier are skipped: our
     networks have neither)."""
+    from .parts import conv_prim, ir_prims
+
     src = SOURCES[device]
     if src.get("format") == "nnmeter":
         return parse_nnmeter(device)
@@ -215,6 +221,8 @@ def k7_ratio() -> float:
 
 
 def part_features(part: Part, deploy=None) -> np.ndarray:
+    from .parts import module_prims
+
     if part.is_identity:
         return np.zeros(len(FEATURES))
     m = part.module()

@@ -89,10 +89,10 @@ class TFLiteRunner(Runner):
 
     def __init__(self, entry, model_dir, manifest, threads: int = 1):
         super().__init__(entry, model_dir, manifest)
-        from posekit.litert import interpreter
+        from runtime.tflite import interpreter
 
         try:
-            self.it = interpreter(self.path, threads=threads, xnnpack=True)
+            self.it = interpreter(self.path, threads=threads)
         except Exception as e:
             raise UserError(f"{self.path}: TFLite cannot load it: {str(e).splitlines()[0]}") from None
         sigs = self.it.get_signature_list()
@@ -116,15 +116,9 @@ class OnnxRunner(Runner):
 
     def __init__(self, entry, model_dir, manifest, threads: int = 1):
         super().__init__(entry, model_dir, manifest)
-        import onnxruntime as ort
+        from runtime.onnx import session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        try:
-            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UserError(f"{self.path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+        self.sess = session(self.path, threads)
         self.iname = self.sess.get_inputs()[0].name
         shape0 = self.sess.get_inputs()[0].shape[0]
         self.batch = shape0 if isinstance(shape0, int) else 0  # symbolic batch: run all at once
@@ -148,10 +142,10 @@ class CoreMLRunner(Runner):
             self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
             self.engine = "Core ML runtime (MLModel.predict, CPU_ONLY)"
         else:
-            from parity.coreml_exec import CoreMLProgram
+            from runtime.coreml_reference import CoreMLProgram
 
             self.model = CoreMLProgram(self.path)
-            self.engine = "Core ML reference executor (parity.coreml_exec; MLModel.predict needs macOS)"
+            self.engine = "Core ML reference executor (runtime.coreml_reference; MLModel.predict needs macOS)"
             self.name = self.model.inputs[0]["name"]
             self.oname = self.model.outputs[0]
 

@@ -8,7 +8,8 @@ from collections import Counter
 
 import numpy as np
 
-from parity.coreml_ops import (
+from posekit.errors import UserError
+from runtime.coreml_ops import (
     UnsupportedOp,
     op_batch_norm,
     op_conv,
@@ -17,7 +18,6 @@ from parity.coreml_ops import (
     op_pixel_shuffle,
     unpack_bits,
 )
-from posekit.errors import UserError
 
 
 def weights(wp, shape=None, what: str = "", axis: int = 0) -> np.ndarray:

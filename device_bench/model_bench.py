@@ -34,7 +34,7 @@ def _print_table(rows: list[tuple[str, dict]]) -> None:
 
 
 def _census(path: Path) -> None:
-    from posekit.litert import op_dtypes
+    from runtime.tflite_flatbuffer import op_dtypes
 
     ops = sorted(op_dtypes(path).items(), key=lambda kv: -kv[1])
     # No per-op timing from ai-edge-litert 2.3.0 (checked): the Interpreter and CompiledModel Python wrappers expose

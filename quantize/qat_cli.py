@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     import torch
 
-    from convert.cli import quiet_libraries
-    from convert.source import DEMO_CKPT
     from model.checkpoint import read_checkpoint
+    from posekit.console import quiet_libraries
+    from posekit.paths import DEMO_CKPT
 
     from . import qat_train
 

@@ -6,7 +6,7 @@ It reads the files Core ML itself reads, never the PyTorch source:
   weights from the weights/*.bin blob files (coremltools' own blob reader, `libmilstoragepython`), and runs its ops
   one by one with torch/numpy. Every op output is cast to the dtype the program declares for it, so an fp16 program
   is run with fp16 storage between ops (compute in fp32, as Core ML's CPU path does).
-- .mlmodel (NeuralNetwork): see `parity.coreml_nn`.
+- .mlmodel (NeuralNetwork): see `runtime.coreml_nn`.
 An op it does not know raises `UnsupportedOp` naming it: it never skips one.
 """
 
@@ -263,7 +263,7 @@ class CoreMLProgram:
         if self.kind == "mlProgram":
             self._impl = _MilProgram(spec.mlProgram, _Blobs(weights or spec_path.parent))
         elif self.kind == "neuralNetwork":
-            from parity.coreml_nn import NeuralNetworkProgram
+            from runtime.coreml_nn import NeuralNetworkProgram
 
             self._impl = NeuralNetworkProgram(spec.neuralNetwork, self.inputs, self.outputs)
         else:

@@ -14,9 +14,9 @@ import torch
 from model.arch import Head
 from model.deploy import REWRITES, deploy_model
 from model.heads import PoseHead
-from posekit import litert
-
-from .source import randomize
+from model.source import randomize
+from posekit import export_tflite
+from runtime import tflite, tflite_flatbuffer
 
 
 def head_model(kind: str, cin: int = 96, joints: int = 17, deconv=(64, 32), kernel: int = 4, sic: bool = True):
@@ -52,11 +52,11 @@ def head_bench(shape=(16, 12, 96), rounds: int = 7, iters: int = 30, threads: in
     its = {}
     with tempfile.TemporaryDirectory() as d:
         for label, m in variants(rewrites):
-            path = litert.to_tflite(m, x, Path(d, f"{label}.tflite"))
-            ops = litert.op_counts(path)
+            path = export_tflite.litert_to_tflite(m, x, Path(d, f"{label}.tflite"))
+            ops = tflite_flatbuffer.op_counts(path)
             out(f"converted {label:14s} ops={sum(ops.values()):4d} {dict(sorted(ops.items()))}")
-            it = litert.interpreter(path, threads=threads, xnnpack=xnnpack)
-            (name, det), = it.get_signature_runner(litert.SIGNATURE).get_input_details().items()
+            it = tflite.interpreter(path, threads=threads, kernels="xnnpack" if xnnpack else "builtin")
+            (name, det), = it.get_signature_runner(tflite.SIGNATURE).get_input_details().items()
             it.set_tensor(det["index"], x.permute(0, 2, 3, 1).numpy().astype(np.float32))
             time_invoke(it, 3)  # warm-up
             its[label] = it

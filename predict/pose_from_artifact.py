@@ -1,8 +1,8 @@
 """Top-down pose estimation on real images with one artifact, configured by the file's own metadata alone
-(posekit.metadata.read: input size, layout, dtype, quantization, normalization, keypoint names, skeleton) - no
+(runtime.metadata.read: input size, layout, dtype, quantization, normalization, keypoint names, skeleton) - no
 checkpoint, no manifest. Each person box (COCO detection results, or the whole image) becomes a crop exactly as
-the data pipeline makes it (posekit.transforms), the artifact runs through parity's runner for its format
-(ai_edge_litert, onnxruntime, Core ML's runtime on macOS or parity's reference executor elsewhere), and the heatmaps
+the data pipeline makes it (posekit.transforms), the artifact runs through runtime.runners for its format
+(ai_edge_litert, onnxruntime, Core ML's runtime on macOS or runtime's reference executor elsewhere), and the heatmaps
 decode to image keypoints as in evaluation (posekit.evaluate.keypoints_from_heatmaps)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posekit import metadata
 from posekit.errors import UserError
 from posekit.evaluate import VIS_THRESH, keypoints_from_heatmaps, to_coco_results
 from posekit.io import atomic_path, atomic_write_json
 from posekit.transforms import box_to_center_scale, get_affine, read_image
+from runtime import metadata
 
 # a model folder (artifacts/<model>) runs its first artifact of this list that exists
 PREFERENCE = (("tflite", "int8"), ("tflite", "fp32"), ("onnx", "fp32"), ("coreml-mlprogram", "fp32"),
@@ -70,7 +70,7 @@ class Predictor:
     """`predictor(image_rgb, boxes)` -> keypoints (N, J, 3): x, y in image pixels and the heatmap peak."""
 
     def __init__(self, model, threads: int = 1):
-        from parity.runners import make_runner
+        from runtime.runners import make_runner
 
         self.path = resolve_model(model)
         self.facts = f = read_facts(self.path)

@@ -1,6 +1,6 @@
 """The Core ML reference executor's shared kernels: convolution, transposed convolution, batch norm, depth/pixel
-shuffles and n-bit unpacking, in the semantics both halves need (parity.coreml_exec for ML Programs,
-parity.coreml_nn for NeuralNetwork models). Kept apart so neither half imports the other at load time."""
+shuffles and n-bit unpacking, in the semantics both halves need (runtime.coreml_reference for ML Programs,
+runtime.coreml_nn for NeuralNetwork models). Kept apart so neither half imports the other at load time."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Conversion fidelity: is a lossy artifact exactly what its quantization says it is?
 
-The artifact is compared with its twin (quantize.simulate): the PyTorch network run with the artifact's own
+The artifact is compared with its twin (runtime.tflite_twin): the PyTorch network run with the artifact's own
 quantization (the file's scales, zero points, palettes; TFLite's rounding), so what remains is converter error, not
 quantization noise.
 
@@ -10,7 +10,7 @@ quantization noise.
   the fraction equal). The per-op figures below stay, as `fidelity_op_*`, to name the op where a difference enters.
 - Every TFLite int8 / int8-dynamic file (`fidelity_op_*`; for int8-dynamic and for a static int8 file with no exact
   twin, another quantizer's or with int8 I/O, these are its only figures): every op of the file, as TFLite's builtin
-  kernels compute it on real crops, against quantize.simulate's twin of the same op fed the runtime's own inputs:
+  kernels compute it on real crops, against runtime.tflite_twin's twin of the same op fed the runtime's own inputs:
   `fidelity_sqnr_db` (the worst op's; the twin as signal) and `fidelity_in_step` (the worst op's fraction of int8
   values within one quantization step of the twin's). Per op, because the requantization rounding that twin does not
   model (one step on ~0.5% of values) compounds through a deep random network end to end (EfficientPose-A: 27 dB)
@@ -51,7 +51,7 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
     `fp32`: the manifest's fp32 .tflite (what a static int8 file was quantized from: its XNNPACK-exact twin)."""
     if not applies(entry):
         return {}
-    from quantize import simulate
+    from runtime import tflite_twin
 
     if entry["format"] == "tflite":
         try:
@@ -64,10 +64,10 @@ def measure(entry: dict, runner, net, inputs: np.ndarray, fp32=None) -> dict:
             out.update(fidelity_sqnr_db=out["fidelity_op_sqnr_db"], fidelity_in_step=out["fidelity_op_in_step"])
         return out
     try:
-        chk = simulate.coreml_weight_check(net, runner.path)
+        chk = tflite_twin.coreml_weight_check(net, runner.path)
     except UserError as e:
         return {"fidelity_note": str(e)}
-    out = {"weights_exact": chk["weights_exact"], "fidelity_twin": "quantize.simulate.coreml_weight_check",
+    out = {"weights_exact": chk["weights_exact"], "fidelity_twin": "runtime.tflite_twin.coreml_weight_check",
            "fidelity_tensors": len(chk["tensors"])}
     if chk["worst"]["agree"] < 1:
         w = chk["worst"]
@@ -110,9 +110,9 @@ def _builtin_outputs(path, x: np.ndarray) -> np.ndarray:
     """The file run by TFLite's builtin (reference) kernels, one crop at a time: the file's semantics. (XNNPACK
     computes int8 static bit-identically; its hybrid int8-dynamic kernels quantize activations differently, which
     the keypoint figures, measured on the XNNPACK runtime users run, account for.)"""
-    from posekit.litert import interpreter
+    from runtime.tflite import interpreter
 
-    it = interpreter(path, threads=1, xnnpack=False)
+    it = interpreter(path, threads=1, kernels="builtin")
     i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     out = []
     for k in range(len(x)):
@@ -125,14 +125,14 @@ def _builtin_outputs(path, x: np.ndarray) -> np.ndarray:
 def _tflite(runner, net, inputs) -> dict:
     import torch
 
-    from quantize import simulate
+    from runtime import tflite_twin
 
-    twin = simulate.tflite_twin(net, runner.path, quantized=True)
+    twin = tflite_twin.tflite_twin(net, runner.path, quantized=True)
     x = runner.prepare(inputs)
-    ops = simulate.op_fidelity(twin, x)
+    ops = tflite_twin.op_fidelity(twin, x)
     art = runner.finish(_builtin_outputs(runner.path, x))
-    e2e = simulate.compare_outputs(art, runner.finish(twin(x).numpy()), twin.output_step)
-    graph = runner.finish(simulate.tflite_twin(net, runner.path, quantized=False)(x).numpy())
+    e2e = tflite_twin.compare_outputs(art, runner.finish(twin(x).numpy()), twin.output_step)
+    graph = runner.finish(tflite_twin.tflite_twin(net, runner.path, quantized=False)(x).numpy())
     with torch.no_grad():
         ref = net.eval()(torch.from_numpy(np.ascontiguousarray(inputs, np.float32))).numpy()
     stored = [w["stored_equal"] for w in twin.weights if "stored_equal" in w]
@@ -140,7 +140,7 @@ def _tflite(runner, net, inputs) -> dict:
            "fidelity_worst_op": {k: ops["worst"][k] for k in ("op", "op_name", "torch_module", "sqnr_db", "in_step")},
            "fidelity_e2e_sqnr_db": e2e["sqnr_db"], "fidelity_e2e_in_step": e2e["in_step"],
            "fidelity_graph_sqnr_db": _sqnr(ref, graph), "weights_exact": float(np.mean(stored)) if stored else None,
-           "fidelity_crops": int(len(inputs)), "fidelity_twin": "quantize.simulate.tflite_twin (per op)",
+           "fidelity_crops": int(len(inputs)), "fidelity_twin": "runtime.tflite_twin.tflite_twin (per op)",
            "fidelity_runtime": "ai_edge_litert builtin kernels"}
     for o in ops["ops"]:  # the first op the twin disagrees with: where a converter error enters
         if (o["in_step"] is not None and o["in_step"] < 0.99) or o["sqnr_db"] < 40 or \

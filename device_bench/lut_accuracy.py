@@ -33,7 +33,7 @@ def sample_archs(space, n: int, seed: int = 0):
 
 def convert_net(arch, precision: str, data: str | None = None) -> Path:
     """The deployed whole network as .tflite, cached. int8 is quantized from the cached fp32 file with the same
-    ai-edge-quantizer recipe `quantize.tflite.to_tflite` applies after its own fp32 conversion (the same bytes out,
+    ai-edge-quantizer recipe `quantize.tflite.ptq_to_tflite` applies after its own fp32 conversion (the same bytes out,
     one torch conversion less per network), calibrated on quantize's real crops (`data`: dataset root)."""
     import torch
 

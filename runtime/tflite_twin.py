@@ -22,7 +22,7 @@ optional straight-through gradient), `quantize_weight`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from posekit.errors import UserError
-from posekit.litert import builtin_name
+from runtime.tflite import interpreter
+from runtime.tflite_flatbuffer import operators
 
 __all__ = ["round_half_away", "fake_quant", "dynamic_quant", "quantize_weight", "QParams", "TFLiteTwin", "tflite_twin",
            "compare_outputs", "op_fidelity", "first_difference", "coreml_weight_check", "deploy_weights"]
@@ -126,53 +127,6 @@ def deploy_weights(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 # ---------------------------------------------------------------------------------------------- TFLite graph
-def _schema():
-    from ai_edge_litert import schema_py_generated as s
-
-    return s
-
-
-def _enum(cls) -> dict[int, str]:
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_")}
-
-
-@dataclass
-class _Op:
-    index: int
-    name: str
-    inputs: list[int]
-    outputs: list[int]
-    options: dict = field(default_factory=dict)
-
-
-def _read_ops(path: Path) -> list[_Op]:
-    """Subgraph 0's operators from the flatbuffer, with the builtin options the twin needs."""
-    s = _schema()
-    buf = path.read_bytes()
-    m = s.Model.GetRootAs(buf, 0)
-    opt_names = _enum(s.BuiltinOptions)
-    sg = m.Subgraphs(0)
-    ops = []
-    for i in range(sg.OperatorsLength()):
-        op = sg.Operators(i)
-        name = builtin_name(m, op)
-        opts = {}
-        table = op.BuiltinOptions()
-        kind = opt_names.get(op.BuiltinOptionsType(), "NONE")
-        if table is not None and kind != "NONE" and hasattr(s, kind):
-            o = getattr(s, kind)()
-            o.Init(table.Bytes, table.Pos)
-            for attr in ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor",
-                         "FusedActivationFunction", "DepthMultiplier", "Axis", "KeepDims", "BlockSize",
-                         "FilterWidth", "FilterHeight", "AlignCorners", "HalfPixelCenters"):
-                if hasattr(o, attr):
-                    opts[attr] = getattr(o, attr)()
-        ins = [int(t) for t in op.InputsAsNumpy()] if op.InputsLength() else []
-        outs = [int(t) for t in op.OutputsAsNumpy()] if op.OutputsLength() else []
-        ops.append(_Op(i, name, ins, outs, opts))
-    return ops
-
-
 WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
 
 
@@ -220,17 +174,13 @@ class TFLiteTwin(nn.Module):
 
     def __init__(self, net: nn.Module, path: str | Path, quantized: bool = True):
         super().__init__()
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
         self.path, self.quantized = Path(path), quantized
         try:
-            it = Interpreter(model_path=str(self.path),
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            it.allocate_tensors()
+            it = interpreter(self.path, kernels="builtin")
         except Exception as e:
             raise UserError(f"{self.path}: TFLite cannot load it: {str(e).splitlines()[0]}") from None
         self.details = {d["index"]: d for d in it.get_tensor_details()}
-        self.ops = _read_ops(self.path)
+        self.ops = operators(self.path)
         self.input_index = int(it.get_input_details()[0]["index"])
         self.output_index = int(it.get_output_details()[0]["index"])
         self.consts: dict[int, np.ndarray] = {}
@@ -460,7 +410,7 @@ class TFLiteTwin(nn.Module):
             (oh, ow), (h, w) = (int(d) for d in self.consts[op.inputs[1]]), x.shape[1:3]
             idx = [_nearest_index(o, i, op.options) for o, i in ((oh, h), (ow, w))]
             return x[:, idx[0]][:, :, idx[1]]
-        raise UserError(f"{self.path}: op {n} (op {op.index}) is not simulated by quantize.simulate")
+        raise UserError(f"{self.path}: op {n} (op {op.index}) is not simulated by runtime.tflite_twin")
 
     @torch.no_grad()
     def forward(self, x) -> torch.Tensor:
@@ -515,15 +465,7 @@ def op_fidelity(twin: TFLiteTwin, x: np.ndarray, tol_steps: float = 1.0) -> dict
     Returns {'ops': [{op, op_name, tensor, torch_module, sqnr_db, in_step, max_steps}], 'min_sqnr_db', 'min_in_step'
     (None without int8 outputs), 'worst': the op with the lowest in-step fraction (else SQNR)}; in_step per op: the
     fraction of its int8 values within `tol_steps` quantization steps of the twin's."""
-    import warnings
-
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": this is that
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(twin.path), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
+    it = interpreter(twin.path, kernels="builtin", preserve_all_tensors=True)
     acc: dict[int, list] = {}
     for k in range(len(x)):
         it.set_tensor(twin.input_index, np.ascontiguousarray(x[k:k + 1]))
@@ -574,7 +516,7 @@ def _coreml_compressed(path: Path) -> list[dict]:
     """Every compressed weight of an ML program, in program order: {'name', 'kind' ('lut' | 'affine'),
     'dense' (what the file decompresses to), and the representable values: 'lut' (flat palette) or
     'scale'/'zero_point'/'axis'/'qrange'}."""
-    from parity.coreml_exec import CoreMLProgram, UnsupportedOp
+    from runtime.coreml_reference import CoreMLProgram, UnsupportedOp
 
     prog = CoreMLProgram(path)
     impl = getattr(prog, "_impl", None)
@@ -584,7 +526,7 @@ def _coreml_compressed(path: Path) -> list[dict]:
     for op in impl.block.operations:
         if op.type not in ("constexpr_lut_to_dense", "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"):
             continue
-        a = impl._args(op, impl.consts)  # noqa: SLF001 (parity.coreml_exec's own argument reader)
+        a = impl._args(op, impl.consts)  # noqa: SLF001 (runtime.coreml_reference's own argument reader)
         dense = np.asarray(impl.consts[op.outputs[0].name], np.float32)
         e = {"name": op.outputs[0].name, "dense": dense}
         if op.type == "constexpr_lut_to_dense":

@@ -1,7 +1,7 @@
 """TFLite Metadata (the schema Android Studio's ML Model Binding, MediaPipe and the TFLite Support library read) for
 our .tflite files, written and read with tflite-support, the library made for that schema.
 
-What goes in (facts from posekit.metadata.facts):
+What goes in (facts from runtime.metadata.facts):
 - ModelMetadata: name, description, version (model@checkpoint sha256 prefix), author, license; associated files
   skeleton.json (skeleton + flip pairs, 0-based joint pairs) and posenas.json (every fact, incl. the source
   checkpoint and arch sha256, as Ultralytics embeds its metadata.json);
@@ -25,6 +25,7 @@ import numpy as np
 
 from posekit.errors import UserError
 from posekit.io import atomic_path
+from runtime.tflite_flatbuffer import inline_buffers
 
 NAMES_FILE = "keypoint_names.txt"
 SKELETON_FILE = "skeleton.json"
@@ -115,7 +116,7 @@ def write_tflite_metadata(path, f: dict) -> Path:
     path = Path(path)
     buf, files = metadata_buffer(f)
     before = _outputs(path)
-    pop = metadata.MetadataPopulator.with_model_buffer(_inline_buffers(_strip(path.read_bytes())))
+    pop = metadata.MetadataPopulator.with_model_buffer(inline_buffers(_strip(path.read_bytes())))
     pop.load_metadata_buffer(buf)
     pop.load_associated_file_buffers(files)
     pop.populate()
@@ -130,31 +131,12 @@ def write_tflite_metadata(path, f: dict) -> Path:
 
 def _outputs(path) -> list[np.ndarray]:
     """The model's output on two fixed inputs (a guard: metadata must not change what the model computes)."""
-    from posekit import litert
+    from runtime import tflite
 
-    it = litert.interpreter(path, xnnpack=False)
-    shape = litert.io_details(it)["inputs"][0]["shape"]
+    it = tflite.interpreter(path, kernels="builtin")
+    shape = tflite.io_details(it)["inputs"][0]["shape"]
     rng = np.random.default_rng(0)
-    return [litert.run(it, rng.uniform(-2, 2, shape).astype(np.float32)) for _ in range(2)]
-
-
-def _inline_buffers(model: bytes) -> bytes:
-    """ai-edge-quantizer writes constant data after the flatbuffer (Buffer.offset/size, a newer schema field that
-    tflite-support 0.4.4's schema bindings do not know and would drop): move it back into the buffers, with the
-    current schema's bindings (ai_edge_litert), before the populator rewrites the model."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromPackedBuf(model, 0)
-    if not any((b.offset or 0) > 1 for b in m.buffers or []):
-        return model
-    for b in m.buffers:
-        if (b.offset or 0) > 1:
-            b.data = np.frombuffer(model[b.offset:b.offset + b.size], np.uint8)
-            b.offset = b.size = 0
-    builder = flatbuffers.Builder(len(model) + (1 << 16))
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return [tflite.run(it, rng.uniform(-2, 2, shape).astype(np.float32)) for _ in range(2)]
 
 
 def _strip(model: bytes) -> bytes:
@@ -184,7 +166,7 @@ def read_tflite_metadata(path) -> dict:
     """Facts from the standard fields, read with MetadataDisplayer: normalization (NormalizationOptions; absent =
     folded), color space, keypoint names (the output's TENSOR_AXIS_LABELS file), skeleton (skeleton.json); the
     input/output shapes, dtypes and quantization from the model's own tensors; the stride from the two shapes."""
-    from posekit import litert
+    from runtime import tflite
 
     path = Path(path)
     d = displayer(path)
@@ -215,7 +197,7 @@ def read_tflite_metadata(path) -> dict:
     names = [n for n in d.get_associated_file_buffer(label).decode().splitlines() if n.strip()]
     files = d.get_packed_associated_file_list()
     skel = json.loads(d.get_associated_file_buffer(SKELETON_FILE)) if SKELETON_FILE in files else {}
-    io = litert.io_details(path)
+    io = tflite.io_details(path)
     inp, out = io["inputs"][0], io["outputs"][0]
     _, h, w, _ = inp["shape"]
     _, hh, hw, j = out["shape"]

@@ -1,0 +1,156 @@
+"""The one reader of the .tflite flatbuffer (ai_edge_litert's generated schema bindings): operators with their
+builtin names, tensors and options, tensors with their quantization parameters, and the op census built on them
+(op_counts, op_dtypes, float_compute_ops), and `inline_buffers`, the one rewrite (for the metadata writer). Nothing
+here runs a model (runtime/tflite.py does).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Ops whose arithmetic dominates a conv net; `float_compute_ops` reports any of these left in float.
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "AVERAGE_POOL_2D",
+               "MAX_POOL_2D", "ADD", "MUL", "MEAN", "CONCATENATION", "DEPTH_TO_SPACE", "PAD", "RESIZE_BILINEAR")
+# The builtin options read into Operator.options (those the PyTorch twin of a quantized file needs).
+OPTION_FIELDS = ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor", "FusedActivationFunction",
+                 "DepthMultiplier", "Axis", "KeepDims", "BlockSize", "FilterWidth", "FilterHeight", "AlignCorners",
+                 "HalfPixelCenters")
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as s
+
+    return s
+
+
+def _enum(cls) -> dict[int, str]:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_")}
+
+
+@functools.cache
+def _builtin_names() -> dict:
+    return _enum(_schema().BuiltinOperator)
+
+
+def _model(model: str | Path | bytes):
+    buf = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    return _schema().Model.GetRootAs(buf, 0)
+
+
+def builtin_name(model, op) -> str:
+    """The builtin name ('CONV_2D', ...) of operator `op` of a parsed schema Model; CUSTOM_<code> when unknown.
+    Codes past 127 live only in BuiltinCode, older files only in DeprecatedBuiltinCode: the larger one is it."""
+    oc = model.OperatorCodes(op.OpcodeIndex())
+    code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+    return _builtin_names().get(code, f"CUSTOM_{code}")
+
+
+@dataclass
+class Operator:
+    index: int
+    name: str  # builtin name, e.g. CONV_2D
+    inputs: list[int]  # tensor indices (-1: an omitted optional input)
+    outputs: list[int]
+    options: dict = field(default_factory=dict)  # OPTION_FIELDS present in the op's builtin options
+
+
+@dataclass
+class Tensor:
+    index: int
+    name: str
+    dtype: str  # lower-case TensorType name: float32, int8, ...
+    shape: list[int]
+    scale: np.ndarray | None  # quantization parameters (per tensor or per channel); None when not quantized
+    zero_point: np.ndarray | None
+
+
+def operators(model: str | Path | bytes, subgraph: int = 0) -> list[Operator]:
+    """A subgraph's operators in execution order, with their builtin options (OPTION_FIELDS)."""
+    s = _schema()
+    m = _model(model)
+    opt_names = _enum(s.BuiltinOptions)
+    sg = m.Subgraphs(subgraph)
+    ops = []
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        opts = {}
+        table = op.BuiltinOptions()
+        kind = opt_names.get(op.BuiltinOptionsType(), "NONE")
+        if table is not None and kind != "NONE" and hasattr(s, kind):
+            o = getattr(s, kind)()
+            o.Init(table.Bytes, table.Pos)
+            opts = {a: getattr(o, a)() for a in OPTION_FIELDS if hasattr(o, a)}
+        ins = [int(t) for t in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(t) for t in op.OutputsAsNumpy()] if op.OutputsLength() else []
+        ops.append(Operator(i, builtin_name(m, op), ins, outs, opts))
+    return ops
+
+
+def tensors(model: str | Path | bytes, subgraph: int = 0) -> list[Tensor]:
+    """A subgraph's tensors with their names, dtypes, shapes and quantization parameters."""
+    types = {code: name.lower() for code, name in _enum(_schema().TensorType).items()}
+    sg = _model(model).Subgraphs(subgraph)
+    out = []
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        q = t.Quantization()
+        quantized = q is not None and q.ScaleLength() > 0
+        out.append(Tensor(i, t.Name().decode(), types[t.Type()],
+                          [int(v) for v in t.ShapeAsNumpy()] if t.ShapeLength() else [],
+                          q.ScaleAsNumpy().copy() if quantized else None,
+                          q.ZeroPointAsNumpy().copy() if quantized and q.ZeroPointLength() else None))
+    return out
+
+
+def _census(model: str | Path | bytes):
+    """(op name, [output dtypes]) of every op in every subgraph."""
+    m = _model(model)
+    types = {code: name.lower() for code, name in _enum(_schema().TensorType).items()}
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            outs = [types[sg.Tensors(t).Type()] for t in op.OutputsAsNumpy() if t >= 0] if op.OutputsLength() else []
+            yield builtin_name(m, op), outs
+
+
+def op_counts(model: str | Path | bytes) -> dict[str, int]:
+    """{op name: count} over the model, e.g. {'CONV_2D': 40, 'DEPTHWISE_CONV_2D': 30, ...}."""
+    return dict(Counter(name for name, _ in _census(model)))
+
+
+def op_dtypes(model: str | Path | bytes) -> dict[str, int]:
+    """{'OP:compute dtype': count}, the dtype an op computes in being its output's (a hybrid int8-weight op
+    outputs float), e.g. {'CONV_2D:int8': 40, 'QUANTIZE:int8': 1, 'DEQUANTIZE:float32': 1}."""
+    return dict(Counter(f"{name}:{outs[0] if outs else '-'}" for name, outs in _census(model)))
+
+
+def float_compute_ops(model: str | Path | bytes, ops: Iterable[str] = COMPUTE_OPS) -> dict[str, int]:
+    """Compute ops that still run in float (float32/float16 output): empty for a fully-integer model."""
+    ops = set(ops)
+    return dict(Counter(name for name, outs in _census(model) if name in ops and outs and outs[0].startswith("float")))
+
+
+def inline_buffers(model: bytes) -> bytes:
+    """ai-edge-quantizer writes constant data after the flatbuffer (Buffer.offset/size, a newer schema field that
+    tflite-support 0.4.4's schema bindings do not know and would drop): move it back into the buffers, with the
+    current schema's bindings (ai_edge_litert), before the metadata populator (runtime/tflite_metadata.py) rewrites
+    the model."""
+    import flatbuffers
+
+    m = _schema().ModelT.InitFromPackedBuf(model, 0)
+    if not any((b.offset or 0) > 1 for b in m.buffers or []):
+        return model
+    for b in m.buffers:
+        if (b.offset or 0) > 1:
+            b.data = np.frombuffer(model[b.offset:b.offset + b.size], np.uint8)
+            b.offset = b.size = 0
+    builder = flatbuffers.Builder(len(model) + (1 << 16))
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
