@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bench_parser() -> argparse.ArgumentParser:
+    from model.deploy import REWRITES
+
     p = ArgumentParser(prog="python -m convert head-bench",
                        description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
                                    "litert-torch's direct lowering and the plain head (one interleaved run).")
@@ -84,7 +86,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, default=30)
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
-    p.add_argument("--rewrites", nargs="+", default=None, choices=("subpixel", "phases", "zeros", "dense", "none"),
+    p.add_argument("--rewrites", nargs="+", default=None, choices=REWRITES,
                    help="MBV1 deconv rewrites to time (default: all; none = litert-torch's direct lowering)")
     return p
 

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-model")
     p.add_argument("--taskset", type=cpu_mask)
     p.add_argument("--json", help="also write the host results to this JSON file (the demo reads it)")
+    p.add_argument("--no-profile", action="store_true", help="host: leave out the per-op profile of each file")
     _foreign(p)
     _common(p, clock="wall")
 
