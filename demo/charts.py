@@ -15,7 +15,8 @@ from model.flops import count_flops  # noqa: E402
 from model.latency import LUT, network_keys  # noqa: E402
 from posekit.io import save_figure  # noqa: E402
 
-REFERENCE = ("efficientpose_a", "efficientpose_b", "efficientpose_c", "mobilenetv2_simplebaseline")
+REFERENCE = ("efficientpose_a", "efficientpose_b", "efficientpose_c", "mobilenetv2_simplebaseline",
+             "efficientpose_a_bifpn")
 
 
 def reference_points(derived: Arch, luts: dict[str, LUT]) -> list[dict]:
@@ -24,8 +25,9 @@ def reference_points(derived: Arch, luts: dict[str, LUT]) -> list[dict]:
     rows = []
     for name in ("derived",) + REFERENCE:
         a = derived if name == "derived" else load(name)
-        if name != "derived" and not name.startswith("mobilenet"):
+        if name != "derived" and not name.startswith("mobilenet") and a.neck is None:
             a = a.replace(head=derived.head)  # EfficientPose-A/B/C with the same slim head as the derived arch
+        # (a BiFPN neck keeps its own head: it reads stride 4, where the derived head's deconvs start at 16)
         a = a.replace(input_size=derived.input_size)
         f = count_flops(a)
         row = {"name": a.name if name != "derived" else f"derived ({a.name})", "params": f["params"],

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bifpn import freeze_fusions
+
 REWRITES = ("subpixel", "phases", "interleave", "zeros", "dense", "none")
 
 
@@ -265,8 +267,10 @@ def rewrite_all_deconv(module: nn.Module, how: str = "subpixel") -> nn.Module:
 @torch.no_grad()
 def deploy_model(net: nn.Module, deconv: str = "subpixel", fold: bool = True) -> nn.Module:
     """An eval-mode copy of `net` ready to convert: BatchNorm folded, depthwise ConvTranspose2d rewritten
-    (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly). `net` is untouched."""
+    (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly), a BiFPN neck's fusion
+    weights made constants (model.bifpn.freeze_fusions). `net` is untouched."""
     net = copy.deepcopy(net).eval()
+    freeze_fusions(net)
     if fold:
         fold_all_bn(net)
     rewrite_all_deconv(net, deconv)

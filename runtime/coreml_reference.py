@@ -28,7 +28,9 @@ from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of th
     op_conv,
     op_conv_transpose,
     op_depth_to_space,
+    op_max_pool,
     op_pixel_shuffle,
+    op_upsample_nearest_neighbor,
     unpack_bits,
 )
 
@@ -222,6 +224,8 @@ MIL_OPS = {
     "reshape": lambda a: np.reshape(a["x"], [int(v) for v in np.ravel(a["shape"])]),
     "transpose": lambda a: np.transpose(a["x"], [int(v) for v in np.ravel(a["perm"])]),
     "concat": lambda a: np.concatenate(list(a["values"]), axis=int(a["axis"])),
+    "max_pool": op_max_pool,
+    "upsample_nearest_neighbor": op_upsample_nearest_neighbor,
     **DECODE_MIL_OPS,  # the in-graph keypoint decode (model/decode.py)
 }
 

@@ -21,7 +21,8 @@ COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTE
                "MAX_POOL_2D", "ADD", "MUL", "MEAN", "CONCATENATION", "DEPTH_TO_SPACE", "PAD", "RESIZE_BILINEAR")
 # The builtin options read into Operator.options (those the PyTorch twin of a quantized file needs).
 OPTION_FIELDS = ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor", "FusedActivationFunction",
-                 "DepthMultiplier", "Axis", "KeepDims", "BlockSize")
+                 "DepthMultiplier", "Axis", "KeepDims", "BlockSize", "FilterWidth", "FilterHeight", "AlignCorners",
+                 "HalfPixelCenters")
 
 
 def _schema():
