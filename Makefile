@@ -2,6 +2,9 @@
 # Every target depends on the setup stamp, so `make demo` / `make test` work as the first command.
 PY      := .venv/bin/python
 STAMP   := .venv/.setup-stamp
+# the aarch64 LiteRT runtime run under qemu-user (runtime/arm64.py); `make test` installs it too
+ARM_DIR := .arm64
+ARM_STAMP := $(ARM_DIR)/.stamp
 DEVICE  ?= pixel
 ARCH    ?=
 DATA    ?=
@@ -14,16 +17,17 @@ TARGET_MS ?=
 TARGETS ?=
 CALIB   ?=
 THREADS ?= 1
+ARM     ?=
 TESTS   ?= tests
 # pytest-xdist workers for `make test`: one per core, at most 4 (JOBS=0: no workers, one process)
 JOBS    ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: setup test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
+.PHONY: setup setup-arm test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
 
 help:
-	@echo "make setup | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
+	@echo "make setup | setup-arm | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -36,7 +40,11 @@ $(STAMP): pyproject.toml
 		echo "setup: tflite-support's metadata parser needs libusb-1.0 (apt-get install libusb-1.0-0)"
 	@touch $@
 
-test: $(STAMP)
+setup-arm: $(ARM_STAMP)
+$(ARM_STAMP): runtime/setup_arm64.sh runtime/arm64-requirements.txt | $(STAMP)
+	bash runtime/setup_arm64.sh $(ARM_DIR) $(PY)
+
+test: $(STAMP) $(ARM_STAMP)
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder $(TESTS)
 
 lint: $(STAMP)
@@ -73,8 +81,9 @@ quantize: $(STAMP)
 qat: $(STAMP)
 	$(PY) -m quantize qat $(call opt,--ckpt,$(CKPT)) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS))
 
-parity-test: $(STAMP)
-	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA))
+# ARM=1: also every .tflite on the four ARM CPU profiles (aarch64 LiteRT under qemu-user; ARM=armv8.0,... picks)
+parity-test: $(STAMP) $(if $(ARM),$(ARM_STAMP))
+	$(PY) -m parity $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--data,$(DATA)) $(if $(ARM),--arm $(if $(filter 1,$(ARM)),all,$(ARM)))
 
 clean:
 	rm -rf runs artifacts .pytest_cache

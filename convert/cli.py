@@ -37,6 +37,10 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
     p.add_argument("--targets", nargs="+", default=[default_targets], metavar="T",
                    help=f"groups {', '.join(GROUPS)} or single artifacts: {', '.join(BY_NAME)} (default "
                         f"{default_targets}; the registry: convert/targets.py)")
+    p.add_argument("--decode", action="store_true",
+                   help="also write the decoded twin (-kp: the keypoint decode in the graph, output `keypoints` "
+                        "(1, J, 3) = x, y, score in input-crop pixels) of each selected tflite-fp32, tflite-int8, "
+                        "coreml-fp16 and onnx target")
 
 
 def run(args, log=print):
@@ -49,13 +53,13 @@ def run(args, log=print):
         from posekit.errors import UserError
 
         raise UserError(f"--calib {args.calib}: needs at least 1 crop")
-    targets = expand_targets(args.targets)
+    targets = expand_targets(args.targets, getattr(args, "decode", False))
     with contextlib.ExitStack() as stack:
         if args.out:  # one writer per folder: refuse at once, before loading the model
             stack.enter_context(folder_lock(args.out, "an artifact folder"))
         src = load_source(args.ckpt, args.arch, args.head, args.input,
                           crops=lambda arch: calibration_batches(arch, args.data, 8))
-        if "tflite-int8" in targets:  # bad calibration data is refused before any file is written
+        if {"tflite-int8", "tflite-int8-kp"} & set(targets):  # bad calibration data: refused before any file is written
             from posekit.data import check_pose_data
 
             check_pose_data(src.arch.num_joints, args.data)
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bench_parser() -> argparse.ArgumentParser:
+    from model.deploy import REWRITES
+
     p = ArgumentParser(prog="python -m convert head-bench",
                        description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
                                    "litert-torch's direct lowering and the plain head (one interleaved run).")
@@ -84,7 +90,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, default=30)
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
-    p.add_argument("--rewrites", nargs="+", default=None, choices=("subpixel", "phases", "zeros", "dense", "none"),
+    p.add_argument("--rewrites", nargs="+", default=None, choices=REWRITES,
                    help="MBV1 deconv rewrites to time (default: all; none = litert-torch's direct lowering)")
     return p
 

@@ -42,14 +42,14 @@ def variants(rewrites=REWRITES):
 
 
 def head_bench(shape=(16, 12, 96), rounds: int = 7, iters: int = 30, threads: int = 1, xnnpack: bool = True,
-               rewrites=REWRITES, out=print) -> dict[str, float]:
+               rewrites=REWRITES, out=print, profile: bool = True) -> dict[str, float]:
     """Convert each variant, then time them round-robin; returns {label: median ms}. With one thread the clock is
     the calling thread's CPU time (the runtime works on that thread), which other jobs on a shared host do not
     inflate; with more threads it is wall time."""
     clock = time.thread_time if threads == 1 else time.perf_counter
     h, w, c = shape
     x = torch.randn(1, c, h, w)
-    its = {}
+    its, paths = {}, {}
     with tempfile.TemporaryDirectory() as d:
         for label, m in variants(rewrites):
             path = export_tflite.litert_to_tflite(m, x, Path(d, f"{label}.tflite"))
@@ -59,11 +59,18 @@ def head_bench(shape=(16, 12, 96), rounds: int = 7, iters: int = 30, threads: in
             (name, det), = it.get_signature_runner(tflite.SIGNATURE).get_input_details().items()
             it.set_tensor(det["index"], x.permute(0, 2, 3, 1).numpy().astype(np.float32))
             time_invoke(it, 3)  # warm-up
-            its[label] = it
+            its[label], paths[label] = it, path
         times = {k: [] for k in its}
         for _ in range(rounds):  # interleaved: every variant sees the same machine load
             for k, it in its.items():
                 times[k].append(time_invoke(it, iters, clock))
+        if profile and threads == 1:  # where each variant's time goes (runtime/tflite_profile.py)
+            from runtime.tflite_profile import format_profile, profile_tflite
+
+            for k in ("plain", "mbv1-subpixel", "mbv1-phases", "mbv1-interleave"):
+                if k in paths:
+                    out(format_profile(profile_tflite(paths[k], "xnnpack" if xnnpack else "builtin")[
+                        "xnnpack" if xnnpack else "builtin"], top=6).replace(paths[k].name, k, 1))
     med = {k: statistics.median(v) for k, v in times.items()}
     out(f"head-only fp32, in {h}x{w}x{c}, {threads} thread(s), {'XNNPACK' if xnnpack else 'builtin'}, "
         f"{'thread CPU' if threads == 1 else 'wall'} time, median of {rounds} interleaved rounds x {iters} invokes:")

@@ -36,9 +36,9 @@ STATE = ".convert-state.json"
 LOG = "convert.log"
 
 
-def expand_targets(names) -> list[str]:
-    """--targets values -> target names (registry order)."""
-    return [t.name for t in registry.expand(names)]
+def expand_targets(names, decode: bool = False) -> list[str]:
+    """--targets values -> target names (registry order); decode: with their decoded (-kp) twins."""
+    return [t.name for t in registry.expand(names, decode)]
 
 
 def _key(src: Source, target: str, opts: dict) -> str:
@@ -114,7 +114,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
-        key = _key(src, target, opts if t.exporter == "tflite-int8" else {})
+        key = _key(src, target, opts if t.exporter in ("tflite-int8", "tflite-int8-kp") else {})
         prev = state.get(target)
         if prev and prev["key"] == key and all((out / e["file"]).exists() and sha256_file(out / e["file"]) ==
                                                e["sha256"] for e in prev["entries"]):
@@ -254,6 +254,15 @@ def _export_tflite_tf(t, net, arch, out, sample, batches, opts, log):
 EXPORTERS = {"tflite": _export_tflite, "tflite-tf": _export_tflite_tf, "tflite-quant": _export_tflite_quant,
              "tflite-int8": _export_tflite_int8,
              "coreml": _export_coreml, "onnx": _export_onnx}
+
+
+def _decoded_exporters():
+    from .decoded import EXPORTERS as decoded  # the -kp targets (issue 28)
+
+    return decoded
+
+
+EXPORTERS.update(_decoded_exporters())
 
 
 def _entry(out: Path, t, path: Path, quantizer: str | None = None) -> dict:

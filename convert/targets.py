@@ -25,7 +25,7 @@ class Target:
     @property
     def in_worker(self) -> bool:
         """Run in the second process (Core ML, ONNX) while TFLite converts in the main one."""
-        return self.exporter in ("coreml", "onnx")
+        return self.exporter in ("coreml", "onnx", "coreml-kp", "onnx-kp")
 
 
 def _t(name, fmt, precision, file, exporter, groups, kind=""):
@@ -54,9 +54,18 @@ TARGETS = [
     # the second TFLite path, through TensorFlow (the optional `tf` extra): not in "all"
     _t("tflite-tf-fp32", "tflite", "fp32", "tflite/model_tf_fp32.tflite", "tflite-tf", "tf", "fp32"),
     _t("tflite-tf-int8", "tflite", "int8", "tflite/model_tf_int8.tflite", "tflite-tf", "tf", "int8"),
+    # decoded: the keypoint decode in the graph (model/decode.py), output `keypoints` beside `heatmaps` (issue 28)
+    _t("tflite-fp32-kp", "tflite", "fp32", "tflite/model_fp32_kp.tflite", "tflite-kp", "kp"),
+    _t("tflite-int8-kp", "tflite", "int8", "tflite/model_int8_kp.tflite", "tflite-int8-kp", "kp"),
+    _t("coreml-fp16-kp", "coreml-mlprogram", "fp16", "coreml/model_fp16_kp.mlpackage", "coreml-kp", "kp",
+       "fp16"),
+    _t("onnx-fp32-kp", "onnx", "fp32", "onnx/model_kp.onnx", "onnx-kp", "kp"),
 ]
+# --decode: the decoded twin of each selected target that has one
+DECODED_TWIN = {"tflite-fp32": "tflite-fp32-kp", "tflite-int8": "tflite-int8-kp", "coreml-fp16": "coreml-fp16-kp",
+                "onnx": "onnx-fp32-kp"}
 BY_NAME = {t.name: t for t in TARGETS}
-GROUPS = {"all": [t.name for t in TARGETS if "tf" not in t.groups]}
+GROUPS = {"all": [t.name for t in TARGETS if "tf" not in t.groups and "kp" not in t.groups]}
 for _target in TARGETS:
     for _g in _target.groups:
         GROUPS.setdefault(_g, []).append(_target.name)
@@ -66,11 +75,14 @@ def get(name: str) -> Target:
     return BY_NAME[name]
 
 
-def expand(names) -> list[Target]:
-    """--targets values (group or target names) -> targets in registry order, each once."""
+def expand(names, decode: bool = False) -> list[Target]:
+    """--targets values (group or target names) -> targets in registry order, each once; decode: with the decoded
+    twin (DECODED_TWIN) of each."""
     want = []
     for n in names:
         if n not in GROUPS and n not in BY_NAME:
             raise UserError(f"--targets {n!r}: unknown (one of {', '.join(list(GROUPS) + list(BY_NAME))})")
         want += GROUPS.get(n, [n])
+    if decode:
+        want += [DECODED_TWIN[n] for n in want if n in DECODED_TWIN]
     return [t for t in TARGETS if t.name in want]

@@ -6,7 +6,7 @@ Steps (each a stage CLI; skipped when its outputs are newer than its inputs):
   3. train   the derived arch, short         python -m train --arch runs/demo/search/arch.yaml
   4. convert TFLite / Core ML / ONNX         python -m convert --ckpt runs/demo/train/best.pt
   5. parity  every artifact vs PyTorch       python -m parity --model-dir artifacts/demo
-  6. bench   host latency fp32 / int8        python -m device_bench bench --model-dir artifacts/demo
+  6. bench   host latency fp32 / int8        python -m device_bench bench --model-dir artifacts/demo --no-profile
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
              [ckpt], [manifest]),
         Step("parity", [py, "-m", "parity", "--model-dir", str(artifacts), "--ap-split", AP_SPLIT, *data_args],
              [manifest], [parity], allow_fail=True),
+        # --no-profile: the per-op profile times every op of every file on both kernel sets (tens of seconds per
+        # file); the demo's bench stays whole-model only (`make bench MODEL_DIR=...` profiles)
         Step("bench", [py, "-m", "device_bench", "bench", "--device", "host", "--model-dir", str(artifacts),
-                       "--json", str(bench)], [manifest], [bench]),
+                       "--json", str(bench), "--no-profile"], [manifest], [bench]),
     ]
     paths = {"arch": arch, "manifest": manifest, "parity": parity, "bench": bench,
              "alpha_png": out / "search" / "alpha_history.png", "curves": out / "train" / "curves.png"}

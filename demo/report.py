@@ -13,7 +13,7 @@ from posekit import manifest as manifest_file
 from posekit.errors import UserError
 from posekit.io import atomic_write_json, atomic_write_text
 
-from .charts import latency_flops_chart, reference_points
+from .charts import latency_flops_chart, op_profile_chart, reference_points
 
 
 def _json(path: Path) -> dict:
@@ -157,6 +157,10 @@ def write_html(s: dict, rows, paths: dict[str, Path], out: Path) -> Path:
             dst = figdir / src.name
             shutil.copyfile(src, dst)
             figs.append((title, dst))
+    profiles = _json(paths["bench"]).get("profiles") if paths.get("bench") else None
+    if profiles:  # bench's per-op profiles (runtime/tflite_profile.py), by op type
+        figs.append(("Per-op profile on this host, by op type (bench)", op_profile_chart(profiles,
+                                                                                         figdir / "op_profile.png")))
     ref_rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)) if not isinstance(r.get(k), str) else r[k])}</td>"
                          for k in ["name", "head", "params", "gflops"] + [f"lut_{d}_ms" for d in devices]) + "</tr>"

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taskset", type=cpu_mask)
     p.add_argument("--json", type=output_file_text,
                    help="also write the host results to this JSON file (the demo reads it)")
+    p.add_argument("--no-profile", action="store_true", help="host: leave out the per-op profile of each file")
     _foreign(p)
     _common(p, clock="wall")
 

@@ -67,6 +67,21 @@ def _lut_profile(arch_dict: dict, device: str, top: int = 8, allow_foreign: bool
         print(f"  {v:8.3f} ms {100 * v / total:5.1f}%  {k}")
 
 
+def decode_cost(rows: list[tuple[str, dict]], meta: dict) -> list[str]:
+    """The in-graph decode's cost (issue 28): each decoded file (`*_kp.tflite`) against its plain twin timed in the
+    same interleaved run with the same kernels, as a share of the plain network's time (fastest runs: other
+    tenants of a shared machine only add time)."""
+    by = {(meta[n]["file"], meta[n]["kernels"]): s for n, s in rows}
+    out = []
+    for (file, kernels), s in by.items():
+        plain = by.get((file.replace("_kp.tflite", ".tflite"), kernels)) if file.endswith("_kp.tflite") else None
+        if plain:
+            d_min, d_med = s["min_ms"] - plain["min_ms"], s["median_ms"] - plain["median_ms"]
+            out.append(f"decode in {file} [{kernels}]: {d_min:+.3f} ms min ({100 * d_min / plain['min_ms']:+.1f}% "
+                       f"of the net), {d_med:+.3f} ms median ({100 * d_med / plain['median_ms']:+.1f}%)")
+    return out
+
+
 def bench_host(args) -> list[tuple[str, dict]]:
     from .host import runner
 
@@ -89,6 +104,7 @@ def bench_host(args) -> list[tuple[str, dict]]:
                 name = f"{a['file']} {a['precision']} [{_kernels(xnn)}]"
                 targets[name] = (d / a["file"], xnn)
                 meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": _kernels(xnn)}
+        routed = _routed_targets(d, arts, targets, meta)  # noqa: F841 (the temp folder lives until the bench ends)
     runners = {}
     for name, (p, xnn) in targets.items():
         try:
@@ -104,13 +120,82 @@ def bench_host(args) -> list[tuple[str, dict]]:
     print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {clock} clock:")
     _print_table(rows)
     _census(next(iter(targets.values()))[0])
+    fastest, profiles = _fastest(rows, meta), []
+    if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
+        profiles = _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
+                      for n, (p, _) in targets.items()})
+    for line in decode_cost(rows, meta):
+        print(line)
     if manifest and manifest.get("arch"):
         _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
     if args.json:
         atomic_write_json(args.json, {"device": "host", "threads": args.threads, "clock": clock,
-                                      "results": [{"name": n, **meta[n], **s} for n, s in rows]})
+                                      "results": [{"name": n, **meta[n], **s} for n, s in rows],
+                                      "fastest_kernels": fastest, "profiles": profiles})
         print(f"wrote {args.json}")
     return rows
+
+
+def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
+    """{file: {kernels, median_ms}} of the fastest kernel set per file, printed with the int8 / fp32 ratio under the
+    default kernels (XNNPACK) and under each file's fastest (XNNPACK's >25-tap depthwise slow path on x86 makes
+    builtin the fastest for int8 here: python -m runtime.dwconv_repro)."""
+    best: dict[str, dict] = {}
+    default: dict[str, float] = {}
+    routed: dict[str, float] = {}
+    for n, s in rows:
+        f, k = meta[n]["file"], meta[n]["kernels"]
+        if f not in best or s["median_ms"] < best[f]["median_ms"]:
+            best[f] = {"kernels": k, "median_ms": s["median_ms"], "precision": meta[n]["precision"]}
+        if k == "xnnpack":
+            default[f] = s["median_ms"]
+        if k == ROUTED:
+            routed[f] = s["median_ms"]
+    print("fastest kernels: " + ", ".join(f"{Path(f).name} {b['kernels']} ({b['median_ms']:.3f} ms)"
+                                          for f, b in best.items()))
+    by_prec = {b["precision"]: f for f, b in best.items() if b["precision"]}
+    if "fp32" in by_prec and "int8" in by_prec and by_prec["fp32"] in default and by_prec["int8"] in default:
+        f32, i8 = by_prec["fp32"], by_prec["int8"]
+        print(f"int8 / fp32: {default[i8] / default[f32]:.2f}x under the default kernels (xnnpack), "
+              f"{best[i8]['median_ms'] / best[f32]['median_ms']:.2f}x under each file's fastest "
+              f"(int8 {best[i8]['kernels']}, fp32 {best[f32]['kernels']})")
+        if i8 in routed:
+            print(f"int8 / fp32 with >25-tap depthwise convs routed to builtin (quantize/xnnpack_route.py): "
+                  f"int8 routed / fp32 as converted {routed[i8] / default[f32]:.2f}x"
+                  + (f", both routed {routed[i8] / routed[f32]:.2f}x" if f32 in routed else ""))
+    return best
+
+
+def _op_profiles(paths: dict) -> list[dict]:
+    from runtime.tflite_profile import format_profile, profile_tflite
+
+    out = []
+    for path, kernels in paths.items():
+        for p in profile_tflite(path, kernels).values():
+            print(format_profile(p, top=8))
+            out.append({"file": str(path), **p.to_json()})
+    return out
+
+
+ROUTED = "xnnpack+builtin-dwconv"
+
+
+def _routed_targets(d: Path, arts: list[dict], targets: dict, meta: dict):
+    """Each file with its >25-tap depthwise convs routed to the builtin kernels (quantize/xnnpack_route.py: XNNPACK's
+    slow path for them on x86), timed beside the file as converted; the copies live in a temp folder (returned,
+    removed when dropped)."""
+    import tempfile
+
+    from quantize.xnnpack_route import route_large_dwconv
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-routed-")
+    for a in arts:
+        dst = Path(tmp.name) / Path(a["file"]).name
+        if route_large_dwconv(d / a["file"], dst):
+            name = f"{a['file']} {a['precision']} [{ROUTED}]"
+            targets[name] = (dst, True)
+            meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": ROUTED}
+    return tmp
 
 
 def _kernels(xnnpack: bool) -> str:
@@ -135,9 +220,19 @@ def bench_android(args) -> dict:
     med = r.get("median_us", r["avg_us"]) / 1e3
     print(f"{serial}: avg {r['avg_us'] / 1e3:.3f} ms, median {med:.3f} ms, std {r['std_us'] / 1e3:.3f} ms, "
           f"n {r['count']} (benchmark_model prints no p90; min {r['min_us'] / 1e3:.3f}, max {r['max_us'] / 1e3:.3f})")
-    for op in sorted(r["ops"], key=lambda o: -o["avg_ms"])[:15]:
-        print(f"  {op['avg_ms']:8.3f} ms {op['pct']:5.1f}%  {op['type']:<20} {op['name']}")
+    from runtime.tflite_profile import format_profile
+
+    print(format_profile(phone_profile(r, serial, _kernels(args.xnnpack)), top=15))
     return r
+
+
+def phone_profile(r: dict, serial: str, kernels: str):
+    """benchmark_model --enable_op_profiling's table (android.parse_benchmark_output) as the host profile's type."""
+    from runtime.tflite_profile import OpProfile, OpTime
+
+    ops = tuple(OpTime(None, op["type"], "", op["avg_ms"], op["name"]) for op in r["ops"])
+    return OpProfile(source=f"{serial} benchmark_model --enable_op_profiling", kernels=kernels, ops=ops,
+                     model_ms=r.get("median_us", r["avg_us"]) / 1e3)
 
 
 def run_bench(args):

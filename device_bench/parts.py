@@ -1,4 +1,5 @@
-"""The parts a LUT times: one per key (a block, the stem, the tail or a head), each buildable as a PyTorch module.
+"""The parts a LUT times: one per key (a block, the stem, the tail, a neck or a head), each buildable as a PyTorch
+module. A neck takes its levels packed into one input (model.bifpn.PackedNeck).
 
 Keys follow `model.latency`. A block is built alone with `model.blocks.make_block`; the stem, tail and head are
 the matching slices of `model.build(arch)`, so a LUT entry times exactly what the whole network runs.
@@ -14,9 +15,10 @@ from torch import nn
 
 from model import arch as archlib
 from model.arch import Arch, parse_block_op
+from model.bifpn import PackedNeck
 from model.blocks import make_block
 from model.hooks import forward_with_hooks
-from model.latency import block_key, fixed_keys, head_key, network_keys, stem_key, tail_key
+from model.latency import block_key, fixed_keys, head_key, neck_key, network_keys, stem_key, tail_key
 from model.net import build, init_weights
 from model.space import SearchSpace
 
@@ -24,7 +26,7 @@ from model.space import SearchSpace
 @dataclass(frozen=True)
 class Part:
     key: str
-    kind: str  # block | stem | tail | head
+    kind: str  # block | stem | tail | neck | head
     in_hwc: tuple[int, int, int]
     arch: Arch | None = None  # the network a stem/tail/head slice comes from
     op: str = ""  # block op
@@ -43,6 +45,8 @@ class Part:
             init_weights(m)
         else:
             net = build(self.arch)
+            if self.kind == "neck":  # in_hwc is (1, 1, packed length)
+                return PackedNeck(net.neck, self.arch.level_shapes().values()).eval()
             m = {"stem": net.backbone.stem, "tail": net.backbone.tail, "head": net.head}[self.kind]
         return m.eval()
 
@@ -76,7 +80,10 @@ def arch_parts(arch: Arch, fixed_only: bool = False) -> dict[str, Part]:
     parts[stem_key(arch)] = Part(stem_key(arch), "stem", (h, w, 3), arch)
     if tail_key(arch):
         parts[tail_key(arch)] = Part(tail_key(arch), "tail", arch.feature_shape("blocks"), arch)
-    parts[head_key(arch)] = Part(head_key(arch), "head", arch.feature_shape("tail"), arch)
+    if neck_key(arch):
+        packed = PackedNeck.packed_len(arch.level_shapes().values())
+        parts[neck_key(arch)] = Part(neck_key(arch), "neck", (1, 1, packed), arch)
+    parts[head_key(arch)] = Part(head_key(arch), "head", arch.head_in_shape, arch)
     order = network_keys(arch) if not fixed_only else fixed_keys(arch)
     return {k: parts[k] for k in order}
 

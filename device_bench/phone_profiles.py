@@ -247,7 +247,11 @@ def _how(part: Part, x: np.ndarray, f: Fit, relu_note: bool, deploy) -> str | No
     if relu_note:
         how.append("ReLU (fused into the conv in TFLite): the table's blocks all use hard-swish; its fitted "
                    "hard-swish term is left out")
-    if part.kind == "head":
+    if part.kind == "neck":
+        how.append("BiFPN neck: no published row is like it; priced by its convs (depthwise, 1x1) and their tensor "
+                   "sizes alone: its fusion multiply-adds, nearest resizes, max pools and the part's packing "
+                   "slices are not features of the table")
+    if part.kind == "head" and part.arch.head.deconv:  # a head behind a neck has no transposed convs
         how.append("head transposed convs: MACs on the input grid priced as full KxK convs"
                    + ("; depthwise ones as deployed (model.deploy: stride-1 depthwise conv + pixel shuffle)"
                       if deploy else ""))

@@ -15,6 +15,7 @@ An arch file (YAML or JSON) looks like::
       - {op: skip, out: 24, stride: 1}
     tail: []                        # optional fixed layers after the blocks (MobileNetV2's 1x1 to 1280)
     head: {type: mbv1, deconv: [64, 32], kernel: 4, sic: true}
+    neck: {type: bifpn, levels: [4, 8, 16], width: 64, repeats: 3}   # optional (model/bifpn.py)
 
 Block ops: ``ir_k{K}_e{E}`` is an inverted residual (1x1 expand to E x in, KxK depthwise, 1x1 linear
 project; residual when stride 1 and in == out; no expand conv when E == 1). ``skip`` is the identity
@@ -167,8 +168,8 @@ class Head:
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
             raise ArchError("type", f"unknown head type {self.type!r} (one of {', '.join(HEAD_TYPES)})")
-        if not isinstance(self.deconv, (list, tuple)) or not self.deconv:
-            raise ArchError("deconv", "expected a non-empty list of channel widths")
+        if not isinstance(self.deconv, (list, tuple)):
+            raise ArchError("deconv", "expected a list of channel widths")  # [] when a neck feeds stride 4
         object.__setattr__(self, "deconv", tuple(check_int(c, f"deconv[{i}]") for i, c in enumerate(self.deconv)))
         check_int(self.kernel, "kernel")
         if self.kernel not in HEAD_KERNELS:
@@ -185,6 +186,43 @@ class Head:
         if self.type == "mbv2":
             d["expand"] = self.expand
         return d
+
+
+NECK_TYPES = ("bifpn",)
+MAX_NECK_REPEATS = 12  # EfficientDet's D7 has 8 BiFPN layers; phi 8 of model.scaling gives 11
+
+
+@dataclass(frozen=True)
+class Neck:
+    """An optional feature-fusion neck between backbone and head (model/bifpn.py): `levels` are backbone strides,
+    finest first, each twice the one before; the head reads the finest level's output."""
+
+    type: str = "bifpn"
+    levels: tuple[int, ...] = (4, 8, 16)
+    width: int = 64
+    repeats: int = 3
+
+    def __post_init__(self):
+        if self.type not in NECK_TYPES:
+            raise ArchError("type", f"unknown neck type {self.type!r} (one of {', '.join(NECK_TYPES)})")
+        if not isinstance(self.levels, (list, tuple)) or len(self.levels) < 2:
+            raise ArchError("levels", f"expected a list of at least 2 backbone strides, got {self.levels!r}")
+        levels = tuple(check_int(v, f"levels[{i}]", 2) for i, v in enumerate(self.levels))
+        for i in range(1, len(levels)):
+            if levels[i] != 2 * levels[i - 1]:
+                raise ArchError(f"levels[{i}]", f"stride {levels[i]} is not twice the level before "
+                                f"({levels[i - 1]}): levels are consecutive strides, finest first")
+        object.__setattr__(self, "levels", levels)
+        check_int(self.width, "width")
+        check_int(self.repeats, "repeats")
+        if self.repeats > MAX_NECK_REPEATS:
+            raise ArchError("repeats", f"expected 1..{MAX_NECK_REPEATS}, got {self.repeats}")
+
+    def replace(self, **changes) -> Neck:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "levels": list(self.levels), "width": self.width, "repeats": self.repeats}
 
 
 @dataclass(frozen=True)
@@ -244,6 +282,7 @@ class Arch:
     act: str = "relu"
     # free-form provenance / search results, kept on round trip (read-only: replace(meta={**a.meta, ...}))
     meta: FrozenDict = field(default_factory=dict, hash=False)
+    neck: Neck | None = None  # None: the backbone's last feature goes straight to the head
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -274,6 +313,8 @@ class Arch:
         if not isinstance(self.meta, dict):
             raise ArchError("meta", f"expected a mapping, got {type(self.meta).__name__}")
         object.__setattr__(self, "meta", _freeze(self.meta))
+        if self.neck is not None and not isinstance(self.neck, Neck):
+            raise ArchError("neck", f"expected a Neck, got {self.neck!r}")
         self._check_shapes()
 
     def _check_shapes(self):
@@ -287,13 +328,16 @@ class Arch:
                     raise ArchError(where + ".op", f"skip needs stride 1 and in == out "
                                     f"(got in {c}, out {layer.out}, stride {layer.stride})")
                 c = layer.out
-        s = self.backbone_stride
+        if self.neck is not None:
+            self._check_neck()
+        s = self.head_stride
         ups = 2 ** len(self.head.deconv)
         if s != HEATMAP_STRIDE * ups:
-            raise ArchError("head.deconv",
-                            f"backbone output stride {s} with {len(self.head.deconv)} stride-2 deconvs gives heatmaps "
-                            f"at stride {s / ups:g}, not {HEATMAP_STRIDE}")
+            raise ArchError("head.deconv", f"{'neck' if self.neck else 'backbone'} output stride {s} with "
+                            f"{len(self.head.deconv)} stride-2 deconvs gives heatmaps at stride {s / ups:g}, "
+                            f"not {HEATMAP_STRIDE}")
         h, w = self.input_size
+        s = self.backbone_stride
         if h % s or w % s:
             raise ArchError("input_size", f"{h}x{w} is not divisible by the backbone stride {s}")
         self._check_budget()
@@ -327,6 +371,16 @@ class Arch:
                 raise ArchError("size", f"about {v:,.0f} {what} at {self.input_size[0]}x{self.input_size[1]}: "
                                 f"more than the {limit:,.0f} an arch may have (model/arch.py MAX_*)")
 
+    def _check_neck(self):
+        made = self.backbone_strides
+        for i, s in enumerate(self.neck.levels):
+            if s not in made:
+                raise ArchError(f"neck.levels[{i}]", f"the backbone produces no stride-{s} feature "
+                                f"(it produces strides {', '.join(map(str, made))})")
+        if self.neck.levels[-1] != self.backbone_stride:
+            raise ArchError("neck.levels", f"the coarsest level is {self.neck.levels[-1]}, but the backbone ends at "
+                            f"stride {self.backbone_stride}: the layers after it would feed nothing")
+
     def replace(self, **changes) -> Arch:
         """A new Arch with `changes` applied, validated like any other (e.g. ``a.replace(input_size=(64, 48))``)."""
         return dataclasses.replace(self, **changes)
@@ -342,6 +396,43 @@ class Arch:
         for layer in self.stem + self.blocks + self.tail:
             s *= layer.stride
         return s
+
+    @property
+    def backbone_strides(self) -> tuple[int, ...]:
+        """The strides of the backbone's feature maps (after each stem/block/tail layer), ascending, distinct."""
+        return tuple(sorted({s for s, _ in self._taps()}))
+
+    def _taps(self):
+        """Yield (stride, index into stem + blocks + tail) after each layer."""
+        s = 1
+        for i, layer in enumerate(self.stem + self.blocks + self.tail):
+            s *= layer.stride
+            yield s, i
+
+    def level_taps(self) -> dict[int, int]:
+        """Neck level stride -> index (into stem + blocks + tail) of the last layer at that stride: its output."""
+        last = dict(self._taps())  # later layers at one stride overwrite earlier ones
+        return {s: last[s] for s in self.neck.levels} if self.neck else {}
+
+    def level_shapes(self) -> dict[int, tuple[int, int, int]]:
+        """Neck level stride -> (H, W, C) of the backbone feature it reads."""
+        layers = self.stem + self.blocks + self.tail
+        h, w = self.input_size
+        return {s: (_down(h, s), _down(w, s), layers[i].out) for s, i in self.level_taps().items()}
+
+    @property
+    def head_stride(self) -> int:
+        """The stride of the features the head reads: the neck's finest level, else the backbone's output."""
+        return self.neck.levels[0] if self.neck else self.backbone_stride
+
+    @property
+    def head_in_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the features the head reads."""
+        if self.neck is None:
+            return self.feature_shape("tail")
+        h, w = self.input_size
+        s = self.head_stride
+        return _down(h, s), _down(w, s), self.neck.width
 
     @property
     def out_channels(self) -> int:
@@ -391,6 +482,8 @@ class Arch:
             "tail": [x.to_dict() for x in self.tail],
             "head": self.head.to_dict(),
         }
+        if self.neck is not None:
+            d["neck"] = self.neck.to_dict()
         if self.meta:
             d["meta"] = _thaw(self.meta)
         return d
@@ -457,19 +550,34 @@ def parse_head(h, src) -> Head:
         raise e.at(src, "head.") from None
 
 
+def parse_neck(n, src) -> Neck | None:
+    if n is None:
+        return None
+    if not isinstance(n, dict):
+        raise field_error(src, "neck", "expected a mapping {type, levels, width, repeats}")
+    check_unknown(n, ("type", "levels", "width", "repeats"), src, "neck.")
+    try:
+        return Neck(require(n, "type", src, "neck."), require(n, "levels", src, "neck."),
+                    require(n, "width", src, "neck."), n.get("repeats", 3))
+    except ArchError as e:
+        raise e.at(src, "neck.") from None
+
+
 def from_dict(d: dict, src: str | Path | None = None) -> Arch:
     """Validate a parsed arch mapping; every fault raises UserError naming the file and field."""
     if not isinstance(d, dict):
         raise field_error(src, "<top>", "expected a mapping")
-    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "blocks", "tail", "head", "meta"), src)
+    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "blocks", "tail", "head", "meta", "neck"),
+                  src)
     stem = [parse_layer(x, src, f"stem[{i}]") for i, x in enumerate(require_list(d, "stem", src))]
     blocks = [parse_layer(x, src, f"blocks[{i}]") for i, x in enumerate(require_list(d, "blocks", src))]
     tail = [parse_layer(x, src, f"tail[{i}]") for i, x in enumerate(d.get("tail") or [])]
     head = parse_head(require(d, "head", src), src)
+    neck = parse_neck(d.get("neck"), src)
     try:
         return Arch(str(d.get("name", Path(src).stem if src else "arch")), require(d, "num_joints", src),
                     require(d, "input_size", src), stem, blocks, head, tail, d.get("act", "relu"),
-                    d.get("meta") or {})
+                    d.get("meta") or {}, neck)
     except ArchError as e:
         raise e.at(src) from None
 
@@ -535,6 +643,8 @@ def to_yaml(d: dict, header: str | None = None) -> str:
         lines.append(f"{key}:")
         for layer in d[key]:
             lines.append("  - " + yaml.safe_dump(layer, default_flow_style=True, sort_keys=False).strip())
+    if d.get("neck"):
+        lines.append("neck: " + yaml.safe_dump(d["neck"], default_flow_style=True, sort_keys=False).strip())
     lines.append("head: " + yaml.safe_dump(d["head"], default_flow_style=True, sort_keys=False).strip())
     if d.get("meta"):
         lines.append(yaml.safe_dump({"meta": d["meta"]}, sort_keys=False).rstrip())

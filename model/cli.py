@@ -43,7 +43,12 @@ def cmd_info(args):
         for phi in phis:
             a = compound_scale(arch, phi)
             label = arch.name if phi == 0 else f"{arch.name} phi={phi}"
-            print(_row(label, a, count_flops(a)))
+            f = count_flops(a)
+            print(_row(label, a, f))
+            if a.neck:  # the neck is inside neither bb nor head above
+                n = a.neck
+                print(f"{'  + neck ' + n.type:<34} levels {'-'.join(map(str, n.levels))} width {n.width} repeats "
+                      f"{n.repeats}: {f['params_neck'] / 1e6:.3f} Mparam, {f['macs_neck'] / 1e9:.3f} GMAC")
     print("MACs: multiply-accumulates of conv/transposed-conv ops (torch.utils.flop_counter); FLOPs = 2 x MACs; "
           f"bb = backbone. Compound scaling alpha={ALPHA}, beta={BETA}, gamma={GAMMA}.")
     return 0

@@ -9,6 +9,11 @@ Rewrites of a depthwise ConvTranspose2d (stride s, kernel k, padding p), all exa
   followed by a pixel shuffle computes it. TFLite: DEPTHWISE_CONV_2D (+ PAD when the taps are asymmetric) +
   RESHAPE, TRANSPOSE, RESHAPE.
 - "phases": the same taps as s*s separate depthwise convs, concatenated, then a pixel shuffle.
+- "interleave": the phases' convs, interleaved by stacks on the channels-last view (no TRANSPOSE), the ReLU after
+  the deconv fused into each phase's conv. head-bench (fp32, XNNPACK, 1 thread, one run, 2026-12-02): plain 2.60 ms,
+  subpixel 0.40x plain, phases 0.31x, interleave 0.23x; int8 (static_wi8_ai8, XNNPACK): plain 1.31 ms, subpixel
+  4.11 ms (its multiplier-4 depthwise conv alone 2.4 ms), interleave 0.57 ms. Not the default yet: quantize/qat.py
+  and quantize/simulate.py (the int8 twins) know the sub-pixel form only, and Core ML was not timed (no Mac here).
 
 - "zeros": zero insertion (stride-s upsampling with zeros) then a stride-1 depthwise conv with the flipped kernel.
 - "dense": one dense ConvTranspose2d with a block-diagonal weight (C times the MACs, one TRANSPOSE_CONV).
@@ -28,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REWRITES = ("subpixel", "phases", "zeros", "dense", "none")
+from .bifpn import freeze_fusions
+
+REWRITES = ("subpixel", "phases", "interleave", "zeros", "dense", "none")
 
 
 # ---------------------------------------------------------------- BatchNorm folding
@@ -160,6 +167,28 @@ class PhaseDeconv(SubPixelDeconv):
         return pixel_shuffle_nhwc(y.flatten(1, 2), self.s, self.c)
 
 
+class InterleaveDeconv(PhaseDeconv):
+    """The phases form's s*s depthwise convs (multiplier 1), interleaved on the channels-last view instead of
+    pixel-shuffled: a stack on W, then one on H (CONCATENATION + RESHAPE; the permutes cancel against litert-torch's
+    layout transposes). The per-op profile (runtime/tflite_profile.py, `head-bench`) shows why: XNNPACK runs the
+    sub-pixel form's multiplier-4 depthwise conv 3x slower than four multiplier-1 ones, and the pixel shuffle's
+    rank-5 TRANSPOSE is the largest single op of the phases form. A ReLU / ReLU6 right after the deconv is taken
+    in (`act`, applied to each phase: it commutes with the interleave) so the converter fuses it into each conv: a
+    standalone int8 RELU on the interleaved tensor costs more than the convs under XNNPACK (3 ms of 4 in the int8
+    head)."""
+
+    def __init__(self, m: nn.ConvTranspose2d, act: nn.Module | None = None):
+        super().__init__(m)
+        self.act = act if act is not None else nn.Identity()
+
+    def forward(self, x):
+        if self.explicit_pad:
+            x = F.pad(x, self.pad)
+        z = [self.act(conv(x)).permute(0, 2, 3, 1) for conv in self.phases]  # (N, H, W, C), phase-major (rh, rw)
+        rows = [torch.stack(z[rh * self.s:(rh + 1) * self.s], 3).flatten(2, 3) for rh in range(self.s)]
+        return torch.stack(rows, 2).flatten(1, 2).permute(0, 3, 1, 2)  # (N, H*s, W*s, C) -> NCHW
+
+
 class ZeroInsertDeconv(nn.Module):
     """Zero insertion (x at every s-th pixel) then a stride-1 depthwise conv with the spatially flipped kernel."""
 
@@ -199,15 +228,37 @@ def rewrite_deconv(m: nn.ConvTranspose2d, how: str = "subpixel") -> nn.Module:
     """The chosen equivalent of one depthwise ConvTranspose2d."""
     if how not in REWRITES:
         raise ValueError(f"unknown deconv rewrite {how!r} (expected one of {', '.join(REWRITES)})")
-    return {"subpixel": SubPixelDeconv, "phases": PhaseDeconv, "zeros": ZeroInsertDeconv, "dense": dense_deconv,
+    return {"subpixel": SubPixelDeconv, "phases": PhaseDeconv, "interleave": InterleaveDeconv,
+            "zeros": ZeroInsertDeconv, "dense": dense_deconv,
             "none": copy.deepcopy}[how](m)
 
 
+def _act_after(module: nn.Module, name: str) -> str | None:
+    """In an nn.Sequential, the name of the ReLU / ReLU6 that follows child `name` (Identity, e.g. a folded BN,
+    between them), else None."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    names = list(module._modules)
+    for nxt in names[names.index(name) + 1:]:
+        m = module._modules[nxt]
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+            return nxt
+        if not isinstance(m, nn.Identity):
+            return None
+    return None
+
+
 def rewrite_all_deconv(module: nn.Module, how: str = "subpixel") -> nn.Module:
-    """In place: replace every depthwise ConvTranspose2d below `module`."""
+    """In place: replace every depthwise ConvTranspose2d below `module` (with "interleave", the ReLU right after
+    it moves into the rewrite, see InterleaveDeconv)."""
     for name, child in module.named_children():
         if is_depthwise_deconv(child):
-            setattr(module, name, rewrite_deconv(child, how))
+            act = _act_after(module, name) if how == "interleave" else None
+            if act is not None:
+                setattr(module, name, InterleaveDeconv(child, copy.deepcopy(module._modules[act])))
+                module._modules[act] = nn.Identity()
+            else:
+                setattr(module, name, rewrite_deconv(child, how))
         else:
             rewrite_all_deconv(child, how)
     return module
@@ -216,8 +267,10 @@ def rewrite_all_deconv(module: nn.Module, how: str = "subpixel") -> nn.Module:
 @torch.no_grad()
 def deploy_model(net: nn.Module, deconv: str = "subpixel", fold: bool = True) -> nn.Module:
     """An eval-mode copy of `net` ready to convert: BatchNorm folded, depthwise ConvTranspose2d rewritten
-    (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly). `net` is untouched."""
+    (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly), a BiFPN neck's fusion
+    weights made constants (model.bifpn.freeze_fusions). `net` is untouched."""
     net = copy.deepcopy(net).eval()
+    freeze_fusions(net)
     if fold:
         fold_all_bn(net)
     rewrite_all_deconv(net, deconv)

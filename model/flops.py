@@ -20,7 +20,8 @@ def _params(m: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def count_flops(net: PoseNet | Arch, input_size: tuple[int, int] | None = None) -> dict:
-    """{'params', 'params_backbone', 'params_head', 'flops', 'flops_backbone', 'flops_head', 'macs', ...}."""
+    """{'params', 'params_backbone', 'params_head', 'flops', 'flops_backbone', 'flops_head', 'macs', ...};
+    with a neck also 'params_neck', 'flops_neck', 'macs_neck'."""
     if isinstance(net, Arch):
         net = build(net)
     h, w = input_size or net.arch.input_size
@@ -39,5 +40,8 @@ def count_flops(net: PoseNet | Arch, input_size: tuple[int, int] | None = None) 
         "params": _params(net), "params_backbone": _params(net.backbone), "params_head": _params(net.head),
         "flops": int(total), "flops_backbone": int(backbone), "flops_head": int(head),
     }
+    if getattr(net, "neck", None) is not None:
+        out["params_neck"] = _params(net.neck)
+        out["flops_neck"] = int(sum(by_module.get(f"{root}.neck", {}).values()))
     out.update({k.replace("flops", "macs"): v // 2 for k, v in out.items() if k.startswith("flops")})
     return out

@@ -4,7 +4,8 @@ Key grammar (one entry per key; the whole network's latency is the sum of its ke
     block:  ``ir_k5_e6|in=32x24x32|out=64|s=2``        (in = H x W x C of the block's input)
     stem:   ``stem:conv_k3_c32_s2_relu+dwconv_k3_c32_s1_relu+conv_k1_c16_s1_none|in=256x192x3``
     tail:   ``tail:conv_k1_c1280_s1_relu6|in=8x6x320``   (only when the arch has a tail)
-    head:   ``head:mbv1_d64-32_k4_sic|in=16x12x96|out=17``
+    head:   ``head:mbv1_d64-32_k4_sic|in=16x12x96|out=17``   (in: what the head reads, the neck's output if any)
+    neck:   ``neck:bifpn_w64_r3_relu|in=64x48x24+32x24x32+16x12x96``   (only when the arch has a neck; one part)
 
 File (``luts/<device>.json``; host devices ``luts/host/<device>-<fingerprint id>.json``, one per machine)::
 
@@ -82,11 +83,21 @@ def tail_key(arch: Arch) -> str | None:
 
 
 def head_key(arch: Arch) -> str:
-    return f"head:{head_sig(arch.head)}|in={_shape(arch.feature_shape('tail'))}|out={arch.num_joints}"
+    return f"head:{head_sig(arch.head)}|in={_shape(arch.head_in_shape)}|out={arch.num_joints}"
+
+
+def neck_key(arch: Arch) -> str | None:
+    """The whole neck as one part: its levels' input shapes (finest first), width, repeats and activation (a BiFPN
+    node's act follows its BN, fused like a block's; the lateral 1x1s have none)."""
+    if arch.neck is None:
+        return None
+    n = arch.neck
+    ins = "+".join(_shape(v) for v in arch.level_shapes().values())
+    return f"neck:{n.type}_w{n.width}_r{n.repeats}_{arch.act}|in={ins}"
 
 
 def fixed_keys(arch: Arch) -> list[str]:
-    return [k for k in (stem_key(arch), tail_key(arch), head_key(arch)) if k]
+    return [k for k in (stem_key(arch), tail_key(arch), neck_key(arch), head_key(arch)) if k]
 
 
 def block_keys(arch: Arch) -> list[str]:
@@ -96,8 +107,7 @@ def block_keys(arch: Arch) -> list[str]:
 def network_keys(arch: Arch) -> list[str]:
     """Every key whose latency sums to the arch's latency, in network order."""
     keys = [stem_key(arch)] + block_keys(arch)
-    t = tail_key(arch)
-    return keys + ([t] if t else []) + [head_key(arch)]
+    return keys + [k for k in (tail_key(arch), neck_key(arch)) if k] + [head_key(arch)]
 
 
 def parse_key(key: str) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from .arch import Arch, load
+from .bifpn import BiFPN
 from .blocks import make_block, make_layer
 from .heads import PoseHead
 
@@ -24,9 +25,18 @@ class Backbone(nn.Module):
             parts[part] = nn.Sequential(*modules)
         self.stem, self.blocks, self.tail = parts["stem"], parts["blocks"], parts["tail"]
         self.out_channels = c
+        self.taps = sorted(arch.level_taps().values())  # layer indices whose outputs a neck reads
 
     def forward(self, x):
-        return self.tail(self.blocks(self.stem(x)))
+        """The last feature map; with a neck, the list of the neck's levels (finest first)."""
+        if not self.taps:
+            return self.tail(self.blocks(self.stem(x)))
+        feats = []
+        for i, m in enumerate([*self.stem, *self.blocks, *self.tail][:self.taps[-1] + 1]):
+            x = m(x)
+            if i in self.taps:
+                feats.append(x)
+        return feats
 
 
 class PoseNet(nn.Module):
@@ -36,11 +46,17 @@ class PoseNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.backbone = Backbone(arch)
-        self.head = PoseHead(self.backbone.out_channels, arch.num_joints, arch.head)
+        if arch.neck is None:  # no attribute at all: the state dict of a neckless net is what it always was
+            self.head = PoseHead(self.backbone.out_channels, arch.num_joints, arch.head)
+        else:
+            self.neck = BiFPN([c for _, _, c in arch.level_shapes().values()], arch.neck, arch.act)
+            self.head = PoseHead(self.neck.out_channels, arch.num_joints, arch.head)
         init_weights(self)
 
     def forward(self, x):
-        return self.head(self.backbone(x))
+        if self.arch.neck is None:
+            return self.head(self.backbone(x))
+        return self.head(self.neck(self.backbone(x)))
 
 
 def init_weights(net: nn.Module):

@@ -2,7 +2,8 @@
 
 Depth repeats blocks per stage (`Arch.stages`; new blocks copy the stage's last block at stride 1); widths of the
 stem and the blocks round to multiples of 8; the input rounds to a multiple of 16 (and of the backbone stride). The
-slim head keeps its widths, as EfficientPose-A/B/C do.
+slim head keeps its widths, as EfficientPose-A/B/C do. A BiFPN neck scales as EfficientDet's (model.bifpn.scale_neck:
+width 64 * 1.35^phi, depth 3 + phi, as the paper's table rounds them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 
 
 def compound_scale(arch: Arch, phi: float, alpha=ALPHA, beta=BETA, gamma=GAMMA) -> Arch:
+    from .bifpn import scale_neck
     from .blocks import make_divisible  # model.blocks imports torch; `python -m model --help` does not need it
 
     if phi == 0:
@@ -37,5 +39,6 @@ def compound_scale(arch: Arch, phi: float, alpha=ALPHA, beta=BETA, gamma=GAMMA) 
     size = tuple(max(step, round(s * r / step) * step) for s in arch.input_size)
     meta = {k: v for k, v in arch.meta.items() if k != "reported"}  # the authors' figures are the unscaled arch's
     meta["compound_scaling"] = {"base": arch.name, "phi": phi, "alpha": alpha, "beta": beta, "gamma": gamma}
+    neck = scale_neck(arch.neck, phi) if arch.neck else None
     return arch.replace(name=f"{arch.name}-phi{phi:g}", input_size=size, stem=stem, blocks=blocks, tail=tail,
-                        meta=meta)
+                        meta=meta, neck=neck)

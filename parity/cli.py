@@ -11,10 +11,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, existing_dir, existing_file, main_guard, output_dir, positive_int
+from parity.arm_parity import ARM_CROPS, arm_profiles
+from posekit.cli import ArgumentParser, existing_dir, existing_file, int_range, main_guard, output_dir, positive_int
 from posekit.errors import UserError
 from posekit.keypoints import DEFAULT_COCO
 from posekit.safe_paths import confined, output_folder
+from runtime.arm64 import PROFILES
 
 
 def default_model_dir() -> Path:
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-locate", action="store_true", help="skip the first-diverging-layer search on failures")
     p.add_argument("--coreml-reference", action="store_true",
                    help="on macOS too, run Core ML artifacts with the reference executor instead of MLModel.predict")
+    p.add_argument("--arm", nargs="?", const="all", type=arm_profiles, metavar="PROFILES",
+                   help="also run every .tflite on the phone's ARM CPU kernels (aarch64 LiteRT under qemu-user, `make "
+                        "setup-arm`): all profiles, or a comma list of " + ", ".join(PROFILES))
+    p.add_argument("--arm-crops", type=int_range(1, ARM_CROPS), default=ARM_CROPS,
+                   help=f"crops per ARM run, at most the {ARM_CROPS} whose PyTorch heatmaps parity keeps (default "
+                        f"{ARM_CROPS}; an invoke costs 0.5-8 s under emulation)")
     return p
 
 
@@ -87,6 +95,12 @@ def main(argv=None) -> int:
         warnings.simplefilter("always", UserWarning)
         result = run_parity(model_dir, args.data, thresholds, args.crops, out, args.ckpt, args.threads, args.only,
                             not args.no_locate, args.coreml_reference, args.ap_split)
+        if args.arm:
+            from parity import arm_parity
+            from parity.compare_artifacts import read_manifest
+
+            result["arm_rows"] = arm_parity.arm_rows(result, model_dir, read_manifest(model_dir), thresholds,
+                                                     args.arm, args.arm_crops, args.threads)
         jpath, hpath = report.write(result, out, keypoint_info(result["num_joints"])["skeleton"])
     for w in caught:
         if "AP" in str(w.message):
@@ -112,7 +126,14 @@ def main(argv=None) -> int:
             worst = _num(r.get("fidelity_op_sqnr_db"), 0, 1)
             print(f"{r['file']}: conversion fidelity judged per op (worst op {worst} dB, in step "
                   f"{_num(r.get('fidelity_op_in_step'), 0, 4)}): no end-to-end twin ({r.get('fidelity_exact_note')})")
+    if args.arm:
+        from parity.arm_parity import print_rows
+
+        print_rows(result["arm_rows"])
     failed = [r for r in result["rows"] if r["fails"]]
+    for r in result.get("arm_rows", []):
+        if r["fails"]:
+            print(f"FAIL {r['file']} on ARM {r['profile']} (-cpu {r['cpu']}): {'; '.join(r['fails'])}", file=sys.stderr)
     for r in failed:
         print(f"FAIL {r['file']} ({r['format']} {r['precision']}): {'; '.join(r['fails'])}", file=sys.stderr)
         fid = r.get("fidelity_divergence") or {}
@@ -137,4 +158,4 @@ def main(argv=None) -> int:
     if not result["rows"]:
         raise UserError(f"{model_dir / 'manifest.json'}: no artifact to check" + (f" matching {args.only!r}"
                                                                                   if args.only else ""))
-    return 1 if failed else 0
+    return 1 if failed or any(r["fails"] for r in result.get("arm_rows", [])) else 0

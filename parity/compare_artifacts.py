@@ -22,6 +22,7 @@ from posekit.errors import UserError
 from posekit.evaluate import mean_oks_agreement
 from posekit.io import atomic_path, atomic_write_json, sha256_file
 from runtime.artifact_check import check_artifact
+from runtime.decoded import is_decoded
 from runtime.runners import TorchRunner, make_runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,11 +206,15 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     metric_set = hashlib.sha256(",".join(tags).encode()).hexdigest()[:6]
     keypoints_apply = ref["ap"] >= LOW_AP
     fp32 = next((model_dir / a["file"] for a in man["artifacts"] if a["format"] == "tflite" and
-                 a["precision"] == "fp32" and (model_dir / a["file"]).is_file()), None)  # what int8 was made from
+                 a["precision"] == "fp32" and not is_decoded(a) and (model_dir / a["file"]).is_file()),
+                None)  # what int8 was made from
     rows = []
     for a in tqdm(entries, desc="parity", unit="artifact"):
         qat = a.get("quantizer") == "qat"  # quantize qat: its own rules (thresholds.yaml int8-qat)
+        decoded = is_decoded(a)  # keypoints in the file (issue 28): thresholds.yaml keypoints-<precision>
         rules = thresholds.get(f"{a['precision']}-qat" if qat else a["precision"], thresholds.get(a["precision"]))
+        if decoded:
+            rules = thresholds.get(f"keypoints-{a['precision']}")
         if rules is None:
             raise UserError(f"no thresholds for precision {a['precision']!r} (artifact {a['file']}): add it to the "
                             f"thresholds file")
@@ -226,11 +231,17 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
         try:
             check_artifact(path)  # a truncated or overwritten file: one line in its row, not a crash
             runner = make_runner(a, model_dir, man, threads, coreml_reference)
+            figures = None if qat else functools.partial(conversion_fidelity.measure, a, runner, net,
+                                                         ref["fidelity_inputs"], fp32)
+            if decoded:  # judged on its in-file keypoints (parity/keypoints.py), its heatmaps as any file's
+                from parity.keypoints import Recorder
+                from runtime.decoded import KeypointRunner
+
+                runner = Recorder(KeypointRunner(runner))
+                figures = functools.partial(runner.figures, ref["heatmaps"], data.input_size, stride)
             # macOS: runtime and executor differ; how the file is judged depends on what the manifest says it is
             eng = hashlib.sha256(f"{runner.engine}|{a['precision']}|{a.get('quantizer')}".encode()).hexdigest()[:6]
-            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}",
-                          None if qat else functools.partial(conversion_fidelity.measure, a, runner, net,
-                                                             ref["fidelity_inputs"], fp32))
+            res = measure(runner, data, ref, stride, cache, f"{sha[:16]}-{eng}-{metric_set}-{ref_key}", figures)
         except UserError as e:  # e.g. an op the Core ML executor does not implement: this artifact fails, loudly
             rows.append({**base, "fails": [f"could not run: {e}"]})
             continue
@@ -252,7 +263,7 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
             row["twin"] = twin_check(a, model_dir, ref["sample_inputs"])
             row["fails"] += row["twin"].pop("fails")
         row["status"] = "fail" if row["fails"] else "pass"
-        if row["fails"] and locate and not (row.get("fidelity_divergence") or {}).get("op_name"):
+        if row["fails"] and locate and not decoded and not (row.get("fidelity_divergence") or {}).get("op_name"):
             try:
                 from parity.first_divergence import first_divergence
 

@@ -20,14 +20,16 @@ THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
 METRICS = ("max_abs", "mean_abs", "max_abs_rel", "cosine", "sqnr_db", "argmax_same", "argmax_within1",
            "argmax_same_detected", "pck", "kp_dist_px", "dap", "oks_agreement",
            "fidelity_sqnr_db", "fidelity_in_step", "fidelity_op_sqnr_db", "fidelity_op_in_step",
-           "fidelity_graph_sqnr_db", "weights_exact")
+           "fidelity_graph_sqnr_db", "weights_exact",
+           # decoded files' in-file keypoints (parity/keypoints.py)
+           "kp_decode_max_px", "kp_cell_same", "kp_within_px", "kp_oks_agreement")
 # Static int8: end to end against the XNNPACK-exact twin; a file without one (another quantizer's graph, int8 I/O)
 # is judged per op only (fidelity_op_*), and these rules are reported as not applicable to it, with the reason.
 END_TO_END_FIDELITY = ("fidelity_sqnr_db", "fidelity_in_step")
 # Rules on these judge keypoints against PyTorch's: not applicable when the reference is untrained (its keypoints
 # are noise, not a truth); the numeric and conversion-fidelity rules gate regardless.
 KEYPOINT_METRICS = ("argmax_same", "argmax_within1", "argmax_same_detected", "pck", "kp_dist_px", "dap",
-                    "oks_agreement")
+                    "oks_agreement", "kp_cell_same", "kp_within_px", "kp_oks_agreement")
 FIDELITY_PREFIX = "conversion fidelity: "  # failed fidelity rules say so: a converter error, not quantization cost
 DETECTED = 0.2  # a joint is "detected" when its heatmap peak reaches this (SimpleBaseline / HRNet in_vis_thre)
 

@@ -147,5 +147,9 @@ def write(result: dict, out_dir: Path, skeleton) -> tuple[Path, Path]:
             f"{result['num_persons_val']} {html.escape(result['reference'].get('ap_split', 'val2017'))} "
             f"persons; {result['num_crops']} crops from {html.escape(result['data'])}."
             f"</p><table border=1><tr>{head}</tr>{''.join(body)}</table>{figs}")
+    if result.get("arm_rows") is not None:  # python -m parity --arm
+        from parity.arm_parity import html_table
+
+        page += html_table(result["arm_rows"])
     hpath = atomic_write_text(out_dir / "report.html", page)
     return jpath, hpath

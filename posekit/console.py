@@ -20,7 +20,10 @@ STAGES = {
     "parity": "artifact vs PyTorch parity on real crops (python -m parity)",
     "demo": "the whole pipeline on bundled data (python -m demo)",
     "predict": "run an artifact on images: COCO keypoints json + overlay (python -m predict)",
+    "profile": "per-op latency of a .tflite on this host, XNNPACK and builtin (python -m runtime.tflite_profile)",
 }
+# stages whose CLI is not <stage>.__main__ (`profile` would be the standard library's profiler)
+MODULES = {"profile": "runtime.tflite_profile"}
 
 
 def quiet_libraries():
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     if stage not in STAGES:
         print(f"error: posenas: unknown stage {stage!r} (one of {', '.join(STAGES)})", file=sys.stderr)
         return 2
-    mod = importlib.import_module(f"{stage}.__main__")
+    mod = importlib.import_module(MODULES.get(stage, f"{stage}.__main__"))
     return mod.main(rest) or 0
 
 

@@ -16,7 +16,8 @@ from posekit.io import atomic_path
 OPSET = 17
 
 
-def export_onnx(net, arch, path: Path) -> tuple[Path, list, list, dict]:
+def export_onnx(net, arch, path: Path, output_names=("heatmaps",)) -> tuple[Path, list, list, dict]:
+    """net's outputs, named output_names (a decoded net: heatmaps, keypoints), as an ONNX file at `path`."""
     import onnx
     import onnxruntime as ort
     import onnxsim
@@ -26,7 +27,7 @@ def export_onnx(net, arch, path: Path) -> tuple[Path, list, list, dict]:
     buf = io.BytesIO()
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(net.eval(), (x,), buf, dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=["heatmaps"], do_constant_folding=True)
+                          output_names=list(output_names), do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
     with contextlib.redirect_stdout(io.StringIO()):
         simp, ok = onnxsim.simplify(model, check_n=1, certify=False)
@@ -34,12 +35,15 @@ def export_onnx(net, arch, path: Path) -> tuple[Path, list, list, dict]:
         raise UserError(f"{path}: onnxsim could not validate the simplified model")
     onnx.checker.check_model(simp, full_check=True)
     sess = ort.InferenceSession(simp.SerializeToString(), providers=["CPUExecutionProvider"])
-    y = sess.run(["heatmaps"], {"image": x.numpy()})[0]
+    ys = sess.run(list(output_names), {"image": x.numpy()})
     with torch.no_grad():
-        err = float(np.abs(y - net(x).numpy()).max())
+        ref = net(x)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    err = max(float(np.abs(y - r.numpy()).max()) for y, r in zip(ys, ref))
     with atomic_path(path) as tmp:
         onnx.save(simp, str(tmp))
     ins = [{"name": "image", "shape": [1, 3, h, w], "dtype": "float32", "layout": "NCHW", "kind": "tensor",
             "quantization": None, "normalization_folded": False}]
-    outs = [{"name": "heatmaps", "shape": list(y.shape), "dtype": "float32", "layout": "NCHW", "quantization": None}]
+    outs = [{"name": n, "shape": list(y.shape), "dtype": "float32", "layout": "NCHW" if y.ndim == 4 else "NJ3",
+             "quantization": None} for n, y in zip(output_names, ys)]
     return path, ins, outs, {"opset": OPSET, "onnxruntime_max_abs_diff": err, "nodes": len(simp.graph.node)}

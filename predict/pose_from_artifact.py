@@ -81,6 +81,11 @@ class Predictor:
                  "inputs": [{**f["input"], "normalization_folded": bool(self.norm.get("folded"))}],
                  "outputs": [f["output"]]}
         self.runner = make_runner(entry, self.path.parent, {"normalization": self.norm}, threads)
+        self.in_file = bool(f.get("keypoints"))  # a decoded file (issue 28): its own `keypoints` output is used
+        if self.in_file:
+            from runtime.decoded import KeypointRunner
+
+            self.runner = KeypointRunner(self.runner)
         self.input_size = tuple(f["input_size"])
         self.names, self.skeleton = f["keypoint_names"], f.get("skeleton", [])
 
@@ -105,6 +110,13 @@ class Predictor:
 
     def __call__(self, image: np.ndarray, boxes) -> np.ndarray:
         x, affines, _ = self.crops(image, boxes)
+        if self.in_file:  # (x, y, score) in crop pixels from the file: only the crop -> image mapping is left
+            from posekit.transforms import to_image
+
+            kp = self.runner.both(x)[1]
+            for k, M in zip(kp, affines):
+                k[:, :2] = to_image(k[:, :2].astype(np.float64), np.asarray(M, np.float64))
+            return kp
         return keypoints_from_heatmaps(self.runner(x), affines)
 
 
@@ -184,6 +196,8 @@ def predict(model, images, boxes_file=None, min_score: float = 0.5, out=Path("ru
     nothing carries "flags", and a warning line is logged) and out/<image>_pose.png.
     Returns {"results": [...], "json": path, "overlays": [paths], "model": path, "boxes": {image_id: [...]}}."""
     pred = Predictor(model, threads)
+    if pred.in_file:
+        log(f"{pred.path}: using the keypoints decoded in the file (its `keypoints` output)")
     dets = read_boxes(boxes_file, min_score) if boxes_file else None
     out = Path(out)
     kps, metas, overlays, used, flags = [], [], [], {}, {}

@@ -296,6 +296,9 @@ class QATNet(nn.Module):
 
     def __init__(self, net: PoseNet, deconv: str = "subpixel"):
         super().__init__()
+        if getattr(net, "neck", None) is not None:  # its fusion MUL/ADD chains, resizes and pools have no rule yet
+            raise UserError("qat: no fake-quant rule for a BiFPN neck (model/bifpn.py: fusion multiply-adds, nearest "
+                            "resize, max pooling); QAT and the exact int8 twin cover neckless nets only")
         d = deploy_model(net, deconv)
         self.inq = ActQuant()
         b = _Builder(self.inq)

@@ -113,3 +113,29 @@ def op_depth_to_space(a):  # DCR order (TF): channel = (i * b + j) * C + c
 
 def op_pixel_shuffle(a):  # CRD order (torch): channel = c * b * b + i * b + j
     return F.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(a["x"])), int(a["upscale_factor"])).numpy()
+
+
+def op_max_pool(a):
+    x = _t(a["x"])
+    if x.ndim != 4:
+        raise UnsupportedOp(f"max_pool on a rank-{x.ndim} input (only 2-D pooling)")
+    k, s = [int(v) for v in a["kernel_sizes"]], _pair(a, "strides")
+    kind = a.get("pad_type", "valid")
+    if (given := _given_pads(a)) is not None:
+        t, b, l, r = given
+    elif kind in ("same", "same_lower"):
+        t, b = _same_pads(x.shape[2], k[0], s[0], 1, kind == "same_lower")
+        l, r = _same_pads(x.shape[3], k[1], s[1], 1, kind == "same_lower")
+    else:
+        raise UnsupportedOp(f"max_pool pad_type {kind!r}")
+    x = F.pad(x, (l, r, t, b), value=float("-inf"))  # padding never wins a max
+    return F.max_pool2d(x, k, s, 0, ceil_mode=bool(a.get("ceil_mode", False))).numpy()
+
+
+def op_upsample_nearest_neighbor(a):  # MIL: output pixel i reads input pixel floor(i / scale)
+    x = np.asarray(a["x"])
+    sh, sw = float(a.get("scale_factor_height", 1)), float(a.get("scale_factor_width", 1))
+    h, w = x.shape[-2:]
+    rows = np.minimum(np.floor(np.arange(int(h * sh)) / sh).astype(int), h - 1)
+    cols = np.minimum(np.floor(np.arange(int(w * sw)) / sw).astype(int), w - 1)
+    return x[..., rows, :][..., cols]

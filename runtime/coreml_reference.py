@@ -19,6 +19,7 @@ import numpy as np
 
 from posekit.errors import UserError
 from posekit.io import require_file
+from runtime.coreml_decode_ops import DECODE_MIL_OPS
 
 from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of this module's interface)
     UnsupportedOp,
@@ -27,7 +28,9 @@ from .coreml_ops import (  # noqa: F401  (UnsupportedOp, unpack_bits: part of th
     op_conv,
     op_conv_transpose,
     op_depth_to_space,
+    op_max_pool,
     op_pixel_shuffle,
+    op_upsample_nearest_neighbor,
     unpack_bits,
 )
 
@@ -221,6 +224,9 @@ MIL_OPS = {
     "reshape": lambda a: np.reshape(a["x"], [int(v) for v in np.ravel(a["shape"])]),
     "transpose": lambda a: np.transpose(a["x"], [int(v) for v in np.ravel(a["perm"])]),
     "concat": lambda a: np.concatenate(list(a["values"]), axis=int(a["axis"])),
+    "max_pool": op_max_pool,
+    "upsample_nearest_neighbor": op_upsample_nearest_neighbor,
+    **DECODE_MIL_OPS,  # the in-graph keypoint decode (model/decode.py)
 }
 
 

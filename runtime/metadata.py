@@ -50,7 +50,12 @@ def facts(head: dict, entry: dict) -> dict:
             f"({h // head['heatmap_stride']}x{w // head['heatmap_stride']}, {out['layout']}); a keypoint is its "
             f"heatmap's argmax (+ a quarter pixel toward the higher neighbour), its peak value the confidence."
             + (" Random weights (conversion test): keypoints mean nothing." if src.get("random_init") else ""))
+    kp = next((o for o in entry.get("outputs") or [] if o.get("name") == "keypoints"), None)
+    if kp is not None:  # a decoded file (issue 28): the decode's description from the entry
+        desc += (f" Output `keypoints` {kp['shape']}: per joint (x, y, score), x and y in input-crop pixels, score "
+                 f"the heatmap peak, decoded in the graph by the same rule.")
     return {
+        **({"keypoints": {**(entry.get("decode") or {}), "dtype": kp.get("dtype")}} if kp is not None else {}),
         "name": head["model"], "description": desc, "version": f"{head['model']}@{ck[:12] or 'untracked'}",
         "author": AUTHOR, "license": LICENSE, "format": entry.get("format"), "precision": entry.get("precision"),
         "quantizer": entry.get("quantizer"), "checkpoint_sha256": src.get("checkpoint_sha256"),
@@ -161,9 +166,14 @@ def read_coreml(path) -> dict:
     image = inp["kind"] == "image"
     f["normalization"].setdefault("folded", image)
     out_shape = None
-    for o in prog.spec.description.output:
+    for o in prog.spec.description.output[:1]:  # the heatmaps (a decoded file's keypoints come second)
         if o.type.WhichOneof("Type") == "multiArrayType":
             out_shape = list(o.type.multiArrayType.shape) or None
+    if "keypoints" in md:
+        try:
+            f["keypoints"] = json.loads(md["keypoints"])
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: user-defined metadata keypoints: malformed json: {e}") from None
     f.update(name=prog.spec.description.metadata.shortDescription.split(":")[0] or Path(path).stem,
              version=prog.spec.description.metadata.versionString, precision=md.get("precision"),
              checkpoint_sha256=md.get("checkpoint_sha256"), arch_sha256=md.get("arch_sha256"),

@@ -99,7 +99,8 @@ class TFLiteRunner(Runner):
         if sigs:
             self.sig = self.it.get_signature_runner(next(iter(sigs)))
             (self.iname, _), = self.sig.get_input_details().items()
-            (self.oname, _), = self.sig.get_output_details().items()
+            outs = list(self.sig.get_output_details())  # a decoded file has two: heatmaps (named), keypoints
+            self.oname = self.out.get("name") if len(outs) > 1 and self.out.get("name") in outs else outs[0]
         else:
             self.sig = None
 

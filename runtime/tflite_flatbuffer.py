@@ -1,7 +1,9 @@
 """The one reader of the .tflite flatbuffer (ai_edge_litert's generated schema bindings): operators with their
 builtin names, tensors and options, tensors with their quantization parameters, and the op census built on them
-(op_counts, op_dtypes, float_compute_ops), and `inline_buffers`, the one rewrite (for the metadata writer). Nothing
-here runs a model (runtime/tflite.py does).
+(op_counts, op_dtypes, float_compute_ops), `split_ops` (a decoded file's network ops and decode-tail ops),
+`inline_buffers`, the one rewrite (for the metadata writer), and the object API for the model editors
+(runtime/tflite_profile.py's op cutting, quantize/xnnpack_route.py): load_model, op_name, pack_model. Nothing here
+runs a model (runtime/tflite.py does).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTE
                "MAX_POOL_2D", "ADD", "MUL", "MEAN", "CONCATENATION", "DEPTH_TO_SPACE", "PAD", "RESIZE_BILINEAR")
 # The builtin options read into Operator.options (those the PyTorch twin of a quantized file needs).
 OPTION_FIELDS = ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor", "FusedActivationFunction",
-                 "DepthMultiplier", "Axis", "KeepDims", "BlockSize")
+                 "DepthMultiplier", "Axis", "KeepDims", "BlockSize", "FilterWidth", "FilterHeight", "AlignCorners",
+                 "HalfPixelCenters")
 
 
 def _schema():
@@ -136,20 +139,87 @@ def float_compute_ops(model: str | Path | bytes, ops: Iterable[str] = COMPUTE_OP
     return dict(Counter(name for name, outs in _census(model) if name in ops and outs and outs[0].startswith("float")))
 
 
+def _inline(m, raw: bytes) -> bool:
+    """Move constant data written after the flatbuffer (Buffer.offset/size) into ModelT `m`'s buffers; any moved."""
+    moved = False
+    for b in m.buffers or []:
+        if (b.offset or 0) > 1:
+            b.data = np.frombuffer(raw[b.offset:b.offset + b.size], np.uint8)
+            b.offset = b.size = 0
+            moved = True
+    return moved
+
+
+def pack_model(m) -> bytes:
+    """A schema ModelT as .tflite bytes."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(1 << 16)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def load_model(path: str | Path):
+    """The file as a schema ModelT (the object API, to edit and `pack_model`) with every constant's data inline
+    (ai-edge-quantizer writes constant data after the flatbuffer, Buffer.offset/size: read it from there)."""
+    from posekit.errors import UserError
+
+    raw = Path(path).read_bytes()
+    try:
+        m = _schema().ModelT.InitFromPackedBuf(raw, 0)
+    except Exception as e:  # a truncated or foreign file: name it, do not show a flatbuffers traceback
+        raise UserError(f"{path}: not a TFLite flatbuffer ({type(e).__name__}: {e})") from None
+    _inline(m, raw)
+    if not m.subgraphs:
+        raise UserError(f"{path}: the model has no subgraph")
+    return m
+
+
+def op_name(m, op) -> str:
+    """builtin_name for the object API: operator `op` (OperatorT) of ModelT `m`."""
+    oc = m.operatorCodes[op.opcodeIndex]
+    code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+    return _builtin_names().get(code, f"CUSTOM_{code}")
+
+
 def inline_buffers(model: bytes) -> bytes:
     """ai-edge-quantizer writes constant data after the flatbuffer (Buffer.offset/size, a newer schema field that
     tflite-support 0.4.4's schema bindings do not know and would drop): move it back into the buffers, with the
     current schema's bindings (ai_edge_litert), before the metadata populator (runtime/tflite_metadata.py) rewrites
     the model."""
-    import flatbuffers
-
     m = _schema().ModelT.InitFromPackedBuf(model, 0)
-    if not any((b.offset or 0) > 1 for b in m.buffers or []):
-        return model
-    for b in m.buffers:
-        if (b.offset or 0) > 1:
-            b.data = np.frombuffer(model[b.offset:b.offset + b.size], np.uint8)
-            b.offset = b.size = 0
-    builder = flatbuffers.Builder(len(model) + (1 << 16))
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack_model(m) if _inline(m, model) else model
+
+
+
+def split_ops(path) -> tuple[Counter, Counter]:
+    """Of a decoded .tflite (runtime/decoded.py): ({'OP:dtype': n} of the network: every op the `heatmaps`
+    output depends on, {'OP:dtype': n} of the decode tail: the rest), from the first subgraph. dtype: the op's
+    first output's."""
+    from posekit.errors import UserError
+
+    s = _schema()
+    m = _model(path)
+    sg = m.Subgraphs(0)
+    types = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_")}
+    ops = [sg.Operators(i) for i in range(sg.OperatorsLength())]
+    producer = {int(t): i for i, op in enumerate(ops) for t in op.OutputsAsNumpy()}
+    sig = m.SignatureDefs(0)
+    outs = {sig.Outputs(i).Name().decode(): sig.Outputs(i).TensorIndex() for i in range(sig.OutputsLength())}
+    if "heatmaps" not in outs:
+        raise UserError(f"{path}: the signature has no 'heatmaps' output")
+    net, todo = set(), [producer[outs["heatmaps"]]]
+    while todo:  # the heatmaps' ancestors
+        i = todo.pop()
+        if i in net:
+            continue
+        net.add(i)
+        todo += [producer[int(t)] for t in ops[i].InputsAsNumpy() if t >= 0 and int(t) in producer]
+
+    def tag(i):
+        op = ops[i]
+        o = op.OutputsAsNumpy()
+        return f"{builtin_name(m, op)}:{types[sg.Tensors(int(o[0])).Type()] if len(o) else '-'}"
+
+    return (Counter(tag(i) for i in range(len(ops)) if i in net),
+            Counter(tag(i) for i in range(len(ops)) if i not in net))

@@ -97,8 +97,18 @@ def metadata_buffer(f: dict) -> tuple[bytes, dict[str, bytes]]:
                fb.AssociatedFileType.DESCRIPTIONS),
         _assoc(fb, FACTS_FILE, "every fact of this artifact (source checkpoint and arch sha256, input, output, "
                                "normalization, keypoints) as JSON", fb.AssociatedFileType.DESCRIPTIONS)]
+    outputs = [heat]
+    if f.get("keypoints"):  # a decoded file (issue 28): its second output, after the heatmaps
+        kp = f["keypoints"]
+        outputs.append(mi.TensorMd(
+            name="keypoints", content_type=fb.ContentProperties.FeatureProperties,
+            description=(f"(1, {j}, 3) float32: per keypoint (x, y, score); x, y in input-crop pixels of the {h}x{w} "
+                         f"(HxW) input (pixel centres: pixel i is at coordinate i), score = the heatmap peak; "
+                         f"row k is keypoint k of {NAMES_FILE}; decoded in the graph: {kp.get('rule', '')}"),
+            associated_files=[mi.AssociatedFileMd(NAMES_FILE, "keypoint name of each row, in order",
+                                                  fb.AssociatedFileType.TENSOR_AXIS_LABELS)]).create_metadata())
     sub = fb.SubGraphMetadataT()
-    sub.inputTensorMetadata, sub.outputTensorMetadata = [image], [heat]
+    sub.inputTensorMetadata, sub.outputTensorMetadata = [image], outputs
     model.subgraphMetadata = [sub]
     b = flatbuffers.Builder(0)
     b.Finish(model.Pack(b), metadata.MetadataPopulator.METADATA_FILE_IDENTIFIER)
@@ -134,9 +144,14 @@ def _outputs(path) -> list[np.ndarray]:
     from runtime import tflite
 
     it = tflite.interpreter(path, kernels="builtin")
-    shape = tflite.io_details(it)["inputs"][0]["shape"]
+    d = tflite.io_details(it)
+    shape = d["inputs"][0]["shape"]
     rng = np.random.default_rng(0)
-    return [tflite.run(it, rng.uniform(-2, 2, shape).astype(np.float32)) for _ in range(2)]
+    xs = [rng.uniform(-2, 2, shape).astype(np.float32) for _ in range(2)]
+    if len(d["outputs"]) > 1:  # a decoded file: every output of its signature (float I/O)
+        run = it.get_signature_runner(tflite.SIGNATURE)
+        return [y for x in xs for _, y in sorted(run(**{d["inputs"][0]["name"]: x}).items())]
+    return [tflite.run(it, x) for x in xs]
 
 
 def _strip(model: bytes) -> bytes:
@@ -203,7 +218,9 @@ def read_tflite_metadata(path) -> dict:
     _, hh, hw, j = out["shape"]
     if j != len(names):
         raise UserError(f"{path}: TFLite metadata: {len(names)} keypoint names for {j} heatmap channels")
-    return {"name": md.get("name"), "version": md.get("version"), "author": md.get("author"),
+    kp = json.loads(d.get_associated_file_buffer(FACTS_FILE)).get("keypoints") if FACTS_FILE in files else None
+    return {**({"keypoints": kp} if kp else {}),
+            "name": md.get("name"), "version": md.get("version"), "author": md.get("author"),
             "license": md.get("license"), "description": md.get("description"), "num_joints": j,
             "keypoint_names": names, "skeleton": skel.get("skeleton", []), "flip_pairs": skel.get("flip_pairs", []),
             "heatmap_stride": h // hh, "input_size": [h, w], "normalization": norm,

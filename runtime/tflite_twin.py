@@ -138,6 +138,16 @@ def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _nearest_index(out: int, size: int, opts: dict) -> torch.Tensor:
+    """The input index each output pixel of TFLite's RESIZE_NEAREST_NEIGHBOR reads (its reference kernel)."""
+    i = torch.arange(out, dtype=torch.float64)
+    if opts.get("AlignCorners"):
+        src = torch.round(i * ((size - 1) / (out - 1) if out > 1 else 0.0))
+    else:
+        src = torch.floor((i + (0.5 if opts.get("HalfPixelCenters") else 0.0)) * (size / out))
+    return src.clamp(0, size - 1).long()
+
+
 def _act(x: torch.Tensor, code: int) -> torch.Tensor:
     # ActivationFunctionType: NONE 0, RELU 1, RELU_N1_TO_1 2, RELU6 3
     if code == 1:
@@ -221,17 +231,27 @@ class TFLiteTwin(nn.Module):
             raise UserError(f"{self.path}: {len(weighted)} conv ops, the PyTorch deploy graph has {len(mods)} convs "
                             f"(is this artifact made from this network?)")
         self.weights, self._w = [], {}
-        for op, (name, m) in zip(weighted, mods):
+        pool = list(mods)  # the PyTorch convs not bound yet, in execution order
+
+        def file_layout(m, op):
+            w = m.weight.detach().float()
+            if isinstance(m, nn.ConvTranspose2d) or op.name == "DEPTHWISE_CONV_2D":
+                return w.permute(1, 2, 3, 0)  # (I, O, kh, kw) -> OHWI; depthwise (C*M, 1, kh, kw) -> 1HW(C*M)
+            return w.permute(0, 2, 3, 1)  # OIHW -> OHWI
+
+        for op in weighted:
             wi = op.inputs[1]  # TRANSPOSE_CONV: (output_shape, weights, input, bias); convs: (input, weights, bias)
             src = self._const_source(wi)
             stored = self.consts.get(src)
-            w = m.weight.detach().float()
-            if isinstance(m, nn.ConvTranspose2d):
-                tfw = w.permute(1, 2, 3, 0)  # (I, O, kh, kw) -> OHWI
-            elif op.name == "DEPTHWISE_CONV_2D":
-                tfw = w.permute(1, 2, 3, 0)  # (C*M, 1, kh, kw) -> 1HW(C*M)
-            else:
-                tfw = w.permute(0, 2, 3, 1)  # OIHW -> OHWI
+            name, m = pool[0]
+            same = [(n, c) for n, c in pool if stored is not None and tuple(file_layout(c, op).shape) == stored.shape]
+            if len(same) > 1:  # a DAG (a BiFPN neck) may run in another order than the file's: bind by value
+                ref = self._value(src, {})
+                name, m = min(same, key=lambda nc: float((file_layout(nc[1], op) - ref).abs().max()))
+            elif same:
+                name, m = same[0]
+            pool.remove((name, m))
+            tfw = file_layout(m, op)
             if stored is None or tuple(stored.shape) != tuple(tfw.shape):
                 raise UserError(f"{self.path}: op {op.index} {op.name} weight {self.details[wi]['name'][:80]!r} "
                                 f"shape {None if stored is None else list(stored.shape)} does not match PyTorch "
@@ -376,6 +396,20 @@ class TFLiteTwin(nn.Module):
             x = v(0)
             nb, h, w, c = x.shape
             return x.reshape(nb, h, w, b, b, c // b // b).permute(0, 1, 3, 2, 4, 5).reshape(nb, h * b, w * b, -1)
+        if n == "MAX_POOL_2D":  # NHWC; a max commutes with the monotone requantization, so float max is exact
+            x = v(0).permute(0, 3, 1, 2)
+            o = op.options
+            k, s = (o["FilterHeight"], o["FilterWidth"]), (o["StrideH"], o["StrideW"])
+            if op.options.get("Padding", 1) == 0:  # SAME
+                (t, b), (lft, r) = (_same_pad(x.shape[i + 2], k[i], s[i], 1) for i in (0, 1))
+                x = F.pad(x, (lft, r, t, b), value=float("-inf"))
+            y = F.max_pool2d(x, k, s).permute(0, 2, 3, 1)
+            return _act(y, op.options.get("FusedActivationFunction", 0))
+        if n == "RESIZE_NEAREST_NEIGHBOR":  # NHWC, to the constant size; TFLite's index rule per option
+            x = v(0)
+            (oh, ow), (h, w) = (int(d) for d in self.consts[op.inputs[1]]), x.shape[1:3]
+            idx = [_nearest_index(o, i, op.options) for o, i in ((oh, h), (ow, w))]
+            return x[:, idx[0]][:, :, idx[1]]
         raise UserError(f"{self.path}: op {n} (op {op.index}) is not simulated by runtime.tflite_twin")
 
     @torch.no_grad()

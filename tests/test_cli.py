@@ -25,6 +25,7 @@ PARSERS = {
     "demo": lambda: importlib.import_module("demo.cli").build_parser(),
     "quantize qat": lambda: importlib.import_module("quantize.qat_cli").build_parser(),
     "predict": lambda: importlib.import_module("predict.cli").build_parser(),
+    "profile": lambda: importlib.import_module("runtime.tflite_profile").build_parser(),
 }
 
 

@@ -48,7 +48,7 @@ def test_reference_points_place_every_arch_on_the_shipped_luts():
     derived = space.arch_for([layer.candidates[0] for layer in space.layers()])
     luts = {d: load_lut(d) for d in ("pixel", "note10")}
     rows = reference_points(derived, luts)
-    assert [r["name"].split(" ")[0] for r in rows][0] == "derived" and len(rows) == 5
+    assert [r["name"].split(" ")[0] for r in rows][0] == "derived" and len(rows) == 6
     for r in rows:
         assert all(r[f"lut_{d}_ms"] and r[f"lut_{d}_ms"] > 0 for d in luts), r
     a = {r["name"]: r for r in rows}

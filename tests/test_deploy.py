@@ -101,3 +101,25 @@ def test_mbv1_head_tflite_has_no_slice_concat_or_transpose_conv(tmp_path):
     int8 = quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
     assert tflite_flatbuffer.float_compute_ops(int8) == {}
     assert not {"SLICE", "CONCATENATION"} & set(tflite_flatbuffer.op_counts(int8))
+
+
+def test_interleave_rewrite_fuses_the_relu_and_leaves_no_transpose(tmp_path):
+    """The "interleave" rewrite (model/deploy.py): exact, its ReLU taken into each phase's conv (so no standalone
+    RELU, which costs more than the convs in int8 under XNNPACK), no TRANSPOSE, fully integer in int8."""
+    from posekit import export_tflite
+    from quantize.tflite import quantize_tflite
+    from runtime import tflite, tflite_flatbuffer
+
+    head = randomize(PoseHead(32, 17, Head("mbv1", [16, 16], 4, True))).eval()
+    net = deploy_model(head, "interleave")
+    x = torch.randn(1, 32, 4, 3)
+    with torch.no_grad():
+        assert torch.allclose(net(x), head(x), atol=1e-5)
+    fp32 = export_tflite.litert_to_tflite(net, x, tmp_path / "head.tflite")
+    ops = tflite_flatbuffer.op_counts(fp32)
+    assert not {"TRANSPOSE", "RELU", "TRANSPOSE_CONV", "SLICE"} & set(ops), ops
+    y = tflite.run(tflite.interpreter(fp32), x.permute(0, 2, 3, 1).numpy())
+    ref = net(x).permute(0, 2, 3, 1).detach().numpy()
+    assert abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
+    int8 = quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
+    assert tflite_flatbuffer.float_compute_ops(int8) == {} and "RELU" not in tflite_flatbuffer.op_counts(int8)

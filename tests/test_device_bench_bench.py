@@ -106,3 +106,17 @@ def test_round_robin_interleaves_and_cpu_clock_leaves_out_waiting():
     assert max(max(v) for v in cpu.values()) < 4.0  # ... but no CPU time
     with pytest.raises(UserError, match="--threads 1"):
         check_clock("cpu", 4)
+
+
+def test_bench_model_dir_prints_the_fastest_kernels_and_each_files_op_profile(artifacts, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "--model-dir", str(artifacts), "--runs", "5", "--warmup", "1", "--json",
+                 str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "fastest kernels: " in out and "int8 / fp32: " in out
+    assert "per-op profile, host model_int8.tflite [xnnpack]" in out and "sum/model" in out
+    res = json.loads(out_json.read_text())
+    assert set(res["fastest_kernels"]) == {"tflite/model_fp32.tflite", "tflite/model_int8.tflite"}
+    assert {(p["file"].rsplit("/", 1)[-1], p["kernels"]) for p in res["profiles"]} == {
+        (f"model_{q}.tflite", k) for q in ("fp32", "int8") for k in ("xnnpack", "builtin")}
+    assert all(p["ratio"] > 0 and p["ops"] for p in res["profiles"])

@@ -179,3 +179,41 @@ def test_predict_without_metadata_uses_the_manifest_or_says_what_is_missing(app_
     assert console.main(argv) == 0
     assert f"using {d / 'manifest.json'}" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "o" / "keypoints.json").read_text())) == 1
+
+
+@pytest.mark.slow(90)
+def test_predict_uses_in_file_keypoints_of_a_decoded_int8_file(app_artifacts, tmp_path, capsys):
+    """`posenas predict --model model_int8_kp.tflite` (issue 28) says it uses the file's own keypoints and gives the
+    keypoints of the plain int8 file, each copied alone, within 0.5 px in the image."""
+    import subprocess
+    import sys
+
+    from tests.app_artifacts import CALIB, copy_of
+
+    out, m = app_artifacts
+    d = copy_of(out, tmp_path / "art")
+    r = subprocess.run([sys.executable, "-m", "convert", "--ckpt", m["source"]["checkpoint"], "--targets",
+                        "tflite-int8-kp", "--calib", str(CALIB), "--out", str(d)], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m2 = json.loads((d / "manifest.json").read_text())
+    kp_entry = next(a for a in m2["artifacts"] if a["file"] == "tflite/model_int8_kp.tflite")
+    assert kp_entry["decode"]["float_ops_after_heatmaps"]  # the float tail is listed
+    images, dets = _gt_boxes()
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    runs = {}
+    for name in ("model_int8.tflite", "model_int8_kp.tflite"):
+        alone = tmp_path / f"alone-{name}"
+        alone.mkdir()
+        shutil.copy(d / "tflite" / name, alone / name)
+        capsys.readouterr()
+        argv = ["predict", "--model", str(alone / name), *map(str, images), "--boxes", str(tmp_path / "dets.json"),
+                "--out", str(tmp_path / f"pred-{name}"), "--no-overlay"]
+        assert console.main(argv) == 0
+        said = capsys.readouterr().out
+        assert ("using the keypoints decoded in the file" in said) == ("_kp" in name), said
+        res = json.loads((tmp_path / f"pred-{name}" / "keypoints.json").read_text())
+        runs[name] = np.array([x["keypoints"] for x in res], np.float64).reshape(len(res), -1, 3)
+    plain, kp = runs["model_int8.tflite"], runs["model_int8_kp.tflite"]
+    assert plain.shape == kp.shape and len(plain) == len(dets)
+    assert np.abs(plain[..., :2] - kp[..., :2]).max() <= 0.5
