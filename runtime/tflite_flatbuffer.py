@@ -9,12 +9,16 @@ runs a model (runtime/tflite.py does).
 from __future__ import annotations
 
 import functools
+import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from posekit.errors import UserError
+from posekit.io import first_line
 
 # Ops whose arithmetic dominates a conv net; `float_compute_ops` reports any of these left in float.
 COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "AVERAGE_POOL_2D",
@@ -162,8 +166,6 @@ def pack_model(m) -> bytes:
 def load_model(path: str | Path):
     """The file as a schema ModelT (the object API, to edit and `pack_model`) with every constant's data inline
     (ai-edge-quantizer writes constant data after the flatbuffer, Buffer.offset/size: read it from there)."""
-    from posekit.errors import UserError
-
     raw = Path(path).read_bytes()
     try:
         m = _schema().ModelT.InitFromPackedBuf(raw, 0)
@@ -196,8 +198,6 @@ def split_ops(path) -> tuple[Counter, Counter]:
     """Of a decoded .tflite (runtime/decoded.py): ({'OP:dtype': n} of the network: every op the `heatmaps`
     output depends on, {'OP:dtype': n} of the decode tail: the rest), from the first subgraph. dtype: the op's
     first output's."""
-    from posekit.errors import UserError
-
     s = _schema()
     m = _model(path)
     sg = m.Subgraphs(0)
@@ -223,3 +223,79 @@ def split_ops(path) -> tuple[Counter, Counter]:
 
     return (Counter(tag(i) for i in range(len(ops)) if i in net),
             Counter(tag(i) for i in range(len(ops)) if i not in net))
+
+
+# ---- structure check (runtime/artifact_check.py calls it before any runtime loads a file) ----
+TFLITE_ID = b"TFL3"  # the schema's file_identifier, bytes 4..8 of every .tflite
+_DAMAGE = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError, KeyError,
+           AttributeError, RecursionError)
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _need(ok: bool, what: str):
+    if not ok:
+        raise _Damaged(what)
+
+
+def check_structure(path: str | Path) -> None:
+    """Walk the .tflite flatbuffer (subgraphs, tensors, operators, operator codes, buffers), every vector length
+    and index bounded by the file (a flipped length cannot make the walk run away), every buffer's bytes inside
+    the file. One UserError on damage."""
+    s = _schema()
+    p = Path(path)
+    buf = p.read_bytes()
+    n = len(buf)
+    try:
+        _need(n >= 8, f"{n} bytes, too short for a flatbuffer")
+        _need(buf[4:8] == TFLITE_ID, f"no TFL3 identifier (bytes 4-8 are {buf[4:8]!r}): not a .tflite or damaged "
+              "header")
+        _need(struct.unpack_from("<I", buf, 0)[0] < n, "the root offset points past the end of the file")
+        m = s.Model.GetRootAs(buf, 0)
+        def length(k, what, size=4):  # a vector of k tables or int32s takes 4k bytes of the file, of bytes k
+            _need(0 <= k <= n // size, f"{what}: {k} entries cannot fit in {n} bytes (truncated or damaged)")
+            return k
+
+        n_codes = length(m.OperatorCodesLength(), "operator_codes")
+        n_bufs = length(m.BuffersLength(), "buffers")
+        for i in range(n_codes):
+            m.OperatorCodes(i).BuiltinCode()
+        for i in range(n_bufs):
+            b = m.Buffers(i)
+            k = length(b.DataLength(), f"buffers[{i}].data", 1)
+            if k:
+                _need(b.Data(k - 1) is not None, f"buffers[{i}].data")
+            off, size = b.Offset(), b.Size()
+            _need(off == 0 or (1 < off and off + size <= n), f"buffers[{i}]: bytes {off}..{off + size} lie past the "
+                  f"end of the file ({n} bytes): truncated")
+        n_sub = length(m.SubgraphsLength(), "subgraphs")
+        _need(n_sub >= 1, "no subgraph")
+        for g in range(n_sub):
+            sg = m.Subgraphs(g)
+            n_t = length(sg.TensorsLength(), f"subgraphs[{g}].tensors")
+            for t in range(n_t):
+                ten = sg.Tensors(t)
+                length(ten.ShapeLength(), f"subgraphs[{g}].tensors[{t}].shape")
+                _need(ten.Buffer() < max(n_bufs, 1), f"subgraphs[{g}].tensors[{t}].buffer {ten.Buffer()} of "
+                      f"{n_bufs} buffers")
+                ten.ShapeAsNumpy() if ten.ShapeLength() else None
+            for vec, get in (("inputs", sg.InputsAsNumpy), ("outputs", sg.OutputsAsNumpy)):
+                if getattr(sg, f"{vec.capitalize()}Length")():
+                    idx = get()
+                    _need(all(-1 <= int(v) < n_t for v in idx), f"subgraphs[{g}].{vec}: a tensor index past "
+                          f"{n_t} tensors")
+            for o in range(length(sg.OperatorsLength(), f"subgraphs[{g}].operators")):
+                op = sg.Operators(o)
+                _need(op.OpcodeIndex() < n_codes, f"subgraphs[{g}].operators[{o}].opcode_index {op.OpcodeIndex()} "
+                      f"of {n_codes}")
+                for vec in ("Inputs", "Outputs"):
+                    if length(getattr(op, f"{vec}Length")(), f"subgraphs[{g}].operators[{o}].{vec.lower()}"):
+                        _need(all(-1 <= int(v) < n_t for v in getattr(op, f"{vec}AsNumpy")()),
+                              f"subgraphs[{g}].operators[{o}].{vec.lower()}: a tensor index past {n_t} tensors")
+    except _Damaged as e:
+        raise UserError(f"{p}: damaged .tflite: {e}") from None
+    except _DAMAGE as e:
+        raise UserError(f"{p}: damaged .tflite: the flatbuffer cannot be read ({type(e).__name__}: "
+                        f"{first_line(e)}); truncated or overwritten") from None

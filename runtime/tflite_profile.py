@@ -340,7 +340,7 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
 
 
 def build_parser():
-    from posekit.cli import ArgumentParser, positive_int
+    from posekit.cli import ArgumentParser, output_file, positive_int
 
     ap = ArgumentParser(prog="posenas profile",
                         description="per-op latency of a .tflite on this host (each op timed alone as a single-op "
@@ -350,7 +350,7 @@ def build_parser():
                     help="kernel set(s) to profile (default both)")
     ap.add_argument("--top", type=positive_int, default=10, help="ops listed per kernel set (default 10)")
     ap.add_argument("--repeats", type=positive_int, default=7, help="timed batches per op; the minimum is kept")
-    ap.add_argument("--json", help="also write the profiles to this JSON file")
+    ap.add_argument("--json", type=output_file, help="also write the profiles to this JSON file")
     return ap
 
 
@@ -361,6 +361,10 @@ def _main(argv=None) -> int:
     path = Path(args.model)
     if not path.is_file() or path.suffix != ".tflite":
         raise UserError(f"{path}: not a .tflite file")
+    from posekit import manifest
+    from runtime.artifact_check import check_artifact
+
+    check_artifact(path, *manifest.listing(path))  # damaged or changed since its manifest: one line, before running
     res = profile_tflite(path, KERNELS if args.kernels == "both" else args.kernels, repeats=args.repeats)
     for p in res.values():
         print(format_profile(p, args.top))
