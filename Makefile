@@ -24,10 +24,10 @@ JOBS    ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: setup setup-arm test lint demo search train lut convert quantize qat parity-test bench fidelity info clean help
+.PHONY: setup setup-arm test lint demo closed-loop search train lut convert quantize qat parity-test bench fidelity info clean help
 
 help:
-	@echo "make setup | setup-arm | test | demo | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
+	@echo "make setup | setup-arm | test | demo | closed-loop | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -59,6 +59,10 @@ demo: $(STAMP)
 # search reads LUT files: this machine's host LUT is measured first (a fast pass over the space's missing keys)
 search: $(STAMP)
 	$(if $(filter host host-int8,$(DEVICE)),$(PY) -m device_bench lut --device $(DEVICE) --no-shipped-archs --rounds 3 --per-visit 2 &&) $(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--targets,$(TARGETS)) $(call opt,--input,$(INPUT))
+
+# measure (this host's int8 LUT when missing), search, convert, measure: stage steps (demo/closed_loop.py)
+closed-loop: $(STAMP)
+	$(PY) -m demo closed-loop $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS))
 
 train: $(STAMP)
 	$(PY) -m train --arch $(or $(ARCH),efficientpose_a) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--input,$(INPUT))

@@ -7,6 +7,8 @@ Steps (each a stage CLI; skipped when its outputs are newer than its inputs):
   4. convert TFLite / Core ML / ONNX         python -m convert --ckpt runs/demo/train/best.pt
   5. parity  every artifact vs PyTorch       python -m parity --model-dir artifacts/demo
   6. bench   host latency fp32 / int8        python -m device_bench bench --model-dir artifacts/demo --no-profile
+
+python -m demo closed-loop: measure, search, convert, measure on this host's int8 LUT (see its --help).
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @main_guard
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["closed-loop"]:  # the other table of stage steps (demo/closed_loop.py)
+        from .closed_loop import main as closed_loop_main
+
+        return closed_loop_main(argv[1:])
     args = build_parser().parse_args(argv)
     t0 = time.monotonic()
     table_, paths = steps(args.out, args.artifacts, str(args.data) if args.data else None, args.device)

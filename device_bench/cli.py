@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="whole-model latency: median, p90 and a per-op profile where available")
     p.add_argument("--device", default="host", help="host | <adb serial> | pixel | note10 | coreml")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", help="a .tflite (or .mlpackage on macOS)")
+    g.add_argument("--model", nargs="+", help="a .tflite (or .mlpackage on macOS); on the host several, timed in "
+                                              "one interleaved run (the closed loop's A/B)")
     g.add_argument("--model-dir", help="artifacts/<model> with manifest.json: every tflite artifact, XNNPACK and "
                                        "builtin kernels, one interleaved run")
     p.add_argument("--runs", type=positive_int, default=50, help="timed runs per model (host: over interleaved rounds)")

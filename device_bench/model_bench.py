@@ -86,14 +86,17 @@ def bench_host(args) -> list[tuple[str, dict]]:
     from .host import runner
 
     if args.model:
-        path = Path(args.model)
-        if not path.is_file() or path.suffix != ".tflite":
-            raise UserError(f"{path}: not a .tflite file")
-        check_artifact(path, *manifest_file.listing(path))  # a damaged or changed file: one line, not a crash
-        targets = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": (path, args.xnnpack)}
-        meta = {f"{path.name} [{'xnnpack' if args.xnnpack else 'builtin'}]": {"file": str(path), "precision": None,
-                                                                             "kernels": _kernels(args.xnnpack)}}
-        manifest = None
+        targets, meta, manifest = {}, {}, None
+        for path in map(Path, args.model):
+            if not path.is_file() or path.suffix != ".tflite":
+                raise UserError(f"{path}: not a .tflite file")
+            check_artifact(path, *manifest_file.listing(path))  # a damaged or changed file: one line, not a crash
+            name = f"{path} [{_kernels(args.xnnpack)}]" if len(args.model) > 1 else \
+                f"{path.name} [{_kernels(args.xnnpack)}]"
+            if name in targets:
+                raise UserError(f"--model {path}: given twice")
+            targets[name] = (path, args.xnnpack)
+            meta[name] = {"file": str(path), "precision": None, "kernels": _kernels(args.xnnpack)}
     else:
         d = Path(args.model_dir)
         manifest, arts = _tflite_artifacts(d)
@@ -206,15 +209,15 @@ def bench_android(args) -> dict:
     from . import android
 
     adb = android.find_adb(args.adb)
-    if not args.model or not args.model.endswith(".tflite"):
+    if not args.model or len(args.model) != 1 or not args.model[0].endswith(".tflite"):
         raise UserError("bench on a phone takes --model file.tflite")
     if not args.benchmark_model:
         raise UserError("bench on a phone needs --benchmark-model /path/to/android_aarch64_benchmark_model")
     serial = android.resolve_serials(adb, [args.serial if args.device in ("pixel", "note10") else args.device])[0]
     dev = android.Adb(serial, adb)
     android.setup_device(dev, args.benchmark_model)
-    remote = f"{android.REMOTE_DIR}/{Path(args.model).name}"
-    dev.push(args.model, remote)
+    remote = f"{android.REMOTE_DIR}/{Path(args.model[0]).name}"
+    dev.push(args.model[0], remote)
     r = android.parse_benchmark_output(dev.shell(android.benchmark_cmd(
         remote, args.threads, args.runs, args.warmup, args.xnnpack, args.taskset, profile=True)))
     med = r.get("median_us", r["avg_us"]) / 1e3
@@ -267,7 +270,7 @@ def bench_coreml(args) -> list[tuple[str, dict]]:
     from posekit.coreml_import import ct
 
     if args.model:
-        paths = [Path(args.model)]
+        paths = [Path(m) for m in args.model]
     else:
         d = Path(args.model_dir)
         from posekit import manifest as manifest_file

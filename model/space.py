@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posekit.errors import field_error
+from posekit.errors import UserError, field_error
 
 from .arch import (
     Arch,
@@ -24,6 +24,8 @@ from .arch import (
     Stage,
     check_int,
     check_unknown,
+    from_dict,
+    load,
     parse_block_op,
     parse_head,
     parse_layer,
@@ -172,3 +174,16 @@ def resolve_space(path: str | Path) -> Path:
 def load_space(path: str | Path = "default") -> SearchSpace:
     p = resolve_space(path)
     return space_from_dict(read_mapping(p), src=p)
+
+
+def reference_arch(name: str, space: SearchSpace, head=None) -> Arch:
+    """A shipped arch (e.g. efficientpose_a) with the space's head (or `head`): built from its dict, not mutated.
+    The search's reference targets and the closed loop's reference network are this one arch."""
+    try:
+        a = load(name)
+    except FileNotFoundError:
+        raise UserError(f"reference arch {name!r}: not found (a shipped name such as efficientpose_a, or a file)") \
+            from None
+    h = (head or space.head).to_dict()
+    d = {**a.to_dict(), "head": h, "name": f"{a.name}-{h['type']}", "meta": {}}
+    return from_dict(d)

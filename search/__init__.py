@@ -4,5 +4,5 @@
 layer of a search space), alternating weight steps and architecture steps on two disjoint halves of the data, with
 the loss  heatmap MSE + lambda * log_tau(expected latency)  and writes the argmax arch to
 `runs/search/<device>/arch.yaml`. Modules: supernet (the network), cost (LUT / FLOPs tables), loop (the search),
-derive (arch file), plots, closed_loop (host-int8 target check on a real runtime).
+derive (arch file), plots. The closed loop on a real runtime is `python -m demo closed-loop` (demo/closed_loop.py).
 """

@@ -1,6 +1,7 @@
 """python -m search --device pixel|note10|host|host-int8|flops|<lut.json>: differentiable NAS steered by a LUT.
 
-python -m search closed-loop ...: host-int8 target check on the real TFLite runtime (see search/closed_loop.py).
+The host-int8 target check on the real TFLite runtime (measure, search, convert, measure) spans stages: `python -m
+demo closed-loop` runs this CLI as one of its steps.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def add_search_args(p: argparse.ArgumentParser, device_required: bool = True):
                    "has a calibration); default without --lam: the --target-ref arch's latency on the same LUT")
     p.add_argument("--target-ref", default="efficientpose_a", help="reference arch (with the space's head) of the "
                    "default target and of x-ratios in --targets")
+    p.add_argument("--ref-ms", type=positive_float, help="the --target-ref arch's measured whole-network latency on "
+                   "the LUT's device: calibrates the LUT by this one point (scale = ms / its LUT sum), overriding the "
+                   "header's calibration (the closed loop passes it)")
     p.add_argument("--targets", help="several targets, e.g. 0.5x,1x,20 (x: times the reference's latency; else "
                    "ms): one derived arch per target from the same supernet, plus family.png")
     p.add_argument("--lam-rate", type=positive_float, default=0.1, help="integral gain of lambda towards the target "
@@ -127,7 +131,7 @@ def build_config(a, out: str | None = None):
         w_optim=a.w_optim, w_lr=a.w_lr, alpha_lr=pick(a.alpha_lr, "alpha_lr"), drop_path=a.drop_path, seed=a.seed,
         limit=a.limit, workers=a.workers, cache_images=not a.full,
         out=out or a.out or f"runs/search/{device_name(a.device)}", resume=a.resume, time_steps=not a.no_step_times,
-        targets=targets)
+        targets=targets, ref_ms=getattr(a, "ref_ms", None))
 
 
 def setup_threads(a):
@@ -229,8 +233,8 @@ def run_search(cfg, quiet: bool = False):
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m search", description=__doc__.split("\n\n")[0] + " Writes "
                        "runs/search/<device>/arch.yaml, alpha_history.png, history.json, search.log and "
-                       "state.pt (resume with --resume). Subcommand: closed-loop (see `python -m search "
-                       "closed-loop --help`).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "state.pt (resume with --resume). The closed loop: `python -m demo closed-loop`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_search_args(p)
     p.add_argument("--out", type=output_dir_text, help="output folder (default runs/search/<device>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt (after a kill)")

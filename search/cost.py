@@ -14,8 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import make_block
 from model.latency import LUT, block_key, fixed_keys, load_lut
-from model.space import SearchSpace
-from posekit.errors import UserError
+from model.space import SearchSpace, reference_arch  # noqa: F401 (search's modules take it from here)
 
 FLOPS = "flops"
 
@@ -111,20 +110,6 @@ def flops_cost(space: SearchSpace) -> CostModel:
     total = _flops(lambda: build(space.arch_for(choices)), (1, 3, *space.input_size)) / 1e6
     fixed = total - sum(float(t[0]) for t in tables)
     return CostModel(FLOPS, "MFLOPs", tables, fixed, None, {"device": FLOPS, "provenance": "torch.utils.flop_counter"})
-
-
-def reference_arch(name: str, space: SearchSpace, head=None):
-    """A shipped arch (e.g. efficientpose_a) with the space's head (or `head`): built from its dict, not mutated."""
-    from model.arch import from_dict, load
-
-    try:
-        a = load(name)
-    except FileNotFoundError:
-        raise UserError(f"reference arch {name!r}: not found (a shipped name such as efficientpose_a, or a file)") \
-            from None
-    h = (head or space.head).to_dict()
-    d = {**a.to_dict(), "head": h, "name": f"{a.name}-{h['type']}", "meta": {}}
-    return from_dict(d)
 
 
 def in_space(arch, space: SearchSpace) -> list[str] | None:

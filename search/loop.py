@@ -76,7 +76,7 @@ class Config:
     resume: bool = False
     time_steps: bool = True
     targets: list[str] | None = None  # --targets: one derived arch per entry (ms, or "0.5x" of the reference)
-    calibration: dict | None = None  # LUT sum -> whole-network ms, overriding the LUT header's
+    ref_ms: float | None = None  # --ref-ms: the reference measured on the LUT's device (a one-point calibration)
 
     def key(self) -> dict:
         """What a resumed run must share with the run it continues."""
@@ -105,8 +105,6 @@ class Search:
         np.random.seed(cfg.seed)
         self.space = load_space(cfg.space)
         self.cost: CostModel = load_cost(cfg.device, self.space)
-        if cfg.calibration:
-            self.cost.calibration = cfg.calibration
         if cfg.target_ms is not None and self.cost.unit != "ms":
             raise UserError(f"--target-ms needs a latency LUT, not --device {cfg.device} ({self.cost.unit})")
         if cfg.target_ms is not None and cfg.target_ms <= 0:
@@ -121,6 +119,16 @@ class Search:
                 if cfg.target_from_reference:
                     raise UserError(f"--target-ref {cfg.reference}: no cost on {cfg.device} for it ({e}); "
                                     "give --target-ms or --lam") from None
+        if cfg.ref_ms is not None:
+            # The LUT's parts are timed alone: map their sum onto whole-network latency by one measured point, the
+            # reference (scale only, so "ratio x the measured reference" is "ratio x its LUT sum").
+            if self.reference is None or self.cost.unit != "ms":
+                raise UserError(f"--ref-ms needs a latency LUT and a --target-ref arch it can price (device "
+                                f"{cfg.device}, reference {cfg.reference})")
+            self.cost.calibration = {
+                "scale": cfg.ref_ms / self.reference["cost"], "offset_ms": 0.0,
+                "fitted": f"one point: {self.reference['name']} measured {cfg.ref_ms:.2f} ms / LUT sum "
+                          f"{self.reference['cost']:.2f} ms"}
         self.target = cfg.target_ms
         if self.target is None and cfg.target_from_reference:
             if self.reference is None:

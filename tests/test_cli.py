@@ -17,7 +17,7 @@ PARSERS = {
     "model": lambda: importlib.import_module("model.cli").build_parser(),
     "device_bench": lambda: importlib.import_module("device_bench.cli").build_parser(),
     "search": lambda: importlib.import_module("search.cli").build_parser(),
-    "search closed-loop": lambda: importlib.import_module("search.closed_loop").build_parser(),
+    "demo closed-loop": lambda: importlib.import_module("demo.closed_loop").build_parser(),
     "convert": lambda: importlib.import_module("convert.cli").build_parser(),
     "convert head-bench": lambda: importlib.import_module("convert.cli").bench_parser(),
     "quantize": lambda: importlib.import_module("quantize.cli").build_parser(),

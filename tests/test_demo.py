@@ -32,6 +32,49 @@ def test_step_runs_then_is_up_to_date_until_an_input_changes(tmp_path, capsys):
     assert third.status == "done"
 
 
+def test_a_changed_command_redoes_the_step(tmp_path):
+    """Content-keyed as well as make's rule: the same outputs made by another command (the closed loop's search
+    with another target, a demo with other options) are not up to date."""
+    run_steps([_step(tmp_path)], tmp_path / "logs")
+    other = _step(tmp_path, code="import sys; open(sys.argv[1], 'w').write('other')")
+    run_steps([other], tmp_path / "logs")
+    assert other.status == "done" and (tmp_path / "out.txt").read_text() == "other"
+    same = _step(tmp_path, code="import sys; open(sys.argv[1], 'w').write('other')")
+    run_steps([same], tmp_path / "logs")
+    assert same.status == "up to date"
+
+
+def test_a_killed_runner_takes_its_stage_with_it(tmp_path):
+    """kill -9 of the process running the steps: the stage it started dies too (PR_SET_PDEATHSIG), no orphan
+    keeps writing into the run folder."""
+    import os
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    runner = ("import sys; from pathlib import Path; from demo.pipeline import Step, run_steps; "
+              f"run_steps([Step('sleep', [sys.executable, '-c', {stage!r}], [], [Path({str(tmp_path / 'x')!r})])], "
+              f"Path({str(tmp_path / 'logs')!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the stage outlived the killed runner")
+
+
 def test_failing_step_names_its_log_and_allowed_failure_goes_on(tmp_path):
     bad = _step(tmp_path, "bad", "import sys; print('boom'); sys.exit(3)", "never.txt")
     with pytest.raises(UserError, match=r"'bad' failed with exit code 3; its log: .*01_bad.log"):

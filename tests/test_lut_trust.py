@@ -7,6 +7,7 @@ import math
 import pytest
 
 import model.latency as latency
+from demo.cli import main as demo_main
 from device_bench import lutfile
 from device_bench.cli import main as bench_main
 from model.latency import ALLOW_FOREIGN_ENV, LUT, host_lut_path, load_lut
@@ -135,7 +136,7 @@ def test_a_host_lut_of_another_machine_stops_every_consumer_with_one_line(space,
     # fidelity, and the search's closed loop: the same line
     assert bench_main(["fidelity", "--device", "host-int8", "--n", "3"]) == 2
     assert "make lut DEVICE=host-int8" in capsys.readouterr().err
-    assert search_main(["closed-loop", "--out", str(tmp_path / "cl")]) == 2
+    assert demo_main(["closed-loop", "--out", str(tmp_path / "cl")]) == 2
     assert "make lut DEVICE=host-int8" in capsys.readouterr().err
     # the explicit override takes it
     assert load_lut("host-int8", space, allow_foreign=True).device == "host-int8"

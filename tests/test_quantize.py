@@ -1,5 +1,5 @@
 """quantize/ as the one place for quantization: the import graph, the one calibration source (real crops; `--data`
-reaches convert, device_bench and search's closed loop), the int8 selection rule and the CLI."""
+reaches convert, device_bench and the closed loop), the int8 selection rule and the CLI."""
 
 import ast
 from pathlib import Path
@@ -55,11 +55,12 @@ def test_one_calibration_function_real_crops():
     ["convert", "--arch", "efficientpose_a", "--input", "64x48", "--targets", "tflite-int8"],
     ["device_bench", "lut", "--device", "host-int8", "--quick", "--no-shipped-archs"],
     ["device_bench", "fidelity", "--device", "host-int8", "--n", "3"],
-    ["search", "closed-loop", "--epochs", "1"],
+    ["demo", "closed-loop", "--epochs", "1"],
 ])
 def test_data_reaches_every_int8_calibration(argv, tmp_path, capsys, one_thread):
-    """convert, device_bench (host int8 LUT parts, fidelity nets) and search's closed loop all calibrate through
-    quantize.calibration on --data: a --data without crops is the error they report (each CLI in-process)."""
+    """convert, device_bench (host int8 LUT parts, fidelity nets) and the closed loop (through convert) all
+    calibrate through quantize.calibration on --data: a --data without crops is the error they report (each CLI
+    in-process; the closed loop refuses it when parsed, before any step)."""
     nope = tmp_path / "no-such-data"
     out = ["--out", str(tmp_path / "o")] if argv[0] != "device_bench" else (
         ["--out", str(tmp_path / "lut.json"), "--cache", str(tmp_path / "c")] if argv[1] == "lut" else
