@@ -5,28 +5,23 @@ One LUT per setting: luts/coreml-cpu_only.json, luts/coreml-cpu_and_gpu.json, lu
 from __future__ import annotations
 
 import hashlib
-import platform
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from model.latency import LUT
-from posekit.errors import UserError
+from runtime import coreml_runtime
 
 from .host import CACHE, deployable
 from .lutfile import entry
 from .parts import Part
 from .timing import round_robin
 
-COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "ALL")
-
 
 def require_macos() -> None:
-    if platform.system() != "Darwin":
-        raise UserError(f"the Core ML backend times MLModel.predict, which coremltools runs only on macOS (this is "
-                        f"{platform.system()}); run `python -m device_bench lut --device coreml` on a Mac, or use "
-                        f"--device host / pixel / note10 here")
+    coreml_runtime.require_macos("the Core ML backend (`python -m device_bench lut --device coreml`, bench of an "
+                                 ".mlpackage)")
 
 
 def device_name(unit: str) -> str:
@@ -58,7 +53,6 @@ def measure(luts: dict[str, LUT], parts: dict[str, Part], precision: str = "fp16
             per_visit: int = 5) -> dict[str, list[str]]:
     """luts: compute unit -> LUT. Each unit's missing keys are timed interleaved; each LUT saved when done."""
     require_macos()
-    from posekit.coreml_import import ct
 
     done = {}
     for unit, lut in luts.items():
@@ -68,8 +62,7 @@ def measure(luts: dict[str, LUT], parts: dict[str, Part], precision: str = "fp16
             if parts[k].is_identity:
                 lut.entries[k] = {"median_ms": 0.0, "mean_ms": 0.0, "std_ms": 0.0, "n": 0}
                 continue
-            ml = ct.models.MLModel(str(convert_part(parts[k], precision)),
-                                   compute_units=getattr(ct.ComputeUnit, unit))
+            ml = coreml_runtime.mlmodel(convert_part(parts[k], precision), unit)
             feed = {"x": np.random.default_rng(0).standard_normal(parts[k].sample().shape).astype(np.float32)}
             runners[k] = lambda ml=ml, feed=feed: ml.predict(feed)
         samples = round_robin(runners, rounds=rounds, per_visit=per_visit, desc=f"coreml {unit}")

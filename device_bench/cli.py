@@ -15,6 +15,7 @@ from posekit.cli import (
     positive_int,
     seed_int,
 )
+from runtime.coreml_runtime import COMPUTE_UNITS
 
 
 def cpu_mask(s: str) -> str:
@@ -27,7 +28,6 @@ def cpu_mask(s: str) -> str:
 
 
 cpu_mask.bad = ["0", "xyz"]
-COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 
 def compute_units(s: str) -> str:

@@ -135,8 +135,6 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
 
     luts = {}
     for unit in args.compute_units.split(","):
-        if unit not in apple.COMPUTE_UNITS:
-            raise UserError(f"--compute-units: unknown unit {unit!r} (one of {', '.join(apple.COMPUTE_UNITS)})")
         name = apple.device_name(unit)
         header = lutfile.make_header(name, space, backend="coreml", runtime="Core ML (coremltools MLModel.predict)",
                                      runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,

@@ -264,11 +264,11 @@ def _coreml_feed(ml) -> dict:
 
 
 def bench_coreml(args) -> list[tuple[str, dict]]:
-    from .apple import COMPUTE_UNITS, require_macos
+    from runtime.coreml_runtime import COMPUTE_UNITS, mlmodel
+
+    from .apple import require_macos
 
     require_macos()
-    from posekit.coreml_import import ct
-
     if args.model:
         paths = [Path(m) for m in args.model]
     else:
@@ -279,7 +279,7 @@ def bench_coreml(args) -> list[tuple[str, dict]]:
     runners = {}
     for p in paths:
         for unit in COMPUTE_UNITS:
-            ml = ct.models.MLModel(str(p), compute_units=getattr(ct.ComputeUnit, unit))
+            ml = mlmodel(p, unit)
             feed = _coreml_feed(ml)
             runners[f"{p.name} [{unit}]"] = lambda ml=ml, feed=feed: ml.predict(feed)
     per_visit = 5

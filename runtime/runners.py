@@ -8,13 +8,14 @@ and zero point) and its output back (NCHW, dequantized).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from posekit.errors import UserError
 from posekit.keypoints import MEAN, STD
+
+from . import coreml_runtime
 
 FORMATS = ("tflite", "onnx", "coreml-mlprogram", "coreml-neuralnetwork")
 
@@ -136,11 +137,9 @@ class CoreMLRunner(Runner):
         self.batch = 1
         self.name = self.inp.get("name", "image")
         self.oname = self.out.get("name", "heatmaps")
-        self.native = sys.platform == "darwin" and not force_reference
+        self.native = coreml_runtime.available() and not force_reference
         if self.native:
-            from posekit.coreml_import import ct
-
-            self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
+            self.model = coreml_runtime.mlmodel(self.path, "CPU_ONLY")
             self.engine = "Core ML runtime (MLModel.predict, CPU_ONLY)"
         else:
             from runtime.coreml_reference import CoreMLProgram

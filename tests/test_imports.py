@@ -178,3 +178,23 @@ def test_the_checker_sees_cycles_and_main_imports():
     assert "model.arch" in imports("demo.closed_loop", mods["demo.closed_loop"], mods)  # absolute, in-function
     fd = "parity.first_divergence"
     assert "runtime.tflite" in imports(fd, mods[fd], mods)  # absolute, in-function
+
+
+# Who may load or parse an artifact (issue 24): the regex of each job, and the modules allowed to do it.
+LOADERS = {
+    r"\bInterpreter\(": {"runtime/tflite.py", "runtime/arm64_worker.py"},  # host LiteRT; the aarch64 one under qemu
+    r"\bMLModel\(": {"runtime/coreml_runtime.py", "runtime/metadata.py"},  # Core ML's runtime; metadata read only
+    r"\bInferenceSession\(": {"runtime/onnx.py", "posekit/export_onnx.py"},  # the exporter's one check of its export
+    r"\.GetRootAs\(": {"runtime/tflite_flatbuffer.py"},  # the .tflite flatbuffer
+}
+
+
+@pytest.mark.parametrize("pattern", LOADERS)
+def test_one_module_loads_each_format(pattern):
+    """In product code an artifact is loaded, run or parsed by its one module in runtime/ (test and tool code
+    aside): no second TFLite interpreter, Core ML loader, ONNX session or flatbuffer parser grows elsewhere."""
+    import re
+
+    found = {str(f.relative_to(ROOT)) for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")
+             if re.search(pattern, f.read_text())}
+    assert found <= LOADERS[pattern], sorted(found - LOADERS[pattern])
