@@ -61,7 +61,8 @@ def steps(out: Path, artifacts: Path, data: str | None, device: str) -> tuple[li
                        "--json", str(bench), "--no-profile"], [manifest], [bench]),
     ]
     paths = {"arch": arch, "manifest": manifest, "parity": parity, "bench": bench,
-             "alpha_png": out / "search" / "alpha_history.png", "curves": out / "train" / "curves.png"}
+             "alpha_png": out / "search" / "alpha_history.png", "curves": out / "train" / "curves.png",
+             "fusion": out / "train" / "fusion_weights.json"}
     return table_, paths
 
 

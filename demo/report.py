@@ -77,6 +77,7 @@ def gather(paths: dict[str, Path], steps) -> dict:
         "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
                    "outputs": [str(p) for p in s.outputs]} for s in steps],
         "luts": {d: {"provenance": lut.header.get("provenance"), "path": str(lut.path)} for d, lut in luts.items()},
+        "fusion_weights": _json(paths["fusion"]).get("nodes", []) if arch.neck else None,
         "_luts": luts, "_arch": arch,
     }
 
@@ -109,6 +110,20 @@ def _search_line(m: dict) -> str:
     return "; ".join(parts) or "n/a"
 
 
+def _fusion_line(nodes: list[dict] | None) -> str:
+    """What a BiFPN neck's fusions learned (train's fusion_weights.json): each node's inputs and normalized weights,
+    the smallest first named (an input driven to ~0 is one the net learned to leave out)."""
+    if nodes is None:
+        return "no neck in the derived arch"
+    if not nodes:
+        return "n/a (no fusion_weights.json from training)"
+    low = min(((n, i, w) for n in nodes for i, w in zip(n["inputs"], n["weights"])), key=lambda t: t[2])
+    each = "; ".join(f"L{n['layer']} {n['node']}: " + ", ".join(f"{i} {w:.2f}" for i, w in zip(n["inputs"],
+                                                                                              n["weights"]))
+                     for n in nodes)
+    return f"smallest {low[2]:.2f} (layer {low[0]['layer']} {low[0]['node']} <- {low[1]}); {each}"
+
+
 def table(s: dict) -> list[tuple[str, str]]:
     host, ap = s["host_measured_ms"], s["ap"]
     at = f"at {s['input_size'][0]}x{s['input_size'][1]}"
@@ -118,6 +133,7 @@ def table(s: dict) -> list[tuple[str, str]]:
         ("derived arch", f"{s['arch']['name']} ({s['arch']['file']})"),
         ("blocks", " ".join(s["arch"]["blocks"])),
         ("head", json.dumps(s["arch"]["head"])),
+        ("BiFPN fusion weights learned", _fusion_line(s.get("fusion_weights"))),
         ("search", _search_line(s["arch"]["meta"])),
         ("params", f"{s['params'] / 1e6:.3f} M"),
         ("FLOPs", f"{s['gflops']:.3f} G ({s['gmacs']:.3f} GMACs) at {s['input_size'][0]}x{s['input_size'][1]}"),

@@ -166,6 +166,30 @@ class BiFPN(nn.Module):
         return p[0]
 
 
+def fusion_weights(module: nn.Module) -> list[dict]:
+    """What each trained fusion learned: per node, its inputs (EfficientDet's names, level 0 the finest: Pi the
+    layer's input at level i (the backbone's lateral in layer 0, the previous layer's output after), Ti the top-down
+    intermediate, Oi the layer's output) and their normalized weights w_i / (eps + sum w), which sum to ~1. An input
+    whose weight went to ~0 is one the network learned to leave out (EfficientDet's point of learned weights)."""
+    rows = []
+    for name, neck in module.named_modules():
+        if not isinstance(neck, BiFPN):
+            continue
+        for r, layer in enumerate(neck.layers):
+            n = layer.n
+            nodes = [(f"T{i}" if i else "O0", layer.td[i], [f"P{i}", f"up(T{i + 1})" if i + 1 < n - 1 else
+                                                            f"up(P{i + 1})"]) for i in range(n - 2, -1, -1)]
+            if layer.bu is not None:
+                nodes += [(f"O{i}", layer.bu[i - 1], [f"P{i}", f"T{i}", f"down(O{i - 1})"] if i < n - 1 else
+                           [f"P{i}", f"down(O{i - 1})"]) for i in range(1, n)]
+            for node_name, node, inputs in nodes:
+                if isinstance(node.fusion, Fusion):
+                    w = node.fusion.normalized().detach().tolist()
+                    rows.append({"module": f"{name}.layers.{r}" if name else f"layers.{r}", "layer": r,
+                                 "node": node_name, "inputs": inputs, "weights": [round(x, 4) for x in w]})
+    return rows
+
+
 def fusions(module: nn.Module):
     """Every trainable Fusion below `module`, with its qualified name."""
     return [(name, m) for name, m in module.named_modules() if isinstance(m, Fusion)]

@@ -102,6 +102,26 @@ def test_zero_weight_in_the_net_removes_a_level():
     assert torch.equal(y_noise, y) and not torch.allclose(y_back, y)
 
 
+def test_fusion_weights_report_names_each_input_and_the_one_left_out():
+    """What train writes to fusion_weights.json and the demo report shows: every fusion node with EfficientDet's
+    input names and its normalized weights (summing to 1), and an input driven to zero named as the smallest."""
+    from demo.report import _fusion_line
+    from model.bifpn import fusion_weights
+
+    net = build(small())
+    with torch.no_grad():
+        net.neck.layers[1].bu[0].fusion.weight[2] = -0.5  # O_1 of layer 1 = node(P1, T1, down(O0)): down(O0) off
+    rows = fusion_weights(net)
+    n, repeats = len(net.neck.layers[0].td) + 1, len(net.neck.layers)
+    assert len(rows) == (repeats - 1) * (2 * n - 2) + (n - 1)  # the last layer is top-down only
+    o1 = next(r for r in rows if r["layer"] == 1 and r["node"] == "O1")
+    assert o1["inputs"] == ["P1", "T1", "down(O0)"] and o1["weights"] == [0.5, 0.5, 0.0]
+    assert all(abs(sum(r["weights"]) - 1) < 1e-3 for r in rows)
+    line = _fusion_line(rows)
+    assert line.startswith("smallest 0.00 (layer 1 O1 <- down(O0))")
+    assert _fusion_line(None) == "no neck in the derived arch"
+
+
 def test_phi_scaling_gives_efficientdets_widths_and_depths():
     d0 = Neck("bifpn", (4, 8, 16), 64, 3)
     got = [(scale_neck(d0, phi).width, scale_neck(d0, phi).repeats) for phi in range(8)]

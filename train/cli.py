@@ -302,5 +302,7 @@ def main(argv=None) -> int:
                  if cfg["preset"] == "quick" else ""))
     out = Trainer(cfg).fit()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: {out}/best.pt, last.pt, metrics.jsonl, curves.png, arch.yaml")
+        fusion = ", fusion_weights.json (what the BiFPN's fusions learned)" if (out / "fusion_weights.json").is_file() \
+            else ""
+        print(f"done: {out}/best.pt, last.pt, metrics.jsonl, curves.png, arch.yaml{fusion}")
     return 0

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from model import build, dump, from_dict, load
+from model.bifpn import fusion_weights
 from model.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from posekit import dist
 from posekit.data import CocoPose, MpiiPose
@@ -163,6 +164,10 @@ class Trainer:
         if ap is not None and ap >= self.best_ap:  # best first: a kill between the two leaves last.pt consistent
             self.best_ap = ap
             save_checkpoint(self.out / "best.pt", self.net, self.arch, best_ap=ap, **state)
+            learned = fusion_weights(unwrap(self.net))
+            if learned:  # a BiFPN neck: what its fusions learned, for best.pt (the demo's report shows it)
+                atomic_write_json(self.out / "fusion_weights.json", {"epoch": epoch, name or "score": ap,
+                                                                     "nodes": learned})
         save_checkpoint(self.out / "last.pt", self.net, self.arch, best_ap=self.best_ap, **state)
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
         # drawing the figure takes ~1.5 s (40% of a short epoch): after an evaluation, else once a minute at most
