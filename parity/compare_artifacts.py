@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import platform
 import warnings
 from pathlib import Path
 
@@ -186,6 +188,16 @@ def measure(runner, data: Data, ref: dict, stride: int, cache: Path, key: str, f
     return {**res, "samples": np.concatenate(keep)[:SAMPLES]}
 
 
+def cache_stamp(cache: Path) -> str:
+    """The part of every cache key a folder's sender cannot know: this machine, this user and the cache folder's own
+    inode here. A results cache that came inside a received folder (copied, unpacked) sits in a new folder, so its
+    entries, planted or not, are never read: the verdicts are re-measured (issue 25's bad-input pass)."""
+    st = cache.stat()
+    machine = next((p.read_text().strip() for p in (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+                    if p.is_file()), "") or platform.node()
+    return hashlib.sha256(f"{machine}|{os.getuid()}|{st.st_dev}|{st.st_ino}".encode()).hexdigest()[:12]
+
+
 def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | None, out_dir: Path,
                ckpt: str | None = None, threads: int = 1, only: str | None = None, locate: bool = True,
                coreml_reference: bool = False, ap_split: str = "val2017") -> dict:
@@ -193,7 +205,9 @@ def run_parity(model_dir: Path, data_root: Path, thresholds: dict, crops: int | 
     net, ckpt_path = load_reference(man, model_dir, ckpt)
     data = Data(data_root, man["input_size"], int(man["num_joints"]), crops, ap_split)
     cache = out_dir / "cache"
-    ref_key = (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else "random") + f"-{data.key}"
+    cache.mkdir(parents=True, exist_ok=True)
+    ref_key = (f"{cache_stamp(cache)}-" + (sha256_file(ckpt_path)[:16] if Path(str(ckpt_path)).is_file() else
+                                            "random") + f"-{data.key}")
     ref = reference(data, net, cache, ref_key)
     if ref["ap"] < LOW_AP:
         warnings.warn(f"reference AP {ref['ap']:.3f} < {LOW_AP}: an untrained-looking network; the keypoint rules are "

@@ -222,6 +222,34 @@ def test_tampered_after_cached_run_fails_naming_the_sha(quantized, capsys, tmp_p
     assert row["status"] == "fail" and row["sha256"] != row["manifest_sha256"]
 
 
+def test_a_results_cache_inside_a_received_folder_is_never_read(quantized, capsys, tmp_path):
+    """A folder someone sends may carry parity/cache entries that claim any figure. Our own cache is read back (the
+    planted figure shows: the cache is live), the same entry in a copy of the folder is not (re-measured)."""
+    import shutil
+
+    def plant(cache):
+        n = 0
+        for f in cache.glob("*.json"):
+            d = json.loads(f.read_text())
+            if "max_abs" in d and not f.name.startswith("ref-"):  # an artifact's figures: claim a huge error
+                f.write_text(json.dumps({**d, "max_abs": 1e9}))
+                n += 1
+        return n
+
+    root, _, _ = quantized
+    ours, sent = tmp_path / "ours", tmp_path / "sent"
+    shutil.copytree(root, ours, ignore=shutil.ignore_patterns("parity"))
+    args = ["--crops", "2", "--only", "tflite/model_fp32"]
+    assert run_parity(["--model-dir", str(ours), *args], capsys)[0] == 0
+    shutil.copytree(ours, sent)  # what a sender packs and we unpack, cache included
+    assert plant(ours / "parity" / "cache") == 1 and plant(sent / "parity" / "cache") == 1
+    run_parity(["--model-dir", str(ours), *args], capsys)
+    assert _rows(ours)["tflite/model_fp32.tflite"]["max_abs"] == 1e9  # our own cache: read back as it is
+    rc, out = run_parity(["--model-dir", str(sent), *args], capsys)
+    assert rc == 0, out.err
+    assert _rows(sent)["tflite/model_fp32.tflite"]["max_abs"] < 1e-3  # the sent one: re-measured
+
+
 def test_fake_quant_rounds_like_tflite():
     """The primitive QAT reuses: ties away from zero (torch.round rounds them to even), clamp to the int8 range,
     per-channel scales, straight-through gradient inside the range."""
