@@ -42,11 +42,23 @@ KERNELS_REF = "efficientpose_a"  # the reference net `--kernels auto` times (the
 KERNELS_BUDGET_S = 5.0  # interleaved timing of the reference under each kernel set
 
 
-def choose_kernels(device: str, kernels: str, threads: int, clock: str, path: Path, fresh: bool,
+def kernels_reference(space):
+    """The net `--kernels auto` times: KERNELS_REF when it is a network of the space (same stem and layer count),
+    else the space's network of each layer's first op (a space of other shapes, e.g. a test's tiny one)."""
+    from model.arch import load as load_arch
+
+    ref = load_arch(KERNELS_REF)
+    if ref.stem == space.stem and len(ref.blocks) == len(space.layers()):
+        return ref
+    return space.arch_for([next(c for c in layer.candidates if c != "skip") for layer in space.layers()],
+                          name=f"{space.name}-first-ops")
+
+
+def choose_kernels(device: str, space, kernels: str, threads: int, clock: str, path: Path, fresh: bool,
                    data: str | None = None) -> tuple[str, dict, bool]:
     """(kernel set, the header's kernels_choice record, start the file afresh) for a host LUT. `kernels` auto: an
     existing file of this machine that recorded its choice keeps it (its entries were timed with it); otherwise the
-    reference net (KERNELS_REF, converted at the LUT's precision as a whole network) is timed under every kernel
+    reference net (kernels_reference, converted at the LUT's precision as a whole network) is timed under every kernel
     set (runtime.tflite_kernels.fastest_kernels) and the fastest is taken; an existing file timed with another set
     is then measured again from scratch (an explicit --kernels that differs is refused by open_for_update)."""
     import json
@@ -67,11 +79,9 @@ def choose_kernels(device: str, kernels: str, threads: int, clock: str, path: Pa
         print(f"{path}: kernels {old['kernels']} (chosen when it was first measured: "
               f"{_choice_text(old['kernels_choice'])})")
         return old["kernels"], old["kernels_choice"], False
-    from model.arch import load as load_arch
-
     from .lut_accuracy import convert_net
 
-    ref = load_arch(KERNELS_REF)
+    ref = kernels_reference(space)
     precision = HOST_DEVICES[device]
     print(f"choosing the kernel set: {ref.name} {precision} timed under each set ...", flush=True)
     tfl = convert_net(ref, precision, data)
@@ -102,8 +112,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, ker
 
     precision = HOST_DEVICES[device]
     clock = check_clock(clock, threads)
-    kernels, choice, restart = choose_kernels(device, kernels, threads, clock, lutfile.lut_path(device, out), fresh,
-                                              data)
+    kernels, choice, restart = choose_kernels(device, space, kernels, threads, clock, lutfile.lut_path(device, out),
+                                              fresh, data)
     fresh = fresh or restart
     header = lutfile.make_header(
         device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
