@@ -83,6 +83,10 @@ def choose_kernels(device: str, space, kernels: str, threads: int, clock: str, p
 
     ref = kernels_reference(space)
     precision = HOST_DEVICES[device]
+    if precision == "int8":  # a --data without crops is refused before the reference's float conversion
+        from quantize.calibration import calibration_batches
+
+        calibration_batches(ref, data, 1)
     print(f"choosing the kernel set: {ref.name} {precision} timed under each set ...", flush=True)
     tfl = convert_net(ref, precision, data)
     name, ms = fastest_kernels(tfl, threads, budget_s=KERNELS_BUDGET_S, clock=clock)
