@@ -59,7 +59,7 @@ def choose_kernels(device: str, space, kernels: str, threads: int, clock: str, p
     """(kernel set, the header's kernels_choice record, start the file afresh) for a host LUT. `kernels` auto: an
     existing file of this machine that recorded its choice keeps it (its entries were timed with it); otherwise the
     reference net (kernels_reference, converted at the LUT's precision as a whole network) is timed under every kernel
-    set (runtime.tflite_kernels.fastest_kernels) and the fastest is taken; an existing file timed with another set
+    set (runtime.tflite_kernel_choice.fastest_kernels), the fastest taken; an existing file timed with another set
     is then measured again from scratch (an explicit --kernels that differs is refused by open_for_update)."""
     import json
 
