@@ -74,7 +74,7 @@ fidelity: $(STAMP)
 	$(PY) -m device_bench fidelity --device $(DEVICE) --threads $(THREADS)
 
 bench: $(STAMP)
-	$(PY) -m device_bench bench --device $(or $(filter-out pixel,$(DEVICE)),host) $(call opt,--model,$(MODEL)) $(call opt,--model-dir,$(MODEL_DIR)) --threads $(THREADS)
+	$(PY) -m device_bench bench --device $(or $(filter-out pixel,$(DEVICE)),host) $(call opt,--model,$(MODEL)) $(call opt,--model-dir,$(MODEL_DIR)) $(call opt,--kernels,$(KERNELS)) --threads $(THREADS)
 
 convert: $(STAMP)
 	$(PY) -m convert $(call opt,--ckpt,$(CKPT)) $(call opt,--arch,$(ARCH)) $(call opt,--calib,$(CALIB)) $(call opt,--data,$(DATA)) $(call opt,--targets,$(TARGETS))

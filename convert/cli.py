@@ -8,7 +8,16 @@ import contextlib
 import sys
 from pathlib import Path
 
-from posekit.cli import ArgumentParser, data_dir, hxw, hxw_type, main_guard, output_dir, positive_int
+from posekit.cli import (
+    ArgumentParser,
+    data_dir,
+    float_range,
+    hxw,
+    hxw_type,
+    main_guard,
+    output_dir,
+    positive_int,
+)
 from posekit.console import quiet_libraries
 from posekit.lock import folder_lock
 
@@ -41,6 +50,10 @@ def add_model_args(p: argparse.ArgumentParser, default_targets: str):
                    help="also write the decoded twin (-kp: the keypoint decode in the graph, output `keypoints` "
                         "(1, J, 3) = x, y, score in input-crop pixels) of each selected tflite-fp32, tflite-int8, "
                         "coreml-fp16 and onnx target")
+    p.add_argument("--kernel-timing", type=float_range(0.0, 60.0), default=1.0, metavar="SECONDS",
+                   help="per .tflite: time its kernel sets on this host for this long (interleaved, 3 rounds at "
+                        "least) and record the fastest and each set's ms in manifest.json and the file's metadata "
+                        "(runtime/tflite_kernels.py); 0 skips it (default 1)")
 
 
 def run(args, log=print):
@@ -66,7 +79,7 @@ def run(args, log=print):
         out = args.out or Path("artifacts") / src.name
         log(f"{src.name}: {src.note}; input {src.arch.input_size[0]}x{src.arch.input_size[1]} -> {out}")
         convert(src, out, targets, args.calib, args.data, args.int8_io, args.int8_candidates, args.jobs, log,
-                locked=bool(args.out))
+                locked=bool(args.out), kernel_timing_s=args.kernel_timing)
     return 0
 
 

@@ -33,6 +33,7 @@ from . import targets as registry
 from .worker import chatter_to, die_with_parent, net_bytes, net_from_bytes
 
 STATE = ".convert-state.json"
+KERNEL_TIMING_S = 1.0  # per .tflite: its kernel sets timed on this host for the manifest and metadata
 LOG = "convert.log"
 
 
@@ -83,19 +84,21 @@ def _stale_temps(out: Path) -> None:
 
 
 def convert(src: Source, out: Path, targets: list[str], calib: int = 32, data: str | None = None,
-            int8_io: bool = False, candidates=None, jobs: int = 2, log=print, locked: bool = False) -> Path:
+            int8_io: bool = False, candidates=None, jobs: int = 2, log=print, locked: bool = False,
+            kernel_timing_s: float = KERNEL_TIMING_S) -> Path:
     """Write `targets` into `out` and then the manifest, holding `out`'s lock; third-party output goes to
     <out>/convert.log, `log` gets our progress. With jobs > 1, Core ML and ONNX run in a second process while
     TFLite converts in this one (each converter is single-threaded Python/MLIR work). locked: the caller holds
-    `out`'s lock already."""
+    `out`'s lock already. kernel_timing_s: the time each .tflite's kernel sets are timed for its kernel record
+    (runtime.tflite_kernels.kernels_record; 0: no record)."""
     out = Path(out)
     with contextlib.nullcontext() if locked else folder_lock(out, "an artifact folder"):
         with chatter_to(out / LOG) as (say, term):
             return _convert(src, out, targets, calib, data, int8_io, candidates, jobs, say if log is print else log,
-                            term)
+                            term, kernel_timing_s)
 
 
-def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, term) -> Path:
+def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, term, kernel_timing_s) -> Path:
     from quantize.select import DEFAULT_CANDIDATES
 
     t0 = time.perf_counter()
@@ -111,6 +114,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     if "tflite-tf-int8" in targets and "tf" not in opts["candidates"]:
         opts["candidates"].append("tf")  # the TensorFlow int8 is scored among the int8 candidates
     opts["_head"] = head  # facts embedded in each file (runtime.metadata); "_" keys are not part of an artifact's key
+    opts["_kernel_timing_s"] = kernel_timing_s
     entries, extra, todo = [], {}, []
     for target in targets:
         t = registry.get(target)
@@ -189,8 +193,19 @@ def _remote(target: str, blob: bytes, out: str, opts: dict):
 def _timed(target, net, arch, out, sample, batches, opts, log=print):
     t = time.perf_counter()
     new, extra = _one(registry.get(target), net, arch, out, sample, batches, opts, log)
+    new = [_kernel_record(out, e, opts.get("_kernel_timing_s", 0)) for e in new]  # before the metadata holding it
     new = [metadata.embed_entry(out, e, opts["_head"]) for e in new]  # in-file metadata, then size/sha256 again
     return new, extra, time.perf_counter() - t
+
+
+def _kernel_record(out: Path, entry: dict, budget_s: float) -> dict:
+    """A .tflite entry with the kernel sets timed on this host (issue 27: which set its numbers were taken with and
+    which runs it fastest here); the file itself is unchanged (runtime/tflite_kernels.py routes at load)."""
+    if entry["format"] != "tflite" or budget_s <= 0:
+        return entry
+    from runtime.tflite_kernel_choice import kernels_record
+
+    return {**entry, "kernels": kernels_record(out / entry["file"], budget_s=budget_s)}
 
 
 def _tflite_fp32(t, net, arch, out, sample, batches, opts, log):

@@ -6,6 +6,7 @@ step table: skipped when fresh, a killed run resumes), as the demo runs them; no
   2. reference  EfficientPose-A's blocks with the space's stem and head (the part the search cannot change is then
                 the same in both), random init, full-integer int8      python -m convert --arch ...
   3. time-ref   its whole-model latency on the LUT's runtime settings   python -m device_bench bench --model ...
+                (threads, clock and kernel set: the LUT header's)
   4. search     target = ratio x the measured reference; a LUT without a fitted calibration is calibrated by that
                 one point (--ref-ms)                                    python -m search --device ... --target-ms ...
   5. derived    the derived arch, int8 as step 2                        python -m convert --arch <search>/arch.yaml
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     t0 = time.monotonic()
     from model.arch import to_yaml
-    from model.latency import load_lut
+    from model.latency import load_lut, lut_kernels
     from model.space import load_space, reference_arch, resolve_space
 
     py, out = sys.executable, Path(a.out)
@@ -138,8 +139,9 @@ def main(argv=None) -> int:
     clock = a.clock or ("cpu" if str(lut.header.get("clock", "wall")).startswith("cpu") else "wall")
     if clock == "cpu" and threads != 1:
         raise UserError(f"--clock cpu measures one thread's CPU time; the runtime uses {threads} threads")
-    timing = ["--threads", str(threads), "--clock", clock, "--runs", str(a.runs), "--warmup", str(a.warmup),
-              "--no-profile"]
+    kernels = lut_kernels(lut)  # the networks are timed with the kernel set the LUT's parts were timed with
+    timing = ["--threads", str(threads), "--clock", clock, "--kernels", kernels, "--runs", str(a.runs), "--warmup",
+              str(a.warmup), "--no-profile"]
     ref_tfl = _int8_file(ref_dir)
     run_steps([Step("time-ref", [py, "-m", "device_bench", "bench", "--model", str(ref_tfl), "--json",
                                  str(bench_ref), *timing], [ref_tfl], [bench_ref])],
@@ -170,7 +172,8 @@ def main(argv=None) -> int:
     err = (measured - target) / target
     res = {
         "lut": str(lut.path), "lut_header": {k: lut.header.get(k) for k in ("device", "runtime", "precision",
-                                                                              "threads", "clock", "calibration")},
+                                                                              "threads", "clock", "kernels",
+                                                                              "calibration")},
         "reference": ref.name, "reference_ms": ref_ms, "reference_ms_remeasured": ref_again, "ratio": a.ratio,
         "target_ms": target, "derived_blocks": [b.op for b in arch.blocks],
         "derived_lut_ms": arch.meta.get("lut_latency_ms"), "derived_calibrated_ms": arch.meta.get(
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
         "derived_measured_ms": measured, "error_vs_target": err,
         "error_vs_remeasured_target": (measured - a.ratio * ref_again) / (a.ratio * ref_again),
         "tolerance": a.tolerance, "pass": abs(err) <= a.tolerance, "runtime_threads": threads, "clock": clock,
+        "kernels": kernels,
         "tflite": {"reference": str(ref_tfl), "derived": str(tfl)}, "search_command": search[1:],
     }
     atomic_write_json(out / "closed_loop.json", res)

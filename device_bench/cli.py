@@ -16,6 +16,7 @@ from posekit.cli import (
     seed_int,
 )
 from runtime.coreml_runtime import COMPUTE_UNITS
+from runtime.tflite_kernels import kernel_choice
 
 
 def cpu_mask(s: str) -> str:
@@ -39,6 +40,16 @@ def compute_units(s: str) -> str:
 
 
 compute_units.bad = ["GPU", "CPU_ONLY,NPU", ""]
+
+
+def bench_kernels(s: str) -> str:
+    """bench --kernels: all, auto or a kernel set (runtime/tflite_kernels.py, the one registry)."""
+    from runtime.tflite_kernels import kernel_choice
+
+    return s if s == "all" else kernel_choice(s)
+
+
+bench_kernels.bad = ["xnnpak", "", "builtin-dwconv"]
 
 
 def _foreign(p: argparse.ArgumentParser) -> None:
@@ -82,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keys timed together; the LUT is saved after each chunk")
     p.add_argument("--cache", type=output_dir_text, help="converted parts (default runs/lut-cache)")
     p.add_argument("--data", type=data_dir, help="int8 calibration crops: dataset root (default: data/coco-mini)")
+    p.add_argument("--kernels", type=kernel_choice, default="auto",
+                   help="host: the kernel set the parts are timed with (runtime/tflite_kernels.py): auto (default: "
+                        "the fastest for the precision on this host, timed on a reference net of the space, recorded "
+                        "in the header; an existing LUT keeps the set it was measured with) or a set name")
     _common(p)
     a = p.add_argument_group("android")
     a.add_argument("--adb", help="adb binary (default: adb on PATH)")
@@ -126,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=output_file_text,
                    help="also write the host results to this JSON file (the demo reads it)")
     p.add_argument("--no-profile", action="store_true", help="host: leave out the per-op profile of each file")
+    p.add_argument("--kernels", type=bench_kernels, default="all",
+                   help="host kernel sets (runtime/tflite_kernels.py): all (default: every set that runs the file "
+                        "differently, the fastest named), auto (each file on the set fastest_kernels picks: what "
+                        "the closed loop and the LUT time with), or xnnpack | builtin | xnnpack+builtin-dwconv")
     _foreign(p)
     _common(p, clock="wall")
 

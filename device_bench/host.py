@@ -1,6 +1,7 @@
 """Host backend: each part made deployable (`model.deploy.deploy_model`: BN folded, depthwise transposed convs
 rewritten, i.e. what ships), converted with litert-torch (`quantize.tflite.ptq_to_tflite`, fp32 or int8 calibrated on
-real crops) and timed with the ai_edge_litert Interpreter (XNNPACK or the builtin kernels), interleaved across ops.
+real crops) and timed with the ai_edge_litert Interpreter on one kernel set (runtime/tflite_kernels.py; `lut
+--kernels auto`: the fastest for the precision, chosen on a reference net), interleaved across ops.
 
 Converted parts are cached under runs/lut-cache, and the LUT is saved after every chunk of keys, so a killed run
 converts and measures only what is missing when started again.
@@ -85,18 +86,19 @@ def convert_part(part: Part, precision: str, cache: Path = CACHE, data: str | No
         raise UserError(f"{part.key}: {e}") from None
 
 
-def runner(path: Path, threads: int, xnnpack: bool) -> Callable[[], None]:
-    """A zero-argument call that runs the model once on a fixed random input."""
+def runner(path: Path, threads: int, kernels: str) -> Callable[[], None]:
+    """A zero-argument call that runs the model once on a fixed random input, on kernel set `kernels`
+    (runtime/tflite_kernels.py)."""
     from runtime.tflite import interpreter
 
-    it = interpreter(path, threads=threads, kernels="xnnpack" if xnnpack else "builtin")
+    it = interpreter(path, threads=threads, kernels=kernels)
     for d in it.get_input_details():
         x = np.random.default_rng(0).standard_normal(d["shape"]).astype(d["dtype"])
         it.set_tensor(d["index"], x)
     return it.invoke
 
 
-def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnpack: bool = True,
+def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, kernels: str = "xnnpack",
             rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache: Path = CACHE,
             clock: str = "wall", data: str | None = None) -> list[str]:
     """Measure every part the LUT lacks, or has with fewer samples than this run takes (a fast first-use pass is
@@ -115,7 +117,7 @@ def measure(lut: LUT, parts: dict[str, Part], precision: str, threads: int, xnnp
         runners = {}
         for k in keys:
             bar.set_postfix_str(f"convert {k[:40]}")
-            runners[k] = runner(convert_part(parts[k], precision, cache, data), threads, xnnpack)
+            runners[k] = runner(convert_part(parts[k], precision, cache, data), threads, kernels)
         bar.set_postfix_str("timing")
         samples = round_robin(runners, rounds=rounds, per_visit=per_visit, seed=i, clock=clock)
         for k in keys:

@@ -9,7 +9,7 @@ from model import arch as archlib
 from model.latency import LUT, load_lut
 from model.space import load_space
 from posekit.errors import UserError
-from posekit.fingerprint import host_fingerprint
+from posekit.fingerprint import differences, host_fingerprint
 
 from . import lutfile
 from .parts import Part, arch_parts, lut_parts, shipped_archs
@@ -38,20 +38,91 @@ def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
 FAST = {"rounds": 3, "per_visit": 2}  # first use: enough to search with; `make lut DEVICE=host` refines (15 x 5)
 
 
-def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnnpack: bool = True,
+KERNELS_REF = "efficientpose_a"  # the reference net `--kernels auto` times (the closed loop's default reference)
+KERNELS_BUDGET_S = 5.0  # interleaved timing of the reference under each kernel set
+
+
+def kernels_reference(space):
+    """The net `--kernels auto` times: KERNELS_REF when it is a network of the space (same stem and layer count),
+    else the space's network of each layer's first op (a space of other shapes, e.g. a test's tiny one)."""
+    from model.arch import load as load_arch
+
+    ref = load_arch(KERNELS_REF)
+    if ref.stem == space.stem and len(ref.blocks) == len(space.layers()):
+        return ref
+    return space.arch_for([next(c for c in layer.candidates if c != "skip") for layer in space.layers()],
+                          name=f"{space.name}-first-ops")
+
+
+def choose_kernels(device: str, space, kernels: str, threads: int, clock: str, path: Path, fresh: bool,
+                   data: str | None = None) -> tuple[str, dict, bool]:
+    """(kernel set, the header's kernels_choice record, start the file afresh) for a host LUT. `kernels` auto: an
+    existing file of this machine that recorded its choice keeps it (its entries were timed with it); otherwise the
+    reference net (kernels_reference, converted at the LUT's precision as a whole network) is timed under every kernel
+    set (runtime.tflite_kernel_choice.fastest_kernels), the fastest taken; an existing file timed with another set
+    is then measured again from scratch (an explicit --kernels that differs is refused by open_for_update)."""
+    import json
+
+    from runtime.tflite_kernel_choice import fastest_kernels
+    from runtime.tflite_kernels import AUTO
+
+    old = None
+    if path.is_file() and not fresh:
+        try:
+            old = json.loads(path.read_text())["header"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = None  # open_for_update names the corrupt file
+    if kernels != AUTO:
+        return kernels, {"by": f"--kernels {kernels}"}, False
+    if isinstance(old, dict) and isinstance(old.get("kernels_choice"), dict) and old.get("threads") == threads \
+            and not differences(old.get("fingerprint"), host_fingerprint(), threads):  # this machine's choice
+        print(f"{path}: kernels {old['kernels']} (chosen when it was first measured: "
+              f"{_choice_text(old['kernels_choice'])})")
+        return old["kernels"], old["kernels_choice"], False
+    from .lut_accuracy import convert_net
+
+    ref = kernels_reference(space)
+    precision = HOST_DEVICES[device]
+    if precision == "int8":  # a --data without crops is refused before the reference's float conversion
+        from quantize.calibration import calibration_batches
+
+        calibration_batches(ref, data, 1)
+    print(f"choosing the kernel set: {ref.name} {precision} timed under each set ...", flush=True)
+    tfl = convert_net(ref, precision, data)
+    name, ms = fastest_kernels(tfl, threads, budget_s=KERNELS_BUDGET_S, clock=clock)
+    choice = {"by": "--kernels auto: the fastest set for a whole reference net on this host",
+              "reference": f"{ref.name} {precision} {ref.input_size[0]}x{ref.input_size[1]}", "ms": ms,
+              "statistic": "min", "chosen": name}
+    print(f"kernels {name}: {_choice_text(choice)}")
+    restart = isinstance(old, dict) and old.get("kernels") != name
+    if restart:
+        print(f"{path}: measured with kernels {old.get('kernels')}, the fastest here is {name}: measuring it again")
+    return name, choice, restart
+
+
+def _choice_text(c: dict) -> str:
+    if "ms" not in c:
+        return c.get("by", "?")
+    return f"{c.get('reference')}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in c["ms"].items())
+
+
+def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, kernels: str = "auto",
                  clock: str = "auto", rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache=None,
                  out=None, fresh: bool = False, data: str | None = None) -> LUT:
-    """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint."""
+    """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint and
+    the kernel set the parts were timed with (`kernels` auto: choose_kernels)."""
     from . import host
     from .timing import check_clock
 
     precision = HOST_DEVICES[device]
-    kernels = "xnnpack" if xnnpack else "builtin"
     clock = check_clock(clock, threads)
+    kernels, choice, restart = choose_kernels(device, space, kernels, threads, clock, lutfile.lut_path(device, out),
+                                              fresh, data)
+    fresh = fresh or restart
     header = lutfile.make_header(
         device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
         runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
-        provenance="measured", archs=arch_names, clock=clock,
+        kernels_choice=choice, provenance="measured", archs=arch_names, clock=clock,
         fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
@@ -63,7 +134,7 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
                 "samples": "each entry's n; fewer than rounds x per_visit: a fast first-use pass, refined by "
                            "`make lut`"})
     lut = lutfile.open_for_update(lutfile.lut_path(device, out), header, fresh=fresh, replace_foreign=out is None)
-    done = host.measure(lut, parts, precision, threads, xnnpack, rounds=rounds, per_visit=per_visit, chunk=chunk,
+    done = host.measure(lut, parts, precision, threads, kernels, rounds=rounds, per_visit=per_visit, chunk=chunk,
                         cache=Path(cache) if cache else host.CACHE, clock=clock,
                         data=data)
     _report(lut, parts, done)
@@ -71,7 +142,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
 
 
 def run_host(args, space, parts, arch_names) -> LUT:
-    return measure_host(args.device, space, parts, arch_names, threads=args.threads, xnnpack=args.xnnpack,
+    kernels = args.kernels if args.xnnpack else "builtin"  # --no-xnnpack: the builtin kernels
+    return measure_host(args.device, space, parts, arch_names, threads=args.threads, kernels=kernels,
                         clock=args.clock, rounds=args.rounds, per_visit=args.per_visit, chunk=args.chunk,
                         cache=args.cache, out=args.out, fresh=args.fresh, data=args.data)
 

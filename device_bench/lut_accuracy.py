@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from model.latency import load_lut, network_keys
+from model.latency import load_lut, lut_kernels, network_keys
 from model.net import build
 from model.space import load_space
 from posekit.errors import UserError
@@ -107,9 +107,9 @@ def run_fidelity(args) -> dict:
         raise UserError(f"{lut.path}: fidelity measures whole networks on this host, but the LUT's backend is "
                         f"{lut.header.get('backend')!r} (measure it with `make lut DEVICE={args.device}`)")
     precision, threads = lut.header["precision"], lut.header.get("threads") or 1
-    xnnpack = lut.header.get("kernels", "xnnpack") == "xnnpack"
+    kernels = lut_kernels(lut)
     clock = lut.header.get("clock", "wall")
-    if args.threads != threads or args.xnnpack != xnnpack or args.clock not in ("auto", clock):
+    if args.threads != threads or args.xnnpack != (kernels != "builtin") or args.clock not in ("auto", clock):
         print(f"note: timing with the LUT's setup (threads={threads}, kernels={lut.header.get('kernels')}, "
               f"clock={clock})")
     archs = sample_archs(space, args.n, args.seed)
@@ -120,7 +120,7 @@ def run_fidelity(args) -> dict:
         calibration_batches(archs[0], args.data, 4)
     runners = {}
     for a in tqdm(archs, desc=f"convert {args.n} nets ({precision})", unit="net"):
-        runners[a.name] = host.runner(convert_net(a, precision, args.data), threads, xnnpack)
+        runners[a.name] = host.runner(convert_net(a, precision, args.data), threads, kernels)
     samples = round_robin(runners, rounds=args.rounds, per_visit=args.per_visit, desc="timing nets", leave=True,
                           clock=clock)
     meas = np.array([entry(samples[a.name])[lut.stat] for a in archs])  # the statistic the LUT's entries hold

@@ -2,9 +2,12 @@
 (ai_edge_litert, XNNPACK and builtin kernels interleaved in one run), on a phone (benchmark_model with op
 profiling) or on macOS (Core ML, per compute unit).
 
-Per-op profile on the host: the ai_edge_litert Python Interpreter exposes no op profiler, so the host report
-lists the op census (op type x compute dtype) and, when the manifest names an arch and a host LUT covers it, the
-per-part latencies from that LUT (each part measured alone).
+Kernel sets on the host (runtime/tflite_kernels.py): --kernels all times each file under every set that runs it as
+a different program and names the fastest, with the int8 / fp32 ratio under the default and the fastest kernels;
+auto times each file under the one set fastest_kernels picks; a set name times that set. Per-op profile on the host:
+runtime/tflite_profile.py (each op timed alone), printed after the op census (op type x compute dtype), and, when
+the manifest names an arch and a host LUT covers it, the per-part latencies from that LUT (each part measured
+alone).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.arch import from_dict
-from model.latency import load_lut, network_keys
+from model.latency import load_lut, lut_kernels, network_keys
 from posekit import manifest as manifest_file
 from posekit.errors import UserError
 from posekit.io import atomic_write_json
 from runtime.artifact_check import check_artifact
 
 from .timing import check_clock, round_robin, summary
+
+ALL = "all"  # bench --kernels all: every kernel set that runs the file as a different program
 
 
 def _tflite_artifacts(model_dir: Path) -> tuple[dict, list[dict]]:
@@ -33,23 +38,20 @@ def _print_table(rows: list[tuple[str, dict]]) -> None:
         print(f"{name:<{w}}  {s['median_ms']:10.3f} {s['p90_ms']:9.3f} {s['min_ms']:9.3f} {s['n']:5d}")
 
 
-def _census(path: Path) -> None:
+def _census(path: Path, no_profile: bool = False) -> None:
     from runtime.tflite_flatbuffer import op_dtypes
 
     ops = sorted(op_dtypes(path).items(), key=lambda kv: -kv[1])
-    # No per-op timing from ai-edge-litert 2.3.0 (checked): the Interpreter and CompiledModel Python wrappers expose
-    # no profiler (no "profil" string in _pywrap_litert_{interpreter,compiled_model}_wrapper.so;
-    # experimental_force_delegate_node_profiling has no getter), tools/benchmark_litert_model.py times whole runs
-    # only, and while libLiteRt.so exports LiteRtCompiledModelGetProfiler / LiteRtGetProfileSummary, the runtime
-    # options that switch profiling on (Lrt*RuntimeOptions) are not exported (`nm -D libLiteRt.so`). On a phone,
-    # benchmark_model --enable_op_profiling gives the real per-op table (`bench --device <serial>`).
-    print("op census (per-op timing is not exposed by the ai_edge_litert 2.3.0 Python API): "
+    where = "posenas profile FILE" if no_profile else "the per-op profiles below"
+    print(f"op census (per-op times: {where}, runtime/tflite_profile.py): "
           + ", ".join(f"{k} x{v}" for k, v in ops))
 
 
-def _lut_profile(arch_dict: dict, device: str, top: int = 8, allow_foreign: bool = False) -> None:
+def _lut_profile(arch_dict: dict, device: str, top: int = 8, allow_foreign: bool = False,
+                 timed: tuple = ()) -> None:
     """Per-part latencies from this machine's host LUT, when it covers the manifest's arch. A LUT measured on
-    another machine is not shown (one line says why), unless allowed."""
+    another machine is not shown (one line says why), unless allowed; one timed with a kernel set this bench did
+    not time is shown with a warning naming both (`timed`: the sets timed)."""
     try:
         arch = from_dict(arch_dict)
         lut = load_lut(device, allow_foreign=allow_foreign or None)
@@ -62,7 +64,10 @@ def _lut_profile(arch_dict: dict, device: str, top: int = 8, allow_foreign: bool
         return
     ms = [(k, lut.ms(k)) for k in keys]
     total = sum(v for _, v in ms)
-    print(f"per-part profile from {lut.path} (parts timed alone; sum {total:.2f} ms):")
+    if timed and lut_kernels(lut) not in timed:
+        print(f"warning: {lut.path} was timed with kernels {lut_kernels(lut)}, this bench with {', '.join(timed)}: "
+              f"its sums and these times describe different runtimes")
+    print(f"per-part profile from {lut.path} (parts timed alone, kernels {lut_kernels(lut)}; sum {total:.2f} ms):")
     for k, v in sorted(ms, key=lambda kv: -kv[1])[:top]:
         print(f"  {v:8.3f} ms {100 * v / total:5.1f}%  {k}")
 
@@ -82,36 +87,55 @@ def decode_cost(rows: list[tuple[str, dict]], meta: dict) -> list[str]:
     return out
 
 
+def _kernel_sets(path: Path, args) -> list[str]:
+    """The kernel sets `--kernels` asks to time the file with: all (the distinct ones), auto (the fastest, chosen by
+    runtime.tflite_kernels.fastest_kernels, printed with each set's time) or one named set."""
+    from runtime.tflite_kernel_choice import fastest_kernels
+    from runtime.tflite_kernels import AUTO, distinct_sets
+
+    choice = getattr(args, "kernels", ALL)
+    if choice == ALL and not getattr(args, "xnnpack", True):  # --no-xnnpack: the builtin kernels only
+        return ["builtin"]
+    if choice == ALL:
+        return distinct_sets(path)
+    if choice == AUTO:
+        name, ms = fastest_kernels(path, args.threads, clock="cpu" if args.clock == "cpu" else "wall")
+        print(f"kernels auto: {path.name} -> {name} (fastest runs: "
+              + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()) + ")")
+        return [name]
+    return [choice]
+
+
 def bench_host(args) -> list[tuple[str, dict]]:
     from .host import runner
 
     if args.model:
-        targets, meta, manifest = {}, {}, None
+        files, manifest = [], None
         for path in map(Path, args.model):
             if not path.is_file() or path.suffix != ".tflite":
                 raise UserError(f"{path}: not a .tflite file")
             check_artifact(path, *manifest_file.listing(path))  # a damaged or changed file: one line, not a crash
-            name = f"{path} [{_kernels(args.xnnpack)}]" if len(args.model) > 1 else \
-                f"{path.name} [{_kernels(args.xnnpack)}]"
-            if name in targets:
+            if any(path == f for f, _, _ in files):
                 raise UserError(f"--model {path}: given twice")
-            targets[name] = (path, args.xnnpack)
-            meta[name] = {"file": str(path), "precision": None, "kernels": _kernels(args.xnnpack)}
+            # several files (the closed loop's A/B) may share a name: then each is named by its path
+            files.append((path, path.name if len(args.model) == 1 else str(path), None))
     else:
         d = Path(args.model_dir)
         manifest, arts = _tflite_artifacts(d)
-        targets, meta = {}, {}
+        files = []
         for a in arts:
             check_artifact(d / a["file"], a["sha256"], f"{d / 'manifest.json'}: {a['file']}")
-            for xnn in (True, False):
-                name = f"{a['file']} {a['precision']} [{_kernels(xnn)}]"
-                targets[name] = (d / a["file"], xnn)
-                meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": _kernels(xnn)}
-        routed = _routed_targets(d, arts, targets, meta)  # noqa: F841 (the temp folder lives until the bench ends)
+            files.append((d / a["file"], a["file"], a["precision"]))
+    targets, meta = {}, {}
+    for p, file, precision in files:
+        for k in _kernel_sets(p, args):
+            name = f"{file}{f' {precision}' if precision else ''} [{k}]"
+            targets[name] = (p, k)
+            meta[name] = {"file": file if precision else str(p), "precision": precision, "kernels": k}
     runners = {}
-    for name, (p, xnn) in targets.items():
+    for name, (p, kernels) in targets.items():
         try:
-            runners[name] = runner(p, args.threads, xnn)
+            runners[name] = runner(p, args.threads, kernels)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{p}: the interpreter cannot load it ({str(e).splitlines()[0]})") from None
     per_visit = 5
@@ -122,17 +146,22 @@ def bench_host(args) -> list[tuple[str, dict]]:
     rows = [(n, summary(s)) for n, s in samples.items()]
     print(f"host, {args.threads} thread(s), {rounds} interleaved rounds x {per_visit} runs, {clock} clock:")
     _print_table(rows)
-    _census(next(iter(targets.values()))[0])
+    no_profile = getattr(args, "no_profile", False)
+    _census(next(iter(targets.values()))[0], no_profile)
     fastest, profiles = _fastest(rows, meta), []
-    if not getattr(args, "no_profile", False):  # the per-op profile of each file, on both kernel sets (issue 27)
-        profiles = _op_profiles({p: ("xnnpack",) if meta[n]["kernels"] == ROUTED else ("xnnpack", "builtin")
-                      for n, (p, _) in targets.items()})
+    if not no_profile:  # the per-op profile of each file, on each kernel set timed (issue 27)
+        sets: dict[Path, tuple] = {}
+        for p, k in targets.values():
+            sets[p] = (*sets.get(p, ()), k)
+        profiles = _op_profiles(sets)
     for line in decode_cost(rows, meta):
         print(line)
     if manifest and manifest.get("arch"):
-        _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False))
+        _lut_profile(manifest["arch"], "host", allow_foreign=getattr(args, "allow_foreign_lut", False),
+                     timed=tuple(sorted({k for _, k in targets.values()})))
     if args.json:
         atomic_write_json(args.json, {"device": "host", "threads": args.threads, "clock": clock,
+                                      "kernels_option": getattr(args, "kernels", ALL),
                                       "results": [{"name": n, **meta[n], **s} for n, s in rows],
                                       "fastest_kernels": fastest, "profiles": profiles})
         print(f"wrote {args.json}")
@@ -140,32 +169,31 @@ def bench_host(args) -> list[tuple[str, dict]]:
 
 
 def _fastest(rows: list[tuple[str, dict]], meta: dict) -> dict[str, dict]:
-    """{file: {kernels, median_ms}} of the fastest kernel set per file, printed with the int8 / fp32 ratio under the
-    default kernels (XNNPACK) and under each file's fastest (XNNPACK's >25-tap depthwise slow path on x86 makes
-    builtin the fastest for int8 here: python -m runtime.dwconv_repro)."""
+    """{file: {kernels, median_ms, precision}} of the fastest kernel set timed per file, printed with the int8 / fp32
+    ratio under the default kernels (XNNPACK) and under each file's fastest (on this x86 host XNNPACK's >25-tap
+    depthwise slow path makes another set the fastest for int8: python -m runtime.dwconv_repro)."""
     best: dict[str, dict] = {}
-    default: dict[str, float] = {}
-    routed: dict[str, float] = {}
+    default: dict[str, dict] = {}
     for n, s in rows:
         f, k = meta[n]["file"], meta[n]["kernels"]
         if f not in best or s["median_ms"] < best[f]["median_ms"]:
-            best[f] = {"kernels": k, "median_ms": s["median_ms"], "precision": meta[n]["precision"]}
+            best[f] = {"kernels": k, "median_ms": s["median_ms"], "min_ms": s["min_ms"],
+                       "precision": meta[n]["precision"]}
         if k == "xnnpack":
-            default[f] = s["median_ms"]
-        if k == ROUTED:
-            routed[f] = s["median_ms"]
+            default[f] = s
     print("fastest kernels: " + ", ".join(f"{Path(f).name} {b['kernels']} ({b['median_ms']:.3f} ms)"
                                           for f, b in best.items()))
     by_prec = {b["precision"]: f for f, b in best.items() if b["precision"]}
-    if "fp32" in by_prec and "int8" in by_prec and by_prec["fp32"] in default and by_prec["int8"] in default:
+    if "fp32" in by_prec and "int8" in by_prec:
         f32, i8 = by_prec["fp32"], by_prec["int8"]
-        print(f"int8 / fp32: {default[i8] / default[f32]:.2f}x under the default kernels (xnnpack), "
-              f"{best[i8]['median_ms'] / best[f32]['median_ms']:.2f}x under each file's fastest "
+
+        def ratio(a, b):  # medians, and fastest runs (a shared machine's other tenants only add time)
+            return f"{a['median_ms'] / b['median_ms']:.2f}x (fastest runs {a['min_ms'] / b['min_ms']:.2f}x)"
+
+        under_default = (f"{ratio(default[i8], default[f32])} under the default kernels (xnnpack), "
+                         if i8 in default and f32 in default else "")
+        print(f"int8 / fp32: {under_default}{ratio(best[i8], best[f32])} under the fastest kernels "
               f"(int8 {best[i8]['kernels']}, fp32 {best[f32]['kernels']})")
-        if i8 in routed:
-            print(f"int8 / fp32 with >25-tap depthwise convs routed to builtin (quantize/xnnpack_route.py): "
-                  f"int8 routed / fp32 as converted {routed[i8] / default[f32]:.2f}x"
-                  + (f", both routed {routed[i8] / routed[f32]:.2f}x" if f32 in routed else ""))
     return best
 
 
@@ -178,27 +206,6 @@ def _op_profiles(paths: dict) -> list[dict]:
             print(format_profile(p, top=8))
             out.append({"file": str(path), **p.to_json()})
     return out
-
-
-ROUTED = "xnnpack+builtin-dwconv"
-
-
-def _routed_targets(d: Path, arts: list[dict], targets: dict, meta: dict):
-    """Each file with its >25-tap depthwise convs routed to the builtin kernels (quantize/xnnpack_route.py: XNNPACK's
-    slow path for them on x86), timed beside the file as converted; the copies live in a temp folder (returned,
-    removed when dropped)."""
-    import tempfile
-
-    from quantize.xnnpack_route import route_large_dwconv
-
-    tmp = tempfile.TemporaryDirectory(prefix="bench-routed-")
-    for a in arts:
-        dst = Path(tmp.name) / Path(a["file"]).name
-        if route_large_dwconv(d / a["file"], dst):
-            name = f"{a['file']} {a['precision']} [{ROUTED}]"
-            targets[name] = (dst, True)
-            meta[name] = {"file": a["file"], "precision": a["precision"], "kernels": ROUTED}
-    return tmp
 
 
 def _kernels(xnnpack: bool) -> str:

@@ -316,6 +316,22 @@ def check_fingerprint(lut: LUT, allow_foreign: bool | None = None) -> None:
                         f"({ALLOW_FOREIGN_ENV}=1) to use it anyway")
 
 
+def lut_kernels(lut: LUT) -> str:
+    """The kernel set a LUT's entries were timed with (header `kernels`; runtime/tflite_kernels.py names the host's
+    sets): a consumer that times whole networks to compare with the LUT must time them with this set."""
+    return str(lut.header.get("kernels") or "xnnpack")
+
+
+def check_lut_kernels(lut: LUT, kernels: str) -> None:
+    """One line when a consumer would time with other kernels than the LUT's entries were timed with (its sums then
+    describe another runtime setup: on x86 int8 XNNPACK vs its routed set differ 5x, issue 27)."""
+    if lut_kernels(lut) != kernels:
+        raise UserError(f"{lut.path}: timed with kernels {lut_kernels(lut)!r} (header kernels), but this run times "
+                        f"with {kernels!r}; time with the LUT's kernels (--kernels {lut_kernels(lut)}) or measure a "
+                        f"LUT with yours (python -m device_bench lut --device {lut.device} --kernels {kernels} "
+                        f"--fresh)")
+
+
 def read_lut(p: Path) -> LUT:
     """Parse and validate one LUT file (header fields, every entry): no device or space checks."""
     try:

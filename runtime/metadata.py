@@ -56,6 +56,7 @@ def facts(head: dict, entry: dict) -> dict:
                  f"the heatmap peak, decoded in the graph by the same rule.")
     return {
         **({"keypoints": {**(entry.get("decode") or {}), "dtype": kp.get("dtype")}} if kp is not None else {}),
+        **({"kernels": entry["kernels"]} if entry.get("kernels") else {}),  # .tflite: the host's kernel record
         "name": head["model"], "description": desc, "version": f"{head['model']}@{ck[:12] or 'untracked'}",
         "author": AUTHOR, "license": LICENSE, "format": entry.get("format"), "precision": entry.get("precision"),
         "quantizer": entry.get("quantizer"), "checkpoint_sha256": src.get("checkpoint_sha256"),

@@ -14,21 +14,24 @@ import numpy as np
 
 from posekit.export_tflite import SIGNATURE
 
-KERNELS = ("xnnpack", "builtin")
+from .tflite_kernels import KERNEL_SETS
+
+KERNELS = tuple(KERNEL_SETS)  # the kernel sets (runtime/tflite_kernels.py: the one registry)
 
 
 def interpreter(path_or_bytes: str | Path | bytes, threads: int = 1, kernels: str = "xnnpack",
                 preserve_all_tensors: bool = False):
     """An allocated ai_edge_litert Interpreter of a file or of .tflite bytes. kernels "xnnpack": the XNNPACK
-    delegate (what ships); "builtin": TFLite's reference-like builtin kernels (no default delegate).
-    preserve_all_tensors keeps every intermediate tensor readable after invoke (a debugging mode, slower)."""
+    delegate (what ships); "builtin": TFLite's reference-like builtin kernels (no default delegate);
+    "xnnpack+builtin-dwconv": XNNPACK with its slow >25-tap depthwise convs on builtin kernels, routed in memory
+    (runtime/tflite_kernels.py). preserve_all_tensors keeps every intermediate tensor readable after invoke (a
+    debugging mode, slower)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels {kernels!r}: one of {', '.join(KERNELS)}")
-    kind = OpResolverType.BUILTIN if kernels == "xnnpack" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    src = ({"model_content": bytes(path_or_bytes)} if isinstance(path_or_bytes, (bytes, bytearray))
-           else {"model_path": str(path_or_bytes)})
+    from .tflite_kernels import load_args
+
+    src, delegates = load_args(path_or_bytes, kernels)
+    kind = OpResolverType.BUILTIN if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": the callers asking for it are
         warnings.simplefilter("ignore")
         it = Interpreter(**src, num_threads=threads, experimental_op_resolver_type=kind,

@@ -2,8 +2,8 @@
 builtin names, tensors and options, tensors with their quantization parameters, and the op census built on them
 (op_counts, op_dtypes, float_compute_ops), `split_ops` (a decoded file's network ops and decode-tail ops),
 `inline_buffers`, the one rewrite (for the metadata writer), and the object API for the model editors
-(runtime/tflite_profile.py's op cutting, quantize/xnnpack_route.py): load_model, op_name, pack_model. Nothing here
-runs a model (runtime/tflite.py does).
+(runtime/tflite_profile.py's op cutting, runtime/tflite_kernels.py's routing): load_model, op_name, pack_model.
+Nothing here runs a model (runtime/tflite.py does).
 """
 
 from __future__ import annotations
@@ -163,10 +163,12 @@ def pack_model(m) -> bytes:
     return bytes(b.Output())
 
 
-def load_model(path: str | Path):
-    """The file as a schema ModelT (the object API, to edit and `pack_model`) with every constant's data inline
-    (ai-edge-quantizer writes constant data after the flatbuffer, Buffer.offset/size: read it from there)."""
-    raw = Path(path).read_bytes()
+def load_model(path: str | Path | bytes):
+    """The file (or .tflite bytes) as a schema ModelT (the object API, to edit and `pack_model`) with every
+    constant's data inline (ai-edge-quantizer writes constant data after the flatbuffer, Buffer.offset/size: read it
+    from there)."""
+    raw = bytes(path) if isinstance(path, (bytes, bytearray)) else Path(path).read_bytes()
+    path = "<.tflite bytes>" if isinstance(path, (bytes, bytearray)) else path
     try:
         m = _schema().ModelT.InitFromPackedBuf(raw, 0)
     except Exception as e:  # a truncated or foreign file: name it, do not show a flatbuffers traceback

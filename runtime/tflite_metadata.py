@@ -218,8 +218,9 @@ def read_tflite_metadata(path) -> dict:
     _, hh, hw, j = out["shape"]
     if j != len(names):
         raise UserError(f"{path}: TFLite metadata: {len(names)} keypoint names for {j} heatmap channels")
-    kp = json.loads(d.get_associated_file_buffer(FACTS_FILE)).get("keypoints") if FACTS_FILE in files else None
-    return {**({"keypoints": kp} if kp else {}),
+    facts = json.loads(d.get_associated_file_buffer(FACTS_FILE)) if FACTS_FILE in files else {}
+    kp, kernels = facts.get("keypoints"), facts.get("kernels")  # kernels: the converting host's record (issue 27)
+    return {**({"keypoints": kp} if kp else {}), **({"kernels": kernels} if kernels else {}),
             "name": md.get("name"), "version": md.get("version"), "author": md.get("author"),
             "license": md.get("license"), "description": md.get("description"), "num_joints": j,
             "keypoint_names": names, "skeleton": skel.get("skeleton", []), "flip_pairs": skel.get("flip_pairs", []),

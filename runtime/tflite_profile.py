@@ -31,7 +31,7 @@ from posekit.errors import UserError
 
 from .tflite_flatbuffer import _schema, load_model, op_name, pack_model
 
-KERNELS = ("xnnpack", "builtin")
+KERNELS = ("xnnpack", "builtin")  # profiled by default; any set of runtime/tflite_kernels.py may be asked for
 WHOLE_SAMPLES = 10  # samples of the whole model taken between the ops
 
 
@@ -307,9 +307,11 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
                    repeats: int = 7) -> dict[str, OpProfile]:
     """{kernels: OpProfile} of the .tflite at `path`, each op timed alone as a single-op model (module doc)."""
     kernels = (kernels,) if isinstance(kernels, str) else tuple(kernels)
-    bad = [k for k in kernels if k not in KERNELS]
+    from .tflite_kernels import KERNEL_SETS
+
+    bad = [k for k in kernels if k not in KERNEL_SETS]
     if bad:
-        raise UserError(f"kernels {bad[0]!r}: expected one of {', '.join(KERNELS)}")
+        raise UserError(f"kernels {bad[0]!r}: expected one of {', '.join(KERNEL_SETS)}")
     if threads != 1:  # the thread CPU clock equals latency only when the calling thread does all the work
         raise UserError("the per-op profile runs 1 thread (each op's time is the calling thread's CPU time)")
     path = Path(path)
@@ -346,8 +348,10 @@ def build_parser():
                         description="per-op latency of a .tflite on this host (each op timed alone as a single-op "
                                     "model), XNNPACK and builtin kernels")
     ap.add_argument("model", help="a .tflite file")
-    ap.add_argument("--kernels", choices=(*KERNELS, "both"), default="both",
-                    help="kernel set(s) to profile (default both)")
+    from .tflite_kernels import KERNEL_SETS
+
+    ap.add_argument("--kernels", choices=(*KERNEL_SETS, "both"), default="both",
+                    help="kernel set(s) to profile (default both: xnnpack and builtin)")
     ap.add_argument("--top", type=positive_int, default=10, help="ops listed per kernel set (default 10)")
     ap.add_argument("--repeats", type=positive_int, default=7, help="timed batches per op; the minimum is kept")
     ap.add_argument("--json", type=output_file, help="also write the profiles to this JSON file")

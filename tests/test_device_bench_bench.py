@@ -120,3 +120,22 @@ def test_bench_model_dir_prints_the_fastest_kernels_and_each_files_op_profile(ar
     assert {(p["file"].rsplit("/", 1)[-1], p["kernels"]) for p in res["profiles"]} == {
         (f"model_{q}.tflite", k) for q in ("fp32", "int8") for k in ("xnnpack", "builtin")}
     assert all(p["ratio"] > 0 and p["ops"] for p in res["profiles"])
+
+
+def test_bench_kernels_auto_times_each_file_on_its_chosen_set(artifacts, tmp_path, capsys):
+    """--kernels auto (what the closed loop runs as a step): each file timed once, on the set fastest_kernels picks
+    (printed with every set's time); a named set: that set only."""
+    from runtime.tflite_kernels import KERNEL_SETS
+
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "--model-dir", str(artifacts), "--runs", "5", "--warmup", "1", "--no-profile",
+                 "--kernels", "auto", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("kernels auto: ") == 2
+    res = json.loads(out_json.read_text())
+    assert res["kernels_option"] == "auto" and len(res["results"]) == 2
+    assert all(r["kernels"] in KERNEL_SETS for r in res["results"])
+    assert main(["bench", "--model-dir", str(artifacts), "--runs", "5", "--warmup", "1", "--no-profile",
+                 "--kernels", "builtin"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tflite/")]
+    assert len(rows) == 2 and all("[builtin]" in r for r in rows)

@@ -26,7 +26,7 @@ def test_quick_lut_resumes_after_kill_and_second_run_measures_nothing(tmp_path, 
     """`lut --device host --quick` (10 keys), killed after its first chunk of 4, then run again twice."""
     out, cache = tmp_path / "host.json", tmp_path / "cache"
     argv = ["lut", "--device", "host", "--quick", "--out", str(out), "--cache", str(cache), "--rounds", "2",
-            "--per-visit", "2", "--chunk", "4"]
+            "--per-visit", "2", "--chunk", "4", "--kernels", "xnnpack"]
     real_rr, chunks = host.round_robin, []
 
     def killed_in_second_chunk(runners, **kw):

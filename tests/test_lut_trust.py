@@ -174,7 +174,7 @@ def test_fingerprint_reads_the_isa_that_changes_kernels():
 TINY = str(REPO / "tests" / "data" / "device_bench" / "tiny_space.yaml")
 
 
-@pytest.mark.slow(15)  # five real conversions and timings
+@pytest.mark.slow(30)  # five real conversions and timings, and the kernel choice's reference net
 def test_host_lut_is_measured_on_first_use_then_refined(tmp_path, monkeypatch, capsys):
     from device_bench import host
     from device_bench.lut import ensure_lut
@@ -188,10 +188,18 @@ def test_host_lut_is_measured_on_first_use_then_refined(tmp_path, monkeypatch, c
     assert lut.header["fingerprint_id"] == fingerprint_id(host_fingerprint())
     timed = {k: e for k, e in lut.entries.items() if not latency.is_identity_key(k)}
     assert len(timed) == 5 and all(e["n"] == 6 and e["median_ms"] > 0 for e in timed.values())  # the fast pass
+    # timed with the fastest kernel set here, chosen on a whole reference net of the space, the choice recorded
+    from runtime.tflite_kernels import KERNEL_SETS
+
+    choice = lut.header["kernels_choice"]
+    assert lut.header["kernels"] == choice["chosen"] and set(choice["ms"]) == set(KERNEL_SETS)
+    assert choice["ms"][choice["chosen"]] == pytest.approx(min(choice["ms"].values()), rel=0.05)
     ensure_lut("host", space)  # second use: read, nothing measured
     assert "measuring" not in capsys.readouterr().out
     # `make lut DEVICE=host` refines the fast entries (more samples each), in the same per-machine file
     assert bench_main(["lut", "--device", "host", "--space", TINY, "--no-shipped-archs", "--rounds", "2",
                        "--per-visit", "4"]) == 0
-    assert "5 measured by this run" in capsys.readouterr().out
+    refined = capsys.readouterr().out
+    assert "5 measured by this run" in refined and "chosen when it was first measured" in refined  # choice kept
+    assert load_lut("host", space).header["kernels_choice"] == choice
     assert all(e["n"] == 8 for k, e in load_lut("host", space).entries.items() if k in timed)

@@ -105,22 +105,21 @@ def test_a_phone_op_profile_fills_the_same_table():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
-def test_routed_large_dwconv_runs_on_builtin_bit_exactly(tmp_path, dtype):
-    """quantize/xnnpack_route.py: a 7x7 depthwise conv routed to the builtin kernels gives, under the default
-    (XNNPACK) interpreter, exactly the builtin kernels' output; a 5x5 one is left to XNNPACK."""
-    from posekit.export_tflite import write_tflite
-    from quantize.xnnpack_route import route_large_dwconv
+def test_routed_large_dwconv_runs_on_builtin_bit_exactly(dtype):
+    """runtime/tflite_kernels.py: a 7x7 depthwise conv routed (in memory, at load) to the builtin kernels gives
+    exactly the builtin kernels' output; a 5x5 one is left to XNNPACK (routing changes nothing)."""
     from runtime.tflite import interpreter
     from runtime.tflite_flatbuffer import op_counts
+    from runtime.tflite_kernels import ROUTED, distinct_sets, routed_model
 
     for k, routed in ((7, 1), (5, 0)):
-        src = write_tflite(dwconv_repro.dwconv_model(k, (8, 6, 32), dtype), tmp_path / f"k{k}.tflite")
-        dst = tmp_path / f"k{k}_routed.tflite"
-        assert route_large_dwconv(src, dst) == routed
-        assert op_counts(dst).get("RESHAPE", 0) == routed
+        model = dwconv_repro.dwconv_model(k, (8, 6, 32), dtype)
+        content, n = routed_model(model)
+        assert n == routed and op_counts(content).get("RESHAPE", 0) == routed
+        assert (content == model) == (not routed) and (ROUTED in distinct_sets(model)) == bool(routed)
         ys = []
-        for p, kernels in ((dst, "xnnpack"), (src, "builtin")):
-            it = interpreter(p, 1, kernels=kernels)
+        for kernels in (ROUTED, "builtin"):
+            it = interpreter(model, 1, kernels=kernels)
             d = it.get_input_details()[0]
             rng = np.random.default_rng(0)
             x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
