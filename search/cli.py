@@ -198,7 +198,7 @@ def run_search(cfg, quiet: bool = False):
         arch = arch.replace(meta={**arch.meta, "step_times": {k: (round(v, 4) if isinstance(v, float) else v)
                                                               for k, v in times.items()}})
     path = derive.write(arch, out / "arch.yaml", s.cost)
-    layers = [x.candidates for x in s.space.layers()]
+    layers = [list(c) for c in s.space.decisions()]  # the neck choice, where offered, is the last panel
     plot_history(s.history, layers, out / "alpha_history.png", f"p per layer over epochs ({s.cost.device}, "
                  f"{cfg.paths} paths, T {cfg.temperature} -> {s.net.temperature:.2f})")
     log(derive.summary(arch, s.cost))
