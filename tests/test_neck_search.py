@@ -133,6 +133,22 @@ def test_a_lut_serves_the_spaces_its_header_lists(tmp_path):
     assert load_lut(both, NECK) and load_lut(both, DEFAULT)
 
 
+def test_measuring_another_space_into_a_host_lut_keeps_its_entries_and_lists_both(tmp_path):
+    """`make lut DEVICE=host SPACE=neck` after the default space's: the same setup, so the table gains the neck
+    candidates' keys and serves both spaces (entries are keyed by shape, the space is not a setup field)."""
+    def header(space):
+        return lutfile.make_header("host", space, backend="host-litert", runtime="ai_edge_litert Interpreter",
+                                   runtime_version="test", threads=1, precision="fp32", kernels="xnnpack",
+                                   provenance="measured")
+
+    key = DEFAULT.lut_keys()[0]
+    path = tmp_path / "host.json"
+    LUT(header(DEFAULT), {key: {"median_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "n": 3}}, path).save()
+    lut = lutfile.open_for_update(path, header(NECK))
+    assert key in lut.entries and lut.header["search_spaces"] == {DEFAULT.name: DEFAULT.sha256,
+                                                                  NECK.name: NECK.sha256}
+
+
 @pytest.mark.slow(25)
 def test_the_lut_decides_whether_the_neck_earns_its_latency(tmp_path):
     # the neck enormously expensive on an otherwise real profile: the search drops it
