@@ -15,6 +15,7 @@ MODEL   ?=
 MODEL_DIR ?=
 TARGET_MS ?=
 TARGETS ?=
+SPACE   ?=
 CALIB   ?=
 THREADS ?= 1
 ARM     ?=
@@ -27,7 +28,7 @@ opt = $(if $(2),$(1) $(2))
 .PHONY: setup setup-arm test lint demo closed-loop search train lut convert quantize qat parity-test bench fidelity info clean help
 
 help:
-	@echo "make setup | setup-arm | test | demo | closed-loop | search DEVICE=pixel | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
+	@echo "make setup | setup-arm | test | demo | closed-loop | search DEVICE=pixel [SPACE=neck] | train ARCH=… | lut DEVICE=host | convert | quantize | qat | parity-test | bench MODEL=… | fidelity DEVICE=host | info ARCH=…"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -58,7 +59,7 @@ demo: $(STAMP)
 
 # search reads LUT files: this machine's host LUT is measured first (a fast pass over the space's missing keys)
 search: $(STAMP)
-	$(if $(filter host host-int8,$(DEVICE)),$(PY) -m device_bench lut --device $(DEVICE) --no-shipped-archs --rounds 3 --per-visit 2 &&) $(PY) -m search --device $(DEVICE) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--targets,$(TARGETS)) $(call opt,--input,$(INPUT))
+	$(if $(filter host host-int8,$(DEVICE)),$(PY) -m device_bench lut --device $(DEVICE) $(call opt,--space,$(SPACE)) --no-shipped-archs --rounds 3 --per-visit 2 &&) $(PY) -m search --device $(DEVICE) $(call opt,--space,$(SPACE)) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--target-ms,$(TARGET_MS)) $(call opt,--targets,$(TARGETS)) $(call opt,--input,$(INPUT))
 
 # measure (this host's int8 LUT when missing), search, convert, measure: stage steps (demo/closed_loop.py)
 closed-loop: $(STAMP)
@@ -68,7 +69,7 @@ train: $(STAMP)
 	$(PY) -m train --arch $(or $(ARCH),efficientpose_a) $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--input,$(INPUT))
 
 lut: $(STAMP)
-	$(PY) -m device_bench lut --device $(DEVICE) --threads $(THREADS)
+	$(PY) -m device_bench lut --device $(DEVICE) $(call opt,--space,$(SPACE)) --threads $(THREADS)
 
 fidelity: $(STAMP)
 	$(PY) -m device_bench fidelity --device $(DEVICE) --threads $(THREADS)

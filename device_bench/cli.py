@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "host-int8, pixel / note10 / <adb serial>[,<serial>...] (a phone over adb), "
                                    "coreml (macOS).")
     p.add_argument("--device", required=True, help="host | host-int8 | pixel | note10 | <adb serial>[,...] | coreml")
-    p.add_argument("--space", default="default", help="search space name or file (default: default)")
+    p.add_argument("--space", default="default", help="search space name or file (default: default); several "
+                   "comma-separated (default,neck): one table with every space's keys")
     p.add_argument("--no-shipped-archs", action="store_true",
                    help="only the space's keys (default: also the shipped archs', own head and mbv1 head)")
     p.add_argument("--archs", nargs="*", help="more arch files whose keys the LUT must cover")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=(*PHONES, "all"), help="phone profile to write ('all': every one)")
     p.add_argument("--check-transfer", action="store_true",
                    help="print the cross-phone check (writes nothing)")
-    p.add_argument("--space", default="default")
+    p.add_argument("--space", default="default", help="search space(s), comma-separated (as for lut)")
     p.add_argument("--no-shipped-archs", action="store_true")
     p.add_argument("--archs", nargs="*")
     p.add_argument("--out", type=output_file_text, help="LUT file (default luts/<device>.json)")

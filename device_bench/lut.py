@@ -18,15 +18,27 @@ HOST_DEVICES = {"host": "fp32", "host-int8": "int8"}  # model.latency.HOST_DEVIC
 PHONES = ("pixel", "note10")  # phone names the adb backend maps to --serial
 
 
+def spaces_of(space_names: str) -> list:
+    """--space: one search space, or several comma-separated (`default,neck`: one table serving both; the first
+    names the LUT's search_space, header["search_spaces"] lists them all)."""
+    return [load_space(n) for n in str(space_names).split(",")]
+
+
 def select_parts(space_name: str, with_shipped: bool = True, arch_files: list[str] = (), quick: bool = False):
-    """(space, parts, arch names): the space's keys plus the shipped archs' (own head and mbv1 head) and any
-    given arch files; --quick keeps one network's keys (every layer ir_k3_e3: ~10 distinct keys)."""
-    space = load_space(space_name)
+    """(space, parts, arch names): the space's keys (every space's, for `a,b`: the first is returned) plus the
+    shipped archs' (own head and mbv1 head) and any given arch files; --quick keeps one network's keys (every layer
+    ir_k3_e3: ~10 distinct keys)."""
+    space, *others = spaces_of(space_name)
     if quick:
-        a = space.arch_for(["ir_k3_e3"] * len(space.layers()), name=f"{space.name}-quick")
+        a = space.arch_for(["ir_k3_e3"] * len(space.layers()) + space.first_choices()[len(space.layers()):],
+                           name=f"{space.name}-quick")
         return space, arch_parts(a), [a.name]
     archs = (shipped_archs() if with_shipped else []) + [archlib.load(p) for p in arch_files]
-    return space, lut_parts(space, archs), [a.name for a in archs]
+    parts = lut_parts(space, archs)
+    for other in others:
+        for k, p in lut_parts(other).items():
+            parts.setdefault(k, p)
+    return space, parts, [a.name for a in archs]
 
 
 def _report(lut: LUT, parts: dict[str, Part], measured: list[str]) -> None:
@@ -108,7 +120,7 @@ def _choice_text(c: dict) -> str:
 
 def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, kernels: str = "auto",
                  clock: str = "auto", rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache=None,
-                 out=None, fresh: bool = False, data: str | None = None) -> LUT:
+                 out=None, fresh: bool = False, data: str | None = None, also_spaces=()) -> LUT:
     """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint and
     the kernel set the parts were timed with (`kernels` auto: choose_kernels)."""
     from . import host
@@ -122,7 +134,7 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, ker
     header = lutfile.make_header(
         device, space, backend="host-litert", runtime="ai_edge_litert Interpreter",
         runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
-        kernels_choice=choice, provenance="measured", archs=arch_names, clock=clock,
+        kernels_choice=choice, provenance="measured", archs=arch_names, clock=clock, also_spaces=also_spaces,
         fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
         converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
@@ -145,7 +157,8 @@ def run_host(args, space, parts, arch_names) -> LUT:
     kernels = args.kernels if args.xnnpack else "builtin"  # --no-xnnpack: the builtin kernels
     return measure_host(args.device, space, parts, arch_names, threads=args.threads, kernels=kernels,
                         clock=args.clock, rounds=args.rounds, per_visit=args.per_visit, chunk=args.chunk,
-                        cache=args.cache, out=args.out, fresh=args.fresh, data=args.data)
+                        cache=args.cache, out=args.out, fresh=args.fresh, data=args.data,
+                        also_spaces=spaces_of(args.space)[1:])
 
 
 def ensure_lut(device_or_path, space, allow_foreign: bool | None = None) -> LUT:
@@ -187,6 +200,7 @@ def run_android(args, space, parts, arch_names) -> list[LUT]:
             runtime_version=Path(args.benchmark_model).name, threads=args.threads, precision=precision,
             kernels="xnnpack" if args.xnnpack else "builtin", provenance="measured",
             host=f"{model_name} (adb serial {serial})", archs=arch_names, taskset=args.taskset, fingerprint=fp,
+            also_spaces=spaces_of(args.space)[1:],
             timing={"passes": args.passes, "num_runs": args.num_runs, "warmup_runs": args.warmup_runs,
                     "statistic": "median", "of": "passes of benchmark_model's average"})
         jobs.append((lutfile.open_for_update(lutfile.lut_path(name, args.out if len(names) == 1 else None), header,
@@ -211,6 +225,7 @@ def run_coreml(args, space, parts, arch_names) -> list[LUT]:
         header = lutfile.make_header(name, space, backend="coreml", runtime="Core ML (coremltools MLModel.predict)",
                                      runtime_version=ct.__version__, threads=None, precision=args.coreml_precision,
                                      kernels=unit, provenance="measured", archs=arch_names,
+                                     also_spaces=spaces_of(args.space)[1:],
                                      fingerprint={**host_fingerprint(runtime="coremltools"), "compute_units": unit})
         luts[unit] = lutfile.open_for_update(lutfile.lut_path(name), header, fresh=args.fresh)
     done = apple.measure(luts, parts, args.coreml_precision, rounds=args.rounds, per_visit=args.per_visit)
@@ -252,7 +267,8 @@ def run_predict(args):
                                      runtime="TFLite (published measurements)", runtime_version=None, threads=1
                                      if src.get("format") == "nnmeter" else None, precision="fp32",
                                      kernels="xnnpack" if src.get("format") == "nnmeter" else "unknown",
-                                     host=src["phone"], archs=arch_names, **fields)
+                                     host=src["phone"], archs=arch_names,
+                                     also_spaces=spaces_of(args.space)[1:], **fields)
         lut = LUT(header, entries, lutfile.lut_path(device, args.out))
         lut.save()
         e = fields["error"]

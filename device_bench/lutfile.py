@@ -17,8 +17,10 @@ from posekit.fingerprint import fingerprint_id, host_fingerprint
 from .timing import summary
 
 # Header fields that must agree before a run may add entries to an existing file.
-SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels",
-                "search_space_sha256", "clock", "fingerprint_id")
+# The search space is not one: entries are keyed by shape, so one table can gather the keys of several spaces
+# (header["search_spaces"] lists them).
+SETUP_FIELDS = ("device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels", "clock",
+                "fingerprint_id")
 DEFAULTS = {"clock": "wall"}
 
 
@@ -36,8 +38,10 @@ def host_description() -> str:
 
 def make_header(device: str, space: SearchSpace, *, backend: str, runtime: str, runtime_version: str | None,
                 threads: int | None, precision: str, kernels: str, provenance: str, host: str | None = None,
-                error=None, archs: list[str] = (), fingerprint: dict | None = None, **extra) -> dict:
-    """A LUT header; a measured LUT carries the device `fingerprint` (the host's own when not given) and its id."""
+                error=None, archs: list[str] = (), fingerprint: dict | None = None,
+                also_spaces: list[SearchSpace] = (), **extra) -> dict:
+    """A LUT header; a measured LUT carries the device `fingerprint` (the host's own when not given) and its id.
+    `also_spaces`: further spaces whose keys the table holds (`search_spaces` lists them all, `space` first)."""
     if provenance == "measured" and fingerprint is None:
         fingerprint = host_fingerprint()
     h = {"device": device, "backend": backend, "runtime": runtime, "runtime_version": runtime_version,
@@ -46,6 +50,8 @@ def make_header(device: str, space: SearchSpace, *, backend: str, runtime: str, 
          "host": host if host is not None else host_description(), "search_space": space.name,
          "search_space_sha256": space.sha256, "provenance": provenance, "error": error, "calibration": None,
          "archs": list(archs)}
+    if also_spaces:
+        h["search_spaces"] = {s.name: s.sha256 for s in (space, *also_spaces)}
     if fingerprint is not None:
         h["fingerprint"], h["fingerprint_id"] = fingerprint, fingerprint_id(fingerprint)
     h.update(extra)
@@ -96,7 +102,15 @@ def open_for_update(path: Path, header: dict, fresh: bool = False, replace_forei
     keep = {k: v for k, v in header.items() if k not in ("date",)}
     merged = {**old, **keep, "calibration": old.get("calibration"), "date": header["date"]}
     merged["archs"] = sorted(set(old.get("archs") or []) | set(header.get("archs") or []))
+    spaces = {**_spaces(old), **_spaces(header)}  # the spaces this table now holds the keys of
+    if len(spaces) > 1:
+        merged["search_spaces"] = spaces
     return LUT(merged, dict(entries), path)
+
+
+def _spaces(h: dict) -> dict:
+    s = h.get("search_spaces")
+    return dict(s) if isinstance(s, dict) else {h.get("search_space"): h.get("search_space_sha256")}
 
 
 def entry(samples_ms, n_override: int | None = None) -> dict:

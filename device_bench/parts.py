@@ -63,8 +63,9 @@ def space_parts(space: SearchSpace) -> dict[str, Part]:
             parts[block_key(op, hwc, layer.cout, layer.stride)] = Part(
                 block_key(op, hwc, layer.cout, layer.stride), "block", hwc, op=op, out=layer.cout,
                 stride=layer.stride, act=space.act)
-    any_arch = space.arch_for([layer.candidates[0] for layer in space.layers()])
-    parts.update(arch_parts(any_arch, fixed_only=True))
+    for neck in space.neck.candidates if space.neck else [None]:  # a neck choice: each neck and the head it needs
+        for k, p in arch_parts(space.arch_for(space.first_choices(neck)), fixed_only=True).items():
+            parts.setdefault(k, p)
     return parts
 
 

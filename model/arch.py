@@ -539,15 +539,15 @@ def _decode_compact(s: str, src, where) -> dict:
     return {"op": m["op"], "out": int(m["c"]), "stride": int(m["s"] or 1)}
 
 
-def parse_head(h, src) -> Head:
+def parse_head(h, src, where: str = "head") -> Head:
     if not isinstance(h, dict):
-        raise field_error(src, "head", "expected a mapping")
-    check_unknown(h, ("type", "deconv", "kernel", "sic", "expand"), src, "head.")
+        raise field_error(src, where, "expected a mapping")
+    check_unknown(h, ("type", "deconv", "kernel", "sic", "expand"), src, f"{where}.")
     try:
         return Head(h.get("type", "mbv1"), h.get("deconv", [64, 32]), h.get("kernel", 4), h.get("sic", True),
                     h.get("expand", 2))
     except ArchError as e:
-        raise e.at(src, "head.") from None
+        raise e.at(src, f"{where}.") from None
 
 
 def parse_neck(n, src) -> Neck | None:

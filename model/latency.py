@@ -11,7 +11,8 @@ File (``luts/<device>.json``; host devices ``luts/host/<device>-<fingerprint id>
 
     {"header": {"device", "backend", "runtime", "runtime_version", "threads", "precision", "kernels", "date",
                 "host", "search_space", "search_space_sha256", "provenance", "error", "calibration",
-                "fingerprint" (measured LUTs: `posekit.fingerprint`)},
+                "fingerprint" (measured LUTs: `posekit.fingerprint`), "search_spaces" (name -> sha256 of every
+                space the table was filled for: `--space default,neck`; absent: the one above)},
      "entries": {key: {"median_ms", "min_ms" (measured on a host), "mean_ms", "std_ms", "n", ["how"]}}}
 
 Every entry is finite and within 1 us to 10 s (MIN_OP_MS, MAX_OP_MS), a skip (identity) entry exactly 0; both are
@@ -369,10 +370,16 @@ def load_lut(device_or_path: str | Path, space=None, allow_foreign: bool | None 
     check_fingerprint(lut, allow_foreign)
     h = lut.header
     if space is not None:
-        if h.get("search_space_sha256") not in (None, space.sha256):
-            raise UserError(f"{p}: built for search space '{h.get('search_space')}' "
-                            f"({h.get('search_space_sha256')}), not '{space.name}' ({space.sha256}); rebuild with "
-                            f"`make lut DEVICE={lut.device}`")
+        # `search_spaces` (name -> sha256): every space the table was filled for, when more than its first (e.g. the
+        # phone profiles serve the default space and the neck space, whose keys add the neck candidates').
+        spaces = h.get("search_spaces") or {}
+        if not isinstance(spaces, dict):
+            raise UserError(f"{p}: search_spaces: expected a mapping of space name -> sha256, got {spaces!r}")
+        if h.get("search_space_sha256") not in (None, space.sha256) and space.sha256 not in spaces.values():
+            built = ", ".join(f"'{k}' ({v})" for k, v in spaces.items()) or \
+                f"'{h.get('search_space')}' ({h.get('search_space_sha256')})"
+            raise UserError(f"{p}: built for search space {built}, not '{space.name}' ({space.sha256}); rebuild "
+                            f"with `make lut DEVICE={lut.device} SPACE=<that space>`")
         miss = lut.missing(space.lut_keys())
         if miss:
             raise lut.missing_error(miss)

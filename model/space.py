@@ -5,6 +5,12 @@ an Arch. The first layer of a stage carries the stride and width change, so `ski
 a space's stages are exactly the `Arch.stages` of each arch it makes (a stage must begin with a stride or width
 change). The LUT keys of a space are those of its layers at the space's nominal input size (the deployment size),
 whatever input a search trains the supernet at.
+
+A space may also offer the neck as a choice (an optional `neck:` section, issue 29): its `candidates` are `none`
+(today's path: the backbone's last map into the space's `head`) and BiFPN widths; `type`, `levels` and `repeats`
+are fixed, and `head` is the head behind a neck (it reads the neck's finest level, so it needs fewer or no
+transposed convs than the space's head). The neck choice is the last entry of a space's `decisions()` and of the
+`choices` given to `arch_for`; a space without the section has exactly the decisions, keys and archs it had.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from .arch import (
     ArchError,
     Head,
     Layer,
+    Neck,
     Stage,
     check_int,
     check_unknown,
@@ -36,6 +43,7 @@ from .arch import (
 from .latency import block_key, fixed_keys
 
 SPACE_DIR = Path(__file__).parent / "spaces"
+NO_NECK = "none"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,26 @@ class SearchLayer:
 
 
 @dataclass(frozen=True)
+class NeckChoice:
+    """The neck as one searchable decision: `widths` (None = no neck) of a `type` neck over fixed `levels` and
+    `repeats`; with a neck the net ends in `head` (the space's head serves the no-neck candidate)."""
+
+    type: str
+    levels: tuple[int, ...]
+    repeats: int
+    widths: tuple[int | None, ...]
+    head: Head
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return tuple(NO_NECK if w is None else f"{self.type}_w{w}" for w in self.widths)
+
+    def neck(self, name: str) -> Neck | None:
+        w = self.widths[self.candidates.index(name)]
+        return None if w is None else Neck(self.type, self.levels, w, self.repeats)
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     name: str
     num_joints: int
@@ -59,6 +87,7 @@ class SearchSpace:
     candidates: tuple[str, ...]
     head: Head
     src: str | Path | None = field(default=None, compare=False)
+    neck: NeckChoice | None = None
     _layers: tuple[SearchLayer, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -85,41 +114,63 @@ class SearchSpace:
                 out.append(SearchLayer(len(out), c, st.out, s, (h, w), cands))
                 h, w, c = -(-h // s), -(-w // s), st.out
         object.__setattr__(self, "_layers", tuple(out))
-        # Validate by building one arch of the space: shapes, stride and head must fit.
-        try:
-            self.arch_for(self._first_choices())
-        except ArchError as e:
-            raise e.at(src) from None
+        # Validate by building one arch of the space (one per neck candidate): shapes, stride and head must fit.
+        for name in self.neck.candidates if self.neck else [None]:
+            try:
+                self.arch_for(self.first_choices(name))
+            except ArchError as e:
+                if name in (None, NO_NECK):
+                    raise e.at(src) from None
+                # a neck candidate's arch: its head is the neck section's, its neck fields are the section's
+                where = f"neck.{e.field}" if e.field.startswith("head") else e.field
+                raise field_error(src, where, f"with neck candidate {name}: {e.msg}") from None
 
     # ---- layers and archs --------------------------------------------------------------------------
     def layers(self) -> list[SearchLayer]:
         return list(self._layers)
 
+    def decisions(self) -> list[tuple[str, ...]]:
+        """The candidates of every decision: one per searchable layer, then the neck's when the space offers it."""
+        return [layer.candidates for layer in self._layers] + ([self.neck.candidates] if self.neck else [])
+
     def arch_for(self, choices: list[str], name: str | None = None, meta: dict | None = None) -> Arch:
-        if len(choices) != len(self._layers):
-            raise ValueError(f"{len(choices)} choices for {len(self._layers)} layers")
+        """One candidate per decision (`decisions()`: the layers' ops, then the neck's candidate if offered)."""
+        n = len(self._layers)
+        if len(choices) != n + bool(self.neck):
+            raise ValueError(f"{len(choices)} choices for {n} layers" + (" and the neck" if self.neck else ""))
         blocks = []
         for layer, op in zip(self._layers, choices):
             if op not in layer.candidates:
                 raise ValueError(f"layer {layer.index}: {op!r} is not a candidate here ({list(layer.candidates)})")
             blocks.append(Layer(op, layer.cout, layer.stride))
-        return Arch(name or f"{self.name}-derived", self.num_joints, self.input_size, self.stem, blocks, self.head,
-                    (), self.act, meta or {})
+        neck, head = None, self.head
+        if self.neck:
+            if choices[n] not in self.neck.candidates:
+                raise ValueError(f"neck: {choices[n]!r} is not a candidate ({list(self.neck.candidates)})")
+            neck = self.neck.neck(choices[n])
+            head = self.head if neck is None else self.neck.head
+        return Arch(name or f"{self.name}-derived", self.num_joints, self.input_size, self.stem, blocks, head,
+                    (), self.act, meta or {}, neck)
 
-    def _first_choices(self) -> list[str]:
-        return [layer.candidates[0] for layer in self._layers]
+    def first_choices(self, neck: str | None = None) -> list[str]:
+        """Each layer's first candidate, and the neck's first candidate (or `neck`) when the space offers it."""
+        ops = [layer.candidates[0] for layer in self._layers]
+        return ops + ([neck or self.neck.candidates[0]] if self.neck else [])
 
     def random_choices(self, rng: random.Random) -> list[str]:
-        return [rng.choice(layer.candidates) for layer in self._layers]
+        return [rng.choice(c) for c in self.decisions()]
 
     def lut_keys(self) -> list[str]:
-        """Every LUT key this space can ask for: each (layer, candidate) plus the fixed parts."""
+        """Every LUT key this space can ask for: each (layer, candidate) plus the fixed parts (with a neck choice,
+        those of every neck candidate: its neck and the head behind it)."""
         keys = []
         for layer in self._layers:
             for op in layer.candidates:
                 keys.append(block_key(op, (*layer.in_hw, layer.cin), layer.cout, layer.stride))
-        any_arch = self.arch_for(self._first_choices())
-        return sorted(set(keys)) + fixed_keys(any_arch)
+        fixed = []
+        for name in self.neck.candidates if self.neck else [None]:
+            fixed += [k for k in fixed_keys(self.arch_for(self.first_choices(name))) if k not in fixed]
+        return sorted(set(keys)) + fixed
 
     @property
     def sha256(self) -> str:
@@ -131,7 +182,8 @@ def space_from_dict(d: dict, src=None) -> SearchSpace:
     """Validate a parsed search-space mapping; every fault raises UserError naming the file and field."""
     if not isinstance(d, dict):
         raise field_error(src, "<top>", "expected a mapping")
-    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "stages", "candidates", "head"), src)
+    check_unknown(d, ("name", "num_joints", "input_size", "act", "stem", "stages", "candidates", "head", "neck"),
+                  src)
     stem = [parse_layer(x, src, f"stem[{i}]") for i, x in enumerate(require_list(d, "stem", src))]
     candidates = [str(c) for c in require_list(d, "candidates", src)]
     for i, c in enumerate(candidates):
@@ -161,7 +213,38 @@ def space_from_dict(d: dict, src=None) -> SearchSpace:
         raise e.at(src) from None
     return SearchSpace(str(d.get("name", Path(src).stem if src else "space")), require(d, "num_joints", src), size,
                        d.get("act", "relu"), tuple(stem), tuple(stages), tuple(candidates),
-                       parse_head(require(d, "head", src), src), src)
+                       parse_head(require(d, "head", src), src), src, parse_neck_choice(d.get("neck"), src))
+
+
+def parse_neck_choice(n, src) -> NeckChoice | None:
+    """The optional `neck:` section: {type, levels, repeats, candidates: [none | width, ...], head}."""
+    if n is None:
+        return None
+    if not isinstance(n, dict):
+        raise field_error(src, "neck", "expected a mapping {type, levels, repeats, candidates, head}")
+    check_unknown(n, ("type", "levels", "repeats", "candidates", "head"), src, "neck.")
+    cands = require(n, "candidates", src, "neck.")
+    if not isinstance(cands, list) or not cands:
+        raise field_error(src, "neck.candidates", f"expected a non-empty list of none and widths, got {cands!r}")
+    widths = []
+    for i, c in enumerate(cands):
+        if c is None or c == NO_NECK:
+            w = None
+        else:
+            try:
+                w = check_int(c, f"neck.candidates[{i}]")
+            except ArchError as e:
+                raise field_error(src, e.field, f"none or a width (an integer >= 1), got {c!r}") from None
+        if w in widths:
+            raise field_error(src, f"neck.candidates[{i}]", f"{c!r} is listed twice")
+        widths.append(w)
+    try:  # type, levels and repeats are checked as any arch's neck (one with the first width offered)
+        Neck(require(n, "type", src, "neck."), require(n, "levels", src, "neck."),
+             next((w for w in widths if w is not None), 64), n.get("repeats", 3))
+    except ArchError as e:
+        raise e.at(src, "neck.") from None
+    head = parse_head(require(n, "head", src, "neck."), src, "neck.head")
+    return NeckChoice(n["type"], tuple(n["levels"]), n.get("repeats", 3), tuple(widths), head)
 
 
 def resolve_space(path: str | Path) -> Path:

@@ -202,9 +202,10 @@ def run_search(cfg, quiet: bool = False):
         arch = arch.replace(meta={**arch.meta, "step_times": {k: (round(v, 4) if isinstance(v, float) else v)
                                                               for k, v in times.items()}})
     path = derive.write(arch, out / "arch.yaml", s.cost)
-    layers = [x.candidates for x in s.space.layers()]
+    layers = [list(c) for c in s.space.decisions()]  # the neck choice, where offered, is the last panel
+    names = [f"layer {i}" for i in range(len(s.space.layers()))] + (["neck"] if s.space.neck else [])
     plot_history(s.history, layers, out / "alpha_history.png", f"p per layer over epochs ({s.cost.device}, "
-                 f"{cfg.paths} paths, T {cfg.temperature} -> {s.net.temperature:.2f})")
+                 f"{cfg.paths} paths, T {cfg.temperature} -> {s.net.temperature:.2f})", names)
     log(derive.summary(arch, s.cost))
     for name, ms in derive.reference_costs(s.cost, s.space).items():
         log(f"  for reference, {name} on the same LUT: {ms:.2f} {u}")

@@ -1,6 +1,8 @@
 """The cost side of the search loss (Eq. 4-7): per-layer candidate costs from a device LUT, or FLOPs.
 
 Costs are taken at the space's nominal input size (its deployment size), whatever input the supernet trains at.
+A space that offers the neck has one more table, after the layers': per neck candidate its neck plus the head it
+needs (both change with the candidate); the fixed part is then the stem alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import make_block
-from model.latency import LUT, block_key, fixed_keys, load_lut
+from model.latency import LUT, block_key, fixed_keys, head_key, load_lut, neck_key
 from model.space import SearchSpace, reference_arch  # noqa: F401 (search's modules take it from here)
 
 FLOPS = "flops"
@@ -21,7 +23,8 @@ FLOPS = "flops"
 
 @dataclass
 class CostModel:
-    """Costs of a space on one device: `tables[l][i]` for candidate i of layer l, plus the fixed stem/head."""
+    """Costs of a space on one device: `tables[l][i]` for candidate i of decision l (`space.decisions()`: the
+    layers, then the neck choice), plus the fixed parts (stem and head; the stem alone with a neck choice)."""
 
     device: str
     unit: str  # "ms" (LUT) or "MFLOPs"
@@ -37,8 +40,7 @@ class CostModel:
 
     def of(self, space: SearchSpace, choices: list[str]) -> float:
         """Cost of one discrete arch (the LUT sum of its keys)."""
-        return self.fixed + sum(float(t[x.candidates.index(op)]) for t, x, op in zip(self.tables, space.layers(),
-                                                                                     choices))
+        return self.fixed + sum(float(t[c.index(op)]) for t, c, op in zip(self.tables, space.decisions(), choices))
 
     def calibrated(self, cost: float) -> float:
         """LUT sum -> predicted whole-network latency, with the LUT's fitted calibration when it has one."""
@@ -72,8 +74,13 @@ def load_cost(device: str, space: SearchSpace) -> CostModel:
 def lut_cost(lut: LUT, space: SearchSpace, name: str | None = None) -> CostModel:
     tables = [torch.tensor([lut.ms(block_key(op, (*x.in_hw, x.cin), x.cout, x.stride)) for op in x.candidates],
                            dtype=torch.float32) for x in space.layers()]
-    any_arch = space.arch_for([x.candidates[0] for x in space.layers()])
-    fixed = sum(lut.ms(k) for k in fixed_keys(any_arch))
+    if space.neck is None:
+        fixed = sum(lut.ms(k) for k in fixed_keys(space.arch_for(space.first_choices())))
+    else:  # per neck candidate: its neck (none: no key) and its head; the stem is the fixed part
+        archs = [space.arch_for(space.first_choices(n)) for n in space.neck.candidates]
+        tables.append(torch.tensor([sum(lut.ms(k) for k in (neck_key(a), head_key(a)) if k) for a in archs],
+                                   dtype=torch.float32))
+        fixed = sum(lut.ms(k) for k in fixed_keys(archs[0]) if k not in (neck_key(archs[0]), head_key(archs[0])))
     h = lut.header
     src = {k: h.get(k) for k in ("device", "backend", "runtime", "precision", "threads", "provenance")}
     src["lut"] = str(lut.path) if lut.path else None
@@ -106,28 +113,44 @@ def flops_cost(space: SearchSpace) -> CostModel:
             row.append(cache[key])
         tables.append(torch.tensor(row, dtype=torch.float32))
     # Fixed parts: the whole network's FLOPs minus its blocks' (any arch: stem and head do not change).
-    choices = [x.candidates[0] for x in space.layers()]
-    total = _flops(lambda: build(space.arch_for(choices)), (1, 3, *space.input_size)) / 1e6
-    fixed = total - sum(float(t[0]) for t in tables)
+    blocks = sum(float(t[0]) for t in tables)
+    if space.neck is None:
+        total = _flops(lambda: build(space.arch_for(space.first_choices())), (1, 3, *space.input_size)) / 1e6
+        return CostModel(FLOPS, "MFLOPs", tables, total - blocks, None,
+                         {"device": FLOPS, "provenance": "torch.utils.flop_counter"})
+    # With a neck choice: the stem is fixed; each neck candidate costs the rest (its neck and head).
+    stem = _flops(lambda: build(space.arch_for(space.first_choices())).backbone.stem, (1, 3, *space.input_size)) / 1e6
+    totals = [_flops(lambda: build(space.arch_for(space.first_choices(n))), (1, 3, *space.input_size)) / 1e6  # noqa: B023
+              for n in space.neck.candidates]
+    tables.append(torch.tensor([t - blocks - stem for t in totals], dtype=torch.float32))
+    fixed = stem
     return CostModel(FLOPS, "MFLOPs", tables, fixed, None, {"device": FLOPS, "provenance": "torch.utils.flop_counter"})
 
 
 def in_space(arch, space: SearchSpace) -> list[str] | None:
-    """The arch's block ops when it is a point of the space (same stem, widths, strides, candidates), else None."""
+    """The arch's choices when it is a point of the space (same stem, widths, strides, candidates; with a neck
+    choice, a neck the space offers or none), else None. Its head is compared by the caller (reference_cost)."""
     layers = space.layers()
     if [x.to_dict() for x in arch.stem] != [x.to_dict() for x in space.stem] or len(arch.blocks) != len(layers):
         return None
     for b, x in zip(arch.blocks, layers):
         if b.op not in x.candidates or b.out != x.cout or b.stride != x.stride:
             return None
-    return [b.op for b in arch.blocks]
+    ops = [b.op for b in arch.blocks]
+    if space.neck is None:
+        return ops if arch.neck is None else None
+    for name in space.neck.candidates:
+        if space.neck.neck(name) == arch.neck:
+            return ops + [name]
+    return None
 
 
 def reference_cost(cost: CostModel, space: SearchSpace, arch) -> float:
     """The arch's cost on the same tables (uncalibrated LUT sum, or MFLOPs), for an arch inside the space, or for
     any arch whose keys the LUT has."""
     ops = in_space(arch, space)
-    if ops is not None and arch.head == space.head and tuple(arch.input_size) == tuple(space.input_size):
+    if ops is not None and arch.head == space.arch_for(ops).head and \
+            tuple(arch.input_size) == tuple(space.input_size):
         return cost.of(space, ops)
     if cost.unit == "ms" and cost.source.get("lut"):
         return load_lut(cost.source["lut"]).latency(arch)

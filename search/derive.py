@@ -1,4 +1,5 @@
-"""Derive: the argmax candidate of every layer -> an arch file with the search's results in its `meta`."""
+"""Derive: the argmax candidate of every layer (and of the neck choice, where the space offers one) -> an arch file
+with the search's results in its `meta` (and its `neck:` field set by the neck choice: absent for `none`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def project(search, target: float) -> tuple[list[str], dict]:
         logp = [torch.log(p.clamp_min(1e-30)) for p in search.net.probs()]
     goal = cost.uncalibrated(target)
     idx, _ = closest_to_target(logp, cost.tables, cost.fixed, goal)
-    choices = [x.candidates[i] for x, i in zip(space.layers(), idx)]
+    choices = [c[i] for c, i in zip(space.decisions(), idx)]
     argmax = search.net.choices()
     return choices, {"target": round(target, 4), "target_lut": round(goal, 4),
                      "argmax_lut": round(cost.of(space, argmax), 4),
@@ -122,8 +123,11 @@ def derive(search, name: str | None = None, target: float | None = None, with_lo
             meta["calibrated_latency_ms"] = round(cost.calibrated(derived_cost), 4)
     if target_meta:
         meta["target"] = target_meta
-    meta["probs"] = {f"{i}:{op}": round(float(p[x.candidates.index(op)]), 4)
-                     for i, (x, op, p) in enumerate(zip(space.layers(), choices, probs))}
+    meta["probs"] = {f"{i}:{op}": round(float(p[c.index(op)]), 4)
+                     for i, (c, op, p) in enumerate(zip(space.decisions(), choices, probs))}
+    if space.neck is not None:  # the neck decision by name, every candidate's p (the LUT decides whether it pays)
+        meta["probs"][f"neck:{choices[-1]}"] = meta["probs"].pop(f"{len(space.layers())}:{choices[-1]}")
+        meta["neck_choice"] = {name: round(float(probs[-1][i]), 4) for i, name in enumerate(space.neck.candidates)}
     return space.arch_for(choices, name=name or f"searched-{cost.device}", meta=meta)
 
 
@@ -153,6 +157,11 @@ def summary(arch: Arch, cost: CostModel) -> str:
     m, u = arch.meta, cost.unit
     lat = m.get("lut_latency_ms", m.get(f"lut_cost_{u}"))
     lines = [f"derived arch {arch.name}: " + " ".join(b.op for b in arch.blocks)]
+    if "neck_choice" in m:
+        n = arch.neck
+        lines.append("neck: " + (f"{n.type} width {n.width}, {n.repeats} layers over strides {list(n.levels)}"
+                                 if n else "none") + " (p " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                                           m["neck_choice"].items()) + ")")
     line = f"LUT latency on {cost.device}: {lat:.2f} ms" if u == "ms" else f"cost ({cost.device}): {lat:.2f} {u}"
     if "calibrated_latency_ms" in m:
         line += f" (calibrated {m['calibrated_latency_ms']:.2f} ms)"

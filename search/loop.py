@@ -163,7 +163,7 @@ class Search:
             return
         with atomic_path(self.out / STATE) as tmp:
             torch.save(self.state(), tmp)
-        atomic_write_json(self.out / "history.json", {"layers": [x.candidates for x in self.space.layers()],
+        atomic_write_json(self.out / "history.json", {"layers": [list(c) for c in self.space.decisions()],
                                                        "epochs": self.history})
 
     def load(self):

@@ -8,7 +8,9 @@ from pathlib import Path
 from posekit.io import save_figure
 
 
-def plot_history(history: list[dict], layers: list[list[str]], path: str | Path, title: str = "") -> Path:
+def plot_history(history: list[dict], layers: list[list[str]], path: str | Path, title: str = "",
+                 names: list[str] | None = None) -> Path:
+    """`names`: a panel title per decision (default "layer i"; a space's neck choice is its last decision)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +29,7 @@ def plot_history(history: list[dict], layers: list[list[str]], path: str | Path,
         ax = axes[li // cols][li % cols]
         for ci, c in enumerate(row):
             ax.plot(epochs, [h["probs"][li][ci] for h in history], color=colors[c], lw=1.2)
-        ax.set_title(f"layer {li}", fontsize=7, pad=2)
+        ax.set_title(names[li] if names else f"layer {li}", fontsize=7, pad=2)
         ax.set_ylim(0, top)
         ax.tick_params(labelsize=5)
     for ax in axes.flat[n:]:

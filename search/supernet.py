@@ -9,6 +9,15 @@ Two ways to run a layer:
   single network. Weight steps draw the path from p; architecture steps draw it with the Gumbel-max trick and pass
   the gradient to alpha straight through a Gumbel-softmax relaxation (GDAS, Dong & Yang 2019; FBNet's
   Gumbel-softmax): the forward multiplies the chosen op by h_k = 1 whose gradient is that of softmax(logits + g).
+
+A space that offers the neck (model.space.NeckChoice) adds one more decision, after the layers, with its own alpha:
+candidate `none` is today's path (the last searchable layer's stride-16 map into the space's head), a BiFPN
+candidate fuses the features at the neck's levels (the outputs of the last layer at each stride, as
+`model.net.Backbone` taps them) and feeds its finest output to the neck section's head. Each candidate has its own
+head: the maps they produce differ in stride and width (stride 16 x 96 vs stride 4 x the neck's width), and a head
+shared through adapters would be a part no derived net has. Every candidate ends in heatmaps of the same shape, so
+the all-paths mode mixes them as Eq. 3 mixes a layer's ops; the derived net (`model.net.build`) is made of the
+chosen candidate's neck and head, the same modules.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.bifpn import BiFPN
 from model.blocks import make_block, make_layer
 from model.heads import PoseHead
 from model.net import init_weights
@@ -55,12 +65,30 @@ class SuperNet(nn.Module):
             c = layer.out
         self.stem = nn.Sequential(*stem)
         self.layers = space.layers()
+        self.decisions = space.decisions()  # the layers' candidates, then the neck's when offered
         self.mixed = nn.ModuleList(MixedOp(x.cin, x.cout, x.stride, x.candidates, space.act) for x in self.layers)
-        self.head = PoseHead(self.layers[-1].cout, space.num_joints, space.head)
+        self.taps: list[int] = []  # with a neck choice: indices into stem + searchable layers whose outputs it reads
+        if space.neck is None:  # no neck choice: the modules (and state dict) of every space before issue 29
+            self.head = PoseHead(self.layers[-1].cout, space.num_joints, space.head)
+            finals = [self.head.final]
+        else:
+            necks, heads = [], []
+            for name in space.neck.candidates:
+                a = space.arch_for(space.first_choices(name))
+                if a.neck is None:
+                    necks.append(nn.Identity())
+                    heads.append(PoseHead(self.layers[-1].cout, space.num_joints, a.head))
+                else:
+                    self.taps = sorted(a.level_taps().values())  # the same for every width
+                    necks.append(BiFPN([c for _, _, c in a.level_shapes().values()], a.neck, a.act))
+                    heads.append(PoseHead(a.neck.width, space.num_joints, a.head))
+            self.necks, self.heads = nn.ModuleList(necks), nn.ModuleList(heads)
+            finals = [h.final for h in heads]
         init_weights(self)
-        nn.init.normal_(self.head.final.weight, std=0.001)
-        # Architecture parameters alpha (one vector per layer; skip is a candidate only where shapes allow).
-        self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(x.candidates))) for x in self.layers)
+        for f in finals:
+            nn.init.normal_(f.weight, std=0.001)
+        # Architecture parameters alpha (one vector per decision; skip is a candidate only where shapes allow).
+        self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(c))) for c in self.decisions)
 
     def weights(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("alphas.")]
@@ -75,23 +103,48 @@ class SuperNet(nn.Module):
 
     def forward(self, x, keep: list[torch.Tensor] | None = None, probs: list[torch.Tensor] | None = None,
                 paths: list[int] | None = None, gates: list[torch.Tensor] | None = None):
-        if paths is not None:
+        sampled = paths is not None
+        if not sampled:
+            probs = self.probs() if probs is None else probs
+        feats = []
+        if self.taps:
+            for j, m in enumerate(self.stem):
+                x = m(x)
+                if j in self.taps:
+                    feats.append(x)
+        else:
             x = self.stem(x)
-            for i, m in enumerate(self.mixed):
-                x = m(x, path=paths[i], gate=None if gates is None else gates[i])
-            return self.head(x)
-        probs = self.probs() if probs is None else probs
-        x = self.stem(x)
+        n_stem = len(self.stem)
         for i, m in enumerate(self.mixed):
-            x = m(x, probs[i], None if keep is None else keep[i])
-        return self.head(x)
+            if sampled:
+                x = m(x, path=paths[i], gate=None if gates is None else gates[i])
+            else:
+                x = m(x, probs[i], None if keep is None else keep[i])
+            if n_stem + i in self.taps:
+                feats.append(x)
+        if not hasattr(self, "necks"):
+            return self.head(x)
+        n = len(self.mixed)
+        if sampled:  # the sampled neck candidate only, its gate (value 1) carrying alpha's gradient
+            k = paths[n]
+            y = self._neck_path(k, x, feats)
+            return y if gates is None else gates[n][k] * y
+        p = probs[n]
+        idx = range(len(p)) if keep is None else keep[n].nonzero().flatten().tolist()
+        w = p[list(idx)] / p[list(idx)].sum() if keep is not None else p
+        return sum(w[j] * self._neck_path(k, x, feats) for j, k in enumerate(idx))
+
+    def _neck_path(self, k: int, last, feats):
+        """Neck candidate k: `none` reads the last map, a neck the tapped levels; then that candidate's head."""
+        neck = self.necks[k]
+        return self.heads[k](last if isinstance(neck, nn.Identity) else neck(feats))
 
     def choices(self) -> list[str]:
-        """Derive: the argmax candidate of every layer."""
-        return [x.candidates[int(a.argmax())] for x, a in zip(self.layers, self.alphas)]
+        """Derive: the argmax candidate of every decision (layers, then the neck's when offered)."""
+        return [c[int(a.argmax())] for c, a in zip(self.decisions, self.alphas)]
 
     def indices(self, choices: list[str]) -> list[int]:
-        return [x.candidates.index(op) for x, op in zip(self.layers, choices)]
+        return [c.index(op) for c, op in zip(self.decisions, choices)]
 
     def sample_paths(self, gen: torch.Generator) -> list[int]:
         """One candidate per layer drawn from p (weight steps: no gradient to alpha)."""
