@@ -42,6 +42,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
                  clock: str = "auto", rounds: int = 15, per_visit: int = 5, chunk: int = 12, cache=None,
                  out=None, fresh: bool = False, data: str | None = None) -> LUT:
     """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint."""
+    from model.deploy import TFLITE_REWRITE
+
     from . import host
     from .timing import check_clock
 
@@ -53,7 +55,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, xnn
         runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
         provenance="measured", archs=arch_names, clock=clock,
         fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
-        converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
+        converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model (head deconv: "
+                  f"{TFLITE_REWRITE})",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
                   f"calibration crops at each part's shape" if precision == "int8" else None,
         timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "min",

@@ -36,6 +36,23 @@ from torch import nn
 from .bifpn import freeze_fusions
 
 REWRITES = ("subpixel", "phases", "interleave", "zeros", "dense", "none")
+# The rewrite each artifact format ships (convert/targets.py gives each target its format's; all exact): the fastest
+# measured, head-only at EfficientPose-A's 16x12x96, 1 thread, one interleaved run each (2026-12-02):
+# - TFLite (fp32, fp16, int8, int8-dynamic, QAT int8 and the -kp files: every quantized .tflite is made from the fp32
+#   one, so they share its graph): "interleave". `python -m convert head-bench --precision all`, XNNPACK: the
+#   figures are in this module's docstring (fp32, fp16, int8, int8-dynamic).
+# - ONNX: "interleave". onnxruntime 1.x CPU, 1 thread: plain head 2.02 ms, interleave 1.02 ms (0.50x plain), direct
+#   ConvTranspose ("none") 1.92 ms, subpixel 3.25 ms, phases 2.98 ms; all within 1e-6 of the ConvTranspose2d.
+# - Core ML: "none", Core ML's own grouped conv_transpose. Not timed (MLModel.predict runs on macOS only), so the
+#   form with the fewest ops: 11 MIL ops for the head vs 21 for subpixel (interleave's `stack` is not even an op the
+#   reference executor implements); runtime/coreml_reference.py runs the fp32 program to 0.0 max difference from
+#   the PyTorch ConvTranspose2d (fp16: 1.1e-3 of the range, the same as subpixel's).
+# - TensorFlow's TFLite path (onnx2tf, the optional `tf` extra, not in "all"): "subpixel" as before; not re-timed.
+FORMAT_REWRITE = {"tflite": "interleave", "onnx": "interleave", "coreml-mlprogram": "none",
+                  "coreml-neuralnetwork": "none", "tflite-tf": "subpixel"}
+# deploy_model's default, so that what times or simulates a .tflite (device_bench's host LUTs, the closed loop's int8,
+# the int8 twins) prices and models the graph the shipped file has.
+TFLITE_REWRITE = FORMAT_REWRITE["tflite"]
 
 
 # ---------------------------------------------------------------- BatchNorm folding
@@ -265,7 +282,7 @@ def rewrite_all_deconv(module: nn.Module, how: str = "subpixel") -> nn.Module:
 
 
 @torch.no_grad()
-def deploy_model(net: nn.Module, deconv: str = "subpixel", fold: bool = True) -> nn.Module:
+def deploy_model(net: nn.Module, deconv: str = TFLITE_REWRITE, fold: bool = True) -> nn.Module:
     """An eval-mode copy of `net` ready to convert: BatchNorm folded, depthwise ConvTranspose2d rewritten
     (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly), a BiFPN neck's fusion
     weights made constants (model.bifpn.freeze_fusions). `net` is untouched."""
