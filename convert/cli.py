@@ -97,6 +97,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=[*PRECISIONS, "all"],
                    help="head .tflite precisions, each quantized from the fp32 file as convert does (default: fp32 "
                         "int8; all = fp32 fp16 int8 int8-dynamic)")
+    p.add_argument("--onnx", action="store_true", help="also time the variants as ONNX on onnxruntime (1 thread)")
     return p
 
 
@@ -107,12 +108,14 @@ def main(argv=None):
     if argv[:1] == ["head-bench"]:
         from model.deploy import REWRITES
 
-        from .head_bench import PRECISIONS, head_bench
+        from .head_bench import PRECISIONS, head_bench, onnx_bench
 
         a = bench_parser().parse_args(argv[1:])
         precisions = PRECISIONS if "all" in a.precision else tuple(dict.fromkeys(a.precision))
         head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES,
                    precisions=precisions)
+        if a.onnx:
+            onnx_bench(a.in_shape, a.rounds, a.iters, a.rewrites or REWRITES)
         return 0
     return run(build_parser().parse_args(argv))
 

@@ -144,4 +144,53 @@ def summary(res: dict, profiles: dict) -> list[str]:
             lines.append(f"  above the target: in the profiles its conv ops take {comp:.3f} ms ({comp / base:.2f}x the "
                          f"plain head's whole {base:.3f} ms), the ops that only move or requantize data "
                          f"{sum(ms for _, ms in move):.3f} ms (" + ", ".join(f"{t} {ms:.3f}" for t, ms in move) + ")")
+            f32 = profiles.get(("fp32", lab))
+            if f32 is not None and p != "fp32":  # the same graph in fp32: which op type the precision slows down
+                ref = f32.by_type()
+                lines.append("  by op type against the same graph in fp32: " + ", ".join(
+                    f"{t} {ms:.3f} ms ({ms / ref[t]:.1f}x)" for t, ms in by.items() if ref.get(t)))
     return lines
+
+
+def onnx_bench(shape=(16, 12, 96), rounds: int = 7, iters: int = 30, rewrites=REWRITES, out=print) -> dict:
+    """The same variants as ONNX (torch.onnx export, opset 17, onnxsim, as posekit/export_onnx.py makes the ONNX
+    target) on onnxruntime's CPU provider, 1 thread, timed round-robin like head_bench; each variant's max |difference|
+    from its PyTorch module is printed. Returns {label: ms}."""
+    import contextlib
+    import io
+
+    import onnx
+    import onnxsim
+
+    from posekit.export_onnx import OPSET
+    from runtime.onnx import session
+
+    h, w, c = shape
+    x = torch.randn(1, c, h, w)
+    sess = {}
+    for label, m in variants(rewrites):
+        buf = io.BytesIO()
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=OPSET, input_names=["x"], output_names=["y"])
+            simp, _ = onnxsim.simplify(onnx.load_from_string(buf.getvalue()))
+        s = session(simp.SerializeToString(), threads=1, what=f"{label}.onnx")
+        with torch.no_grad():
+            err = float(np.abs(s.run(None, {"x": x.numpy()})[0] - m(x).numpy()).max())
+        out(f"onnx {label:16s} nodes={len(simp.graph.node):4d} max |onnxruntime - torch| {err:.2e}")
+        sess[label] = s
+    times = {k: [] for k in sess}
+    feed = {"x": x.numpy()}
+    for _ in range(rounds):
+        for k, s in sess.items():
+            ts = []
+            for _ in range(iters):
+                t = time.thread_time()
+                s.run(None, feed)
+                ts.append(time.thread_time() - t)
+            times[k].append(statistics.median(ts) * 1e3)
+    med = {k: min(v) for k, v in times.items()}
+    out(f"head-only ONNX fp32, in {h}x{w}x{c}, onnxruntime CPU, 1 thread, thread CPU time, fastest of {rounds} "
+        f"interleaved rounds' median of {iters} runs:")
+    for k, v in med.items():
+        out(f"  {k:16s} {v:8.3f} ms   {v / med['plain']:4.2f}x plain" if "plain" in med else f"  {k:16s} {v:8.3f} ms")
+    return med

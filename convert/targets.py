@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.deploy import FORMAT_REWRITE, REWRITES
+from model.rewrites import FORMAT_REWRITE, REWRITES
 from posekit.errors import UserError
 
 

@@ -1,12 +1,14 @@
 """Quantization-aware training (QAT) that ships a fully-integer .tflite computing what its PyTorch twin computes.
 
 The QAT model (`QATNet`) is the deploy graph (model/deploy.py: BatchNorm folded into the conv before it, as the
-export folds it; depthwise ConvTranspose2d rewritten to a sub-pixel depthwise conv + pixel shuffle) with fake
-quantization at exactly the tensors the int8 TFLite graph quantizes:
+export folds it; depthwise ConvTranspose2d rewritten as the .tflite ships it, model.deploy.TFLITE_REWRITE: the
+"interleave" form, QInterleave; states saved with the sub-pixel form, QSubPixel, still load) with fake quantization
+at exactly the tensors the int8 TFLite graph quantizes:
 - the input (the QUANTIZE op);
 - the output of every conv (CONV_2D / DEPTHWISE_CONV_2D with its ReLU / ReLU6 fused, as litert-torch fuses it),
-  the head's sub-pixel convs included (the pixel shuffle's RESHAPE / TRANSPOSE and the stride-2 PADs share their
-  input's scale, so they need no quantizer of their own);
+  the head's sub-pixel or interleave phase convs included (the pixel shuffle's RESHAPE / TRANSPOSE and the stride-2
+  PADs share their input's scale, so they need no quantizer of their own; an interleave's row CONCATENATIONs take
+  their convs' shared scale, its last one has its own, onto which a differing row is requantized);
 - the output of every residual ADD (its two inputs are already quantized: the block input and the project conv).
 Weights: per-output-channel symmetric int8, narrow range [-127, 127], scale = max|w| / 127; biases int32 with scale
 input scale x weight scale (ai-edge-quantizer's static_wi8_ai8 recipe, uniform_quantize_tensor.py). Activations:
@@ -207,9 +209,28 @@ class QInterleave(nn.Module):
 
     def forward(self, x):
         s = self.s
-        z = [q(x).permute(0, 2, 3, 1) for q in self.phases]  # each on its row's grid
+        z = [q(x) for q in self.phases]  # each on its row's grid
+        exact = not self.training and self.outq.enabled and self.phases[0].fake
+        if exact:  # eval: the runtime's requantization of a row onto the output's grid
+            z = [requantize(v, self.rows[i // s], self.outq) for i, v in enumerate(z)]
+        z = [v.permute(0, 2, 3, 1) for v in z]
         rows = [torch.stack(z[rh * s:(rh + 1) * s], 3).flatten(2, 3) for rh in range(s)]
-        return self.outq(torch.stack(rows, 2).flatten(1, 2).permute(0, 3, 1, 2))  # eval: the requantization
+        y = torch.stack(rows, 2).flatten(1, 2).permute(0, 3, 1, 2)
+        return y if exact else self.outq(y)
+
+
+@torch.no_grad()
+def requantize(x: torch.Tensor, src: ActQuant, dst: ActQuant) -> torch.Tensor:
+    """XNNPACK's int8 -> int8 QUANTIZE (qs8 convert) of `x` (on src's grid) onto dst's grid: the scale ratio as a
+    Q8 multiplier m = lrintf(256 * float32(s_src / s_dst)), q_dst = (((q_src - z_src) * m + 128) >> 8) + z_dst,
+    clamped (xnn_init_qs8_cvt_scalar_params and the qs8-vcvt kernels). Same scale and zero point: no op in the file."""
+    (si, zi), (so, zo) = src.qparams(), dst.qparams()
+    if float(si) == float(so) and float(zi) == float(zo):
+        return x
+    m = float(np.rint(np.float32(256.0) * (np.float32(si.item()) / np.float32(so.item()))))
+    q = torch.round(x.double() / si.double())  # q - zero point: x is on src's grid
+    out = torch.clamp(torch.floor((q * m + 128) / 256) + zo.double(), QMIN, QMAX)
+    return ((out - zo.double()) * so.double()).float()
 
 
 class QResidual(nn.Module):

@@ -587,7 +587,7 @@ def coreml_weight_check(net: nn.Module, path: str | Path) -> dict:
     comp = _coreml_compressed(path)
     if not comp:
         raise UserError(f"{path}: no compressed weights found")
-    from model.deploy import FORMAT_REWRITE
+    from model.rewrites import FORMAT_REWRITE
 
     mods = deploy_weights(net, FORMAT_REWRITE["coreml-mlprogram"])  # the graph convert ships as Core ML
     cands = [m.weight.detach().float().numpy() for _, m in mods]

@@ -1,6 +1,6 @@
 """model/deploy.py: BatchNorm folding (grouped ConvTranspose2d included) and the depthwise-deconv rewrites are
-exact, the rewrites lower to TFLite without SLICE or TRANSPOSE_CONV, every conversion target names its rewrite, and the
-int8 twins (runtime.tflite_twin, quantize.qat.ptq_twin) read the shipped "interleave" file and the older sub-pixel one."""
+exact, the rewrites lower to TFLite without SLICE or TRANSPOSE_CONV, every conversion target names its rewrite, and
+the int8 twins (runtime.tflite_twin, quantize.qat.ptq_twin) read the shipped "interleave" file and the sub-pixel one."""
 
 import pytest
 import torch
@@ -143,7 +143,8 @@ def test_every_target_names_a_rewrite_and_every_tflite_file_the_shipped_one():
 def test_int8_twins_read_the_file_of_either_rewrite(how, tmp_path, one_thread):
     """A tiny PoseNet's static int8 .tflite (convert's ai-edge-quantizer recipe) made with `how`: the per-op twin
     finds the rewrite the file was made with and binds every conv, and the XNNPACK-exact twin (ptq_twin, the QAT
-    graph with the file's scales: an interleave's rows requantized to its output's scale) gives XNNPACK's output."""
+    graph with the file's scales: an interleave's rows requantized to its output's scale as XNNPACK requantizes,
+    quantize.qat.requantize) gives XNNPACK's output."""
     from parity_helpers import INPUT, tiny_net
 
     from posekit import export_tflite
@@ -168,5 +169,5 @@ def test_int8_twins_read_the_file_of_either_rewrite(how, tmp_path, one_thread):
     exact = ptq_twin(net, int8, fp32, crops[0][:1])
     assert any(isinstance(m, QInterleave if how == "interleave" else QSubPixel) for m in exact.modules())
     a = twin_agreement(exact, int8, crops[4:])
-    assert a["within_one_step"] >= 0.99, a
+    assert a["within_one_step"] >= 0.99 and (a["sqnr_db"] is None or a["sqnr_db"] >= 40), a  # parity's rule
     assert tuple(crops[0].shape[2:]) == INPUT
