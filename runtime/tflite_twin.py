@@ -589,7 +589,18 @@ def coreml_weight_check(net: nn.Module, path: str | Path) -> dict:
         raise UserError(f"{path}: no compressed weights found")
     from model.rewrites import FORMAT_REWRITE
 
-    mods = deploy_weights(net, FORMAT_REWRITE["coreml-mlprogram"])  # the graph convert ships as Core ML
+    def placed(mods) -> int:  # compressed tensors that find a conv of their shape, in order
+        shapes, pos, n = [tuple(m.weight.shape) for _, m in mods], 0, 0
+        for e in comp:
+            j = next((k for k in range(pos, len(shapes)) if shapes[k] == e["dense"].shape), None)
+            if j is not None:
+                pos, n = j + 1, n + 1
+        return n
+
+    # the graph convert ships as Core ML first; a file converted before (sub-pixel head) is read as that graph
+    forms = [FORMAT_REWRITE["coreml-mlprogram"], *(f for f in TFLITE_FORMS if f != FORMAT_REWRITE["coreml-mlprogram"])]
+    graphs = [deploy_weights(net, how) for how in forms]
+    mods = max(graphs, key=placed)  # max keeps the first of equals
     cands = [m.weight.detach().float().numpy() for _, m in mods]
     tensors, total, good, pos = [], 0, 0, 0
     for e in comp:

@@ -31,6 +31,7 @@ def quantized(tmp_path_factory):
     with one palette entry moved; all in one manifest."""
     from model.checkpoint import save_checkpoint
     from model.deploy import deploy_model
+    from model.rewrites import FORMAT_REWRITE
     from posekit.export_tflite import litert_to_tflite
     from quantize.calibration import calibration_batches
     from quantize.tflite import quantize_tflite
@@ -47,7 +48,8 @@ def quantized(tmp_path_factory):
     quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8_dynamic.tflite", "int8-dynamic")
     changed = _rescaled_joint(root / "tflite/model_int8.tflite", root / "tflite/scale_int8.tflite")
     (root / "tflite/other_int8.tflite").write_bytes((root / "tflite/model_int8.tflite").read_bytes())
-    m = coreml_convert(dep, root / "coreml/model_fp32.mlpackage", "fp16")
+    m = coreml_convert(deploy_model(net, FORMAT_REWRITE["coreml-mlprogram"]), root / "coreml/model_fp32.mlpackage",
+                       "fp16")  # the graph convert ships as Core ML
     compress(m, "palettized-8bit", root / "coreml/model_pal8.mlpackage")
     entry = change_coreml_palette_entry(root / "coreml/model_pal8.mlpackage", root / "coreml/entry_pal8.mlpackage")
     entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC"),
