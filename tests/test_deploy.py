@@ -158,7 +158,9 @@ def test_int8_twins_read_the_file_of_either_rewrite(how, tmp_path, one_thread):
     fp32 = export_tflite.litert_to_tflite(deploy_model(net, how), crops[0][:1], tmp_path / "fp32.tflite")
     int8 = quantize_tflite(fp32, tmp_path / "int8.tflite", "int8", crops[:4])
     assert fully_integer(int8)
-    assert ("CONCATENATION" in tflite_flatbuffer.op_counts(int8)) == (how == "interleave")
+    ops = tflite_flatbuffer.op_counts(int8)
+    assert ("CONCATENATION" in ops) == (how == "interleave")
+    assert ops["QUANTIZE"] == (3 if how == "interleave" else 1)  # the input's, and a row requantized per deconv
     assert tflite_twin.tflite_rewrite(net, int8) == how
     twin = tflite_twin.tflite_twin(net, int8, quantized=True)
     assert len(twin.weights) == len(tflite_twin.deploy_weights(net, how))
@@ -171,3 +173,40 @@ def test_int8_twins_read_the_file_of_either_rewrite(how, tmp_path, one_thread):
     a = twin_agreement(exact, int8, crops[4:])
     assert a["within_one_step"] >= 0.99 and (a["sqnr_db"] is None or a["sqnr_db"] >= 40), a  # parity's rule
     assert tuple(crops[0].shape[2:]) == INPUT
+
+
+def test_requantize_is_xnnpacks_int8_quantize(tmp_path, one_thread):
+    """The interleave file's int8 -> int8 QUANTIZE ops (a row onto the output's scale), each cut out as a one-op model
+    (runtime.tflite_profile) and run by XNNPACK on every int8 value: quantize.qat.requantize gives the same integers
+    (its Q8 multiplier; plain float rounding of the scale ratio differs on some values and, on the demo net, moved
+    the twin's end-to-end SQNR to 30 dB)."""
+    import numpy as np
+    from parity_helpers import tiny_net
+
+    from posekit import export_tflite
+    from quantize.calibration import calibration_batches
+    from quantize.qat import ActQuant, requantize
+    from quantize.tflite import quantize_tflite
+    from runtime import tflite, tflite_profile
+
+    net = tiny_net()
+    crops = calibration_batches(net.arch, None, 4)
+    fp32 = export_tflite.litert_to_tflite(deploy_model(net, "interleave"), crops[0][:1], tmp_path / "fp32.tflite")
+    int8 = quantize_tflite(fp32, tmp_path / "int8.tflite", "int8", crops)
+    cut = [(c, v) for i, typ, _, _, c, v in tflite_profile.op_models(int8, "xnnpack")
+           if typ == "QUANTIZE" and np.asarray(v[0]).dtype == np.int8]
+    assert len(cut) == 2  # one row requantized per deconv
+    for content, _ in cut:
+        it = tflite.interpreter(content, 1, kernels="xnnpack")
+        (i,), (o,) = it.get_input_details(), it.get_output_details()
+        (si,), (zi,) = i["quantization_parameters"]["scales"], i["quantization_parameters"]["zero_points"]
+        (so,), (zo,) = o["quantization_parameters"]["scales"], o["quantization_parameters"]["zero_points"]
+        x = np.resize(np.arange(-128, 128, dtype=np.int8), i["shape"])  # every int8 value
+        it.set_tensor(i["index"], x)
+        it.invoke()
+        src, dst = ActQuant(), ActQuant()
+        src.hold(float(si), int(zi))
+        dst.hold(float(so), int(zo))
+        y = requantize((torch.from_numpy(x.astype(np.float32)) - float(zi)) * src.qparams()[0], src, dst)
+        q = torch.round(y.double() / dst.qparams()[0].double()) + int(zo)
+        assert np.array_equal(q.numpy().astype(np.int8), it.get_tensor(o["index"])), (si, so)
