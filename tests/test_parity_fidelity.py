@@ -239,3 +239,19 @@ def test_fake_quant_rounds_like_tflite():
     assert x.grad.tolist() == [1.0, 0.0]
     assert np.allclose(fake_quant(torch.tensor([[0.26], [0.26]]), torch.tensor([0.5, 0.1]), 0, axis=0).numpy(),
                        [[0.5], [0.3]])
+
+
+@pytest.mark.parametrize("how", ["none", "subpixel"])
+def test_coreml_weight_check_reads_the_shipped_graph_and_an_older_sub_pixel_file(how, tmp_path):
+    """Core ML ships the head's own conv_transpose (model/rewrites.py); a file converted before, from the sub-pixel
+    graph, is still read as that graph: every compressed weight bound to a conv of its graph and exact."""
+    from model.deploy import deploy_model
+    from runtime.tflite_twin import coreml_weight_check
+
+    net = fitted_tiny_net()
+    m = coreml_convert(deploy_model(net, how), tmp_path / "fp32.mlpackage", "fp32")
+    compress(m, "int8-weights", tmp_path / "int8w.mlpackage")
+    chk = coreml_weight_check(net, tmp_path / "int8w.mlpackage")
+    assert chk["weights_exact"] == 1.0 and all(t["module"] for t in chk["tensors"]), chk["worst"]
+    head = [t["module"] for t in chk["tensors"] if t["module"].startswith("head.up")]
+    assert head and any(n.endswith(".conv") for n in head) == (how == "subpixel"), head  # SubPixelDeconv.conv
