@@ -94,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 def bench_parser() -> argparse.ArgumentParser:
     from model.deploy import REWRITES
 
+    from .head_bench import PRECISIONS
+
     p = ArgumentParser(prog="python -m convert head-bench",
-                       description="Head-only fp32 .tflite latency of the MBV1 head's deconv rewrites vs "
+                       description="Head-only .tflite latency of the MBV1 head's deconv rewrites vs "
                                    "litert-torch's direct lowering and the plain head (one interleaved run).")
     p.add_argument("--in-shape", default=(16, 12, 96), type=hxw_type(n=3),
                    help="head input HxWxC (default: EfficientPose-A's 16x12x96)")
@@ -105,6 +107,10 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--builtin", action="store_true", help="builtin TFLite kernels instead of XNNPACK")
     p.add_argument("--rewrites", nargs="+", default=None, choices=REWRITES,
                    help="MBV1 deconv rewrites to time (default: all; none = litert-torch's direct lowering)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=[*PRECISIONS, "all"],
+                   help="head .tflite precisions, each quantized from the fp32 file as convert does (default: fp32 "
+                        "int8; all = fp32 fp16 int8 int8-dynamic)")
+    p.add_argument("--onnx", action="store_true", help="also time the variants as ONNX on onnxruntime (1 thread)")
     return p
 
 
@@ -115,10 +121,14 @@ def main(argv=None):
     if argv[:1] == ["head-bench"]:
         from model.deploy import REWRITES
 
-        from .head_bench import head_bench
+        from .head_bench import PRECISIONS, head_bench, onnx_bench
 
         a = bench_parser().parse_args(argv[1:])
-        head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES)
+        precisions = PRECISIONS if "all" in a.precision else tuple(dict.fromkeys(a.precision))
+        head_bench(a.in_shape, a.rounds, a.iters, a.threads, not a.builtin, a.rewrites or REWRITES,
+                   precisions=precisions)
+        if a.onnx:
+            onnx_bench(a.in_shape, a.rounds, a.iters, a.rewrites or REWRITES)
         return 0
     return run(build_parser().parse_args(argv))
 

@@ -49,7 +49,8 @@ def _key(src: Source, target: str, opts: dict) -> str:
         weights.update(k.encode())
         weights.update(v.detach().contiguous().numpy().tobytes())
     opts = {k: v for k, v in opts.items() if not k.startswith("_")}
-    blob = json.dumps([weights.hexdigest(), src.arch.to_dict(), target, opts], sort_keys=True, default=str)
+    deconv = registry.get(target).deconv  # the deploy graph's rewrite: a changed one makes a new artifact
+    blob = json.dumps([weights.hexdigest(), src.arch.to_dict(), target, deconv, opts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -109,7 +110,14 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
     head = manifest.header(src, arch_file)
     state_path = out / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    net = deploy_model(src.net)
+    nets = {}  # the deploy graph per deconv rewrite (each target names its own: convert/targets.py DECONV)
+
+    def deployed(target):
+        how = registry.get(target).deconv
+        if how not in nets:
+            nets[how] = deploy_model(src.net, how)
+        return nets[how]
+
     opts = {"calib": calib, "data": data, "int8_io": int8_io, "candidates": list(candidates or DEFAULT_CANDIDATES)}
     if "tflite-tf-int8" in targets and "tf" not in opts["candidates"]:
         opts["candidates"].append("tf")  # the TensorFlow int8 is scored among the int8 candidates
@@ -166,7 +174,7 @@ def _convert(src, out, targets, calib, data, int8_io, candidates, jobs, log, ter
 
         sample = torch.randn(1, 3, h, w)
         for target, key in local:
-            done(target, key, *_timed(target, net, src.arch, out, sample, batches, opts, log))
+            done(target, key, *_timed(target, deployed(target), src.arch, out, sample, batches, opts, log))
         for fut in as_completed(futs):
             done(*futs[fut], *fut.result())
     bar.close()
@@ -187,7 +195,8 @@ def _remote(target: str, blob: bytes, out: str, opts: dict):
     """Worker side: rebuild the net from plain bytes, deploy it, export one target."""
     net, arch = net_from_bytes(blob)
     h, w = arch.input_size
-    return _timed(target, deploy_model(net), arch, Path(out), torch.randn(1, 3, h, w), None, opts, lambda m: None)
+    net = deploy_model(net, registry.get(target).deconv)
+    return _timed(target, net, arch, Path(out), torch.randn(1, 3, h, w), None, opts, lambda m: None)
 
 
 def _timed(target, net, arch, out, sample, batches, opts, log=print):

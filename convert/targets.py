@@ -1,10 +1,11 @@
 """The target registry: every artifact convert/quantize can write, as data (name, format, precision, file,
-exporter, groups). `--targets`, the pipeline's dispatch and the manifest entries all read it."""
+exporter, groups, deconv rewrite). `--targets`, the pipeline's dispatch and the manifest entries all read it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.rewrites import FORMAT_REWRITE, REWRITES
 from posekit.errors import UserError
 
 
@@ -17,6 +18,11 @@ class Target:
     exporter: str  # convert/pipeline.py EXPORTERS key
     groups: tuple[str, ...]  # the --targets groups it belongs to ("all" is implicit)
     kind: str = ""  # exporter argument (Core ML variant, quantization recipe)
+    deconv: str = ""  # the deploy graph's depthwise-deconv rewrite: model/deploy.py FORMAT_REWRITE says which and why
+
+    def __post_init__(self):
+        if self.deconv not in REWRITES:
+            raise ValueError(f"target {self.name}: deconv {self.deconv!r} is not one of {REWRITES}")
 
     @property
     def quantized(self) -> bool:
@@ -29,7 +35,8 @@ class Target:
 
 
 def _t(name, fmt, precision, file, exporter, groups, kind=""):
-    return Target(name, fmt, precision, file, exporter, tuple(groups.split()), kind)
+    deconv = FORMAT_REWRITE[exporter if exporter == "tflite-tf" else fmt]
+    return Target(name, fmt, precision, file, exporter, tuple(groups.split()), kind, deconv)
 
 
 TARGETS = [

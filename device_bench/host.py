@@ -37,10 +37,11 @@ def versions() -> dict:
 
 
 def deployable(module):
-    """The part as convert ships it (BN folded, the head's transposed convs rewritten): what a LUT must time."""
-    from model.deploy import deploy_model
+    """The part as convert ships it in a .tflite (BN folded, the head's transposed convs rewritten as the .tflite
+    targets rewrite them: model.deploy.TFLITE_REWRITE): what a LUT must time."""
+    from model.deploy import TFLITE_REWRITE, deploy_model
 
-    return deploy_model(module)
+    return deploy_model(module, TFLITE_REWRITE)
 
 
 @contextlib.contextmanager
@@ -77,11 +78,16 @@ def convert_part(part: Part, precision: str, cache: Path = CACHE, data: str | No
     if precision == "int8":  # quantize's one calibration source: real crops (from --data), at the part's shape
         h, w, c = part.in_hwc
         calib = part_batches((c, h, w), CALIB_BATCHES, data)
+    from model.deploy import TFLITE_REWRITE, is_depthwise_deconv
+
     real = f"|crops {data}" if precision == "int8" else ""
+    module = part.module()
+    if any(is_depthwise_deconv(m) for m in module.modules()):  # a cached part of another rewrite is another graph
+        real += f"|deconv {TFLITE_REWRITE}"
     tag = hashlib.sha1(f"{part.key}|{precision}|{sorted(versions().items())}{real}".encode()).hexdigest()[:16]
     path = cache / precision / f"{tag}.tflite"
     try:
-        return tflite_for(part.module(), part.sample(), path, precision, calib)
+        return tflite_for(module, part.sample(), path, precision, calib)
     except UserError as e:
         raise UserError(f"{part.key}: {e}") from None
 

@@ -123,6 +123,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, ker
                  out=None, fresh: bool = False, data: str | None = None, also_spaces=()) -> LUT:
     """Measure (missing or under-sampled keys of) this machine's host LUT; the header carries its fingerprint and
     the kernel set the parts were timed with (`kernels` auto: choose_kernels)."""
+    from model.deploy import TFLITE_REWRITE
+
     from . import host
     from .timing import check_clock
 
@@ -136,7 +138,8 @@ def measure_host(device: str, space, parts, arch_names, *, threads: int = 1, ker
         runtime_version=version("ai-edge-litert"), threads=threads, precision=precision, kernels=kernels,
         kernels_choice=choice, provenance="measured", archs=arch_names, clock=clock, also_spaces=also_spaces,
         fingerprint={**host_fingerprint(), "kernels": kernels, "threads": threads, "timing_clock": clock},
-        converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model",
+        converter=f"litert-torch {version('litert-torch')}, parts after model.deploy.deploy_model (head deconv: "
+                  f"{TFLITE_REWRITE})",
         quantizer=f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8, {host.CALIB_BATCHES} real "
                   f"calibration crops at each part's shape" if precision == "int8" else None,
         timing={"rounds": rounds, "per_visit": per_visit, "warmup": 3, "statistic": "min",

@@ -1,28 +1,41 @@
-"""The deploy graph: what convert ships and what device_bench times. `deploy_model(net)` returns an eval-mode copy
-with every BatchNorm folded into the conv before it and every depthwise ConvTranspose2d rewritten into a form
-TFLite runs well (litert-torch lowers a C-channel depthwise ConvTranspose2d into C SLICE + C TRANSPOSE_CONV +
-CONCATENATION, and int8 recipes keep TRANSPOSE_CONV slow or float).
+"""The deploy graph: what convert ships and what device_bench times. `deploy_model(net, deconv)` returns an eval-mode
+copy with every BatchNorm folded into the conv before it and every depthwise ConvTranspose2d rewritten (`deconv`, one
+of REWRITES) into a form the target runs well (litert-torch lowers a C-channel depthwise ConvTranspose2d into C SLICE
++ C TRANSPOSE_CONV + CONCATENATION, and int8 recipes keep TRANSPOSE_CONV slow or float). Which rewrite each artifact
+format ships, and why, is model/rewrites.py FORMAT_REWRITE (convert/targets.py gives it to each target); the default
+is what every .tflite ships (TFLITE_REWRITE, "interleave"), so LUTs and twins see the shipped graph.
 
 Rewrites of a depthwise ConvTranspose2d (stride s, kernel k, padding p), all exact:
-- "subpixel" (default): output pixel o = s*m + r (phase r) only sees kernel taps kk = r + p - s*d at input m + d,
-  so ONE stride-1 depthwise Conv2d with channel multiplier s*s (each phase's taps in its own output channel)
-  followed by a pixel shuffle computes it. TFLite: DEPTHWISE_CONV_2D (+ PAD when the taps are asymmetric) +
-  RESHAPE, TRANSPOSE, RESHAPE.
+- "subpixel": output pixel o = s*m + r (phase r) only sees kernel taps kk = r + p - s*d at input m + d, so ONE
+  stride-1 depthwise Conv2d with channel multiplier s*s (each phase's taps in its own output channel) followed by a
+  pixel shuffle computes it. TFLite: DEPTHWISE_CONV_2D (+ PAD when the taps are asymmetric) + RESHAPE, TRANSPOSE,
+  RESHAPE. What shipped before "interleave"; the twins still read such files.
 - "phases": the same taps as s*s separate depthwise convs, concatenated, then a pixel shuffle.
-- "interleave": the phases' convs, interleaved by stacks on the channels-last view (no TRANSPOSE), the ReLU after
-  the deconv fused into each phase's conv. head-bench (fp32, XNNPACK, 1 thread, one run, 2026-12-02): plain 2.60 ms,
-  subpixel 0.40x plain, phases 0.31x, interleave 0.23x; int8 (static_wi8_ai8, XNNPACK): plain 1.31 ms, subpixel
-  4.11 ms (its multiplier-4 depthwise conv alone 2.4 ms), interleave 0.57 ms. Not the default yet: quantize/qat.py
-  and quantize/simulate.py (the int8 twins) know the sub-pixel form only, and Core ML was not timed (no Mac here).
-
+- "interleave" (.tflite and ONNX): the phases' convs, interleaved by stacks on the channels-last view (no TRANSPOSE),
+  the ReLU after the deconv fused into each phase's conv. In static int8, ai-edge-quantizer gives a row phase's convs
+  their CONCATENATION's scale and requantizes a row whose scale differs from the output's (one int8 -> int8
+  QUANTIZE per deconv, still fully integer); quantize/qat.py QInterleave and requantize model that bit-exactly.
 - "zeros": zero insertion (stride-s upsampling with zeros) then a stride-1 depthwise conv with the flipped kernel.
 - "dense": one dense ConvTranspose2d with a block-diagonal weight (C times the MACs, one TRANSPOSE_CONV).
-- "none": leave the ConvTranspose2d (litert-torch's direct lowering; the baseline of the bench).
+- "none": leave the ConvTranspose2d (litert-torch's direct lowering, the bench's baseline; Core ML ships it: its own
+  grouped conv_transpose is one op).
 
-Measured once (`python -m convert head-bench`: EfficientPose-A's MBV1 head, in 16x12x96, fp32, XNNPACK, 1 thread,
-thread CPU time, 7 interleaved rounds, shared 2-core x86 host): subpixel 1.09 ms (12 ops), phases 0.88 ms (28 ops,
-2 CONCATENATION), zeros 2.70 ms, dense 6.78 ms, direct lowering ("none", 160 SLICE + 160 TRANSPOSE_CONV) 7.58 ms,
-plain head 3.71 ms. subpixel ships: phases is a little faster here but adds CONCATENATION ops and 2.3x the ops.
+Measured in one run (`python -m convert head-bench --rewrites subpixel phases interleave --precision all --onnx`,
+2026-12-03: EfficientPose-A's MBV1 head vs the plain head, in 16x12x96, 1 thread, thread CPU time, the fastest of 7
+interleaved rounds' median of 30 invokes, XNNPACK, shared 2-core x86 host; FLOP ratio mbv1/plain 0.31):
+  .tflite        plain     subpixel        phases          interleave
+  fp32           2.87 ms   1.61 (0.56x)    1.17 (0.41x)    0.82 ms (0.28x)
+  fp16           2.88 ms   1.62 (0.56x)    1.15 (0.40x)    0.81 ms (0.28x)
+  int8 static    2.64 ms   6.38 (2.42x)    5.74 (2.17x)    0.76 ms (0.29x)
+  int8-dynamic   3.46 ms   5.83 (1.68x)    3.77 (1.09x)    3.52 ms (1.02x)
+  ONNX (onnxruntime 1.31.1, 1 thread): plain 2.12 ms, subpixel 3.29 (1.55x), phases 2.95 (1.39x), interleave 1.24 ms
+  (0.59x).
+Why (per-op profiles, runtime/tflite_profile.py; the sub-pixel and phases ones from head-bench runs before this
+change): XNNPACK runs the sub-pixel form's multiplier-4 int8 depthwise conv far slower than four multiplier-1 ones,
+and the pixel shuffle's rank-5 TRANSPOSE is the largest single op of the phases form; in this run interleave's data
+movement (CONCATENATION + RESHAPE) is 0.20 ms of its 0.81 ms op sum in fp32, 0.06 of 0.90 ms in int8. int8-dynamic
+stays at ~1x plain under every rewrite: there the depthwise convs run as hybrid (int8 weights, float activations)
+kernels, 2.04 ms for interleave's vs 0.23 ms for the same convs in fp32, so they, not the rewrite, keep it above.
 """
 
 from __future__ import annotations
@@ -34,8 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bifpn import freeze_fusions
-
-REWRITES = ("subpixel", "phases", "interleave", "zeros", "dense", "none")
+from .rewrites import FORMAT_REWRITE, REWRITES, TFLITE_REWRITE  # noqa: F401  (the table; torch-free)
 
 
 # ---------------------------------------------------------------- BatchNorm folding
@@ -265,7 +277,7 @@ def rewrite_all_deconv(module: nn.Module, how: str = "subpixel") -> nn.Module:
 
 
 @torch.no_grad()
-def deploy_model(net: nn.Module, deconv: str = "subpixel", fold: bool = True) -> nn.Module:
+def deploy_model(net: nn.Module, deconv: str = TFLITE_REWRITE, fold: bool = True) -> nn.Module:
     """An eval-mode copy of `net` ready to convert: BatchNorm folded, depthwise ConvTranspose2d rewritten
     (`deconv`, see REWRITES), in-place activations made out-of-place (export-friendly), a BiFPN neck's fusion
     weights made constants (model.bifpn.freeze_fusions). `net` is untouched."""

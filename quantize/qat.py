@@ -1,12 +1,14 @@
 """Quantization-aware training (QAT) that ships a fully-integer .tflite computing what its PyTorch twin computes.
 
 The QAT model (`QATNet`) is the deploy graph (model/deploy.py: BatchNorm folded into the conv before it, as the
-export folds it; depthwise ConvTranspose2d rewritten to a sub-pixel depthwise conv + pixel shuffle) with fake
-quantization at exactly the tensors the int8 TFLite graph quantizes:
+export folds it; depthwise ConvTranspose2d rewritten as the .tflite ships it, model.deploy.TFLITE_REWRITE: the
+"interleave" form, QInterleave; states saved with the sub-pixel form, QSubPixel, still load) with fake quantization
+at exactly the tensors the int8 TFLite graph quantizes:
 - the input (the QUANTIZE op);
 - the output of every conv (CONV_2D / DEPTHWISE_CONV_2D with its ReLU / ReLU6 fused, as litert-torch fuses it),
-  the head's sub-pixel convs included (the pixel shuffle's RESHAPE / TRANSPOSE and the stride-2 PADs share their
-  input's scale, so they need no quantizer of their own);
+  the head's sub-pixel or interleave phase convs included (the pixel shuffle's RESHAPE / TRANSPOSE and the stride-2
+  PADs share their input's scale, so they need no quantizer of their own; an interleave's row CONCATENATIONs take
+  their convs' shared scale, its last one has its own, onto which a differing row is requantized);
 - the output of every residual ADD (its two inputs are already quantized: the block input and the project conv).
 Weights: per-output-channel symmetric int8, narrow range [-127, 127], scale = max|w| / 127; biases int32 with scale
 input scale x weight scale (ai-edge-quantizer's static_wi8_ai8 recipe, uniform_quantize_tensor.py). Activations:
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.blocks import InvertedResidual
-from model.deploy import SubPixelDeconv, deploy_model, pixel_shuffle_nhwc
+from model.deploy import TFLITE_REWRITE, InterleaveDeconv, SubPixelDeconv, deploy_model, pixel_shuffle_nhwc
 from model.heads import PoseHead
 from model.net import Backbone, PoseNet
 from posekit.errors import UserError
@@ -40,6 +42,7 @@ from posekit.errors import UserError
 QMIN, QMAX = -128, 127
 WMAX = 127  # symmetric narrow range for weights
 QAT_FORMAT = "posenas-qat/1"
+QAT_REWRITES = ("interleave", "subpixel")  # the head forms QATNet quantizes: what ships (TFLITE_REWRITE), and before
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +189,50 @@ class QSubPixel(nn.Module):
         return pixel_shuffle_nhwc(self.q(x), self.s, self.c)
 
 
+class QInterleave(nn.Module):
+    """The head's depthwise ConvTranspose2d as "interleave" (model.deploy.InterleaveDeconv: s*s depthwise convs, the
+    ReLU fused into each, interleaved by a CONCATENATION per output row phase and one across them). Quantized as
+    ai-edge-quantizer's static int8 quantizes that graph (a CONCATENATION's inputs take its output's scale): the
+    convs of row phase rh share one output quantizer (`rows[rh]`, also their CONCATENATION's and RESHAPE's), the
+    final CONCATENATION has its own (`outq`), and a row whose scale or zero point differs from it is requantized
+    (int8 -> int8 QUANTIZE)."""
+
+    def __init__(self, m: InterleaveDeconv, inq: ActQuant):
+        super().__init__()
+        act = None if isinstance(m.act, nn.Identity) else m.act
+        self.s = m.s
+        self.phases = nn.ModuleList(QConv(conv, act, inq, m.pad if m.explicit_pad else None) for conv in m.phases)
+        self.rows = nn.ModuleList(self.phases[rh * self.s].outq for rh in range(self.s))
+        for i, q in enumerate(self.phases):
+            q.outq = self.rows[i // self.s]  # shared: one row phase, one scale
+        self.outq = ActQuant(relu=act is not None)
+
+    def forward(self, x):
+        s = self.s
+        z = [q(x) for q in self.phases]  # each on its row's grid
+        exact = not self.training and self.outq.enabled and self.phases[0].fake
+        if exact:  # eval: the runtime's requantization of a row onto the output's grid
+            z = [requantize(v, self.rows[i // s], self.outq) for i, v in enumerate(z)]
+        z = [v.permute(0, 2, 3, 1) for v in z]
+        rows = [torch.stack(z[rh * s:(rh + 1) * s], 3).flatten(2, 3) for rh in range(s)]
+        y = torch.stack(rows, 2).flatten(1, 2).permute(0, 3, 1, 2)
+        return y if exact else self.outq(y)
+
+
+@torch.no_grad()
+def requantize(x: torch.Tensor, src: ActQuant, dst: ActQuant) -> torch.Tensor:
+    """XNNPACK's int8 -> int8 QUANTIZE (qs8 convert) of `x` (on src's grid) onto dst's grid: the scale ratio as a
+    Q8 multiplier m = lrintf(256 * float32(s_src / s_dst)), q_dst = (((q_src - z_src) * m + 128) >> 8) + z_dst,
+    clamped (xnn_init_qs8_cvt_scalar_params and the qs8-vcvt kernels). Same scale and zero point: no op in the file."""
+    (si, zi), (so, zo) = src.qparams(), dst.qparams()
+    if float(si) == float(so) and float(zi) == float(zo):
+        return x
+    m = float(np.rint(np.float32(256.0) * (np.float32(si.item()) / np.float32(so.item()))))
+    q = torch.round(x.double() / si.double())  # q - zero point: x is on src's grid
+    out = torch.clamp(torch.floor((q * m + 128) / 256) + zo.double(), QMIN, QMAX)
+    return ((out - zo.double()) * so.double()).float()
+
+
 class QResidual(nn.Module):
     """MBConv with quantized ADD output (both ADD inputs are quantized by the ops that produce them: `aq` the
     block input's quantizer, `bq` the project conv's; held outside the module tree)."""
@@ -258,13 +305,18 @@ class _Builder:
             m.up = self.module(m.up, f"{where}.up")
             m.sic = self.module(m.sic, f"{where}.sic")
             return QHead(m, self.conv(m.final, None))
-        if isinstance(m, (nn.Conv2d, SubPixelDeconv)):
+        if isinstance(m, (nn.Conv2d, SubPixelDeconv)):  # InterleaveDeconv is a SubPixelDeconv too
             return self.conv(m, None)
         raise UserError(f"qat: no fake-quant rule for {where} ({type(m).__name__}); supported: the deploy graph of "
                         "model/ (conv + BN + ReLU/ReLU6, inverted residuals, sub-pixel deconv heads)")
 
     def conv(self, m, act):
-        q = QSubPixel(m, act, self.cur) if isinstance(m, SubPixelDeconv) else QConv(m, act, self.cur)
+        if isinstance(m, InterleaveDeconv):  # its ReLU is inside it (deploy_model moved it there)
+            if act is not None:
+                raise UserError("qat: an activation after an interleave deconv that already holds its own")
+            q = QInterleave(m, self.cur)
+        else:
+            q = QSubPixel(m, act, self.cur) if isinstance(m, SubPixelDeconv) else QConv(m, act, self.cur)
         self.cur = q.q.outq if isinstance(q, QSubPixel) else q.outq
         return q
 
@@ -294,12 +346,15 @@ class _Builder:
 class QATNet(nn.Module):
     """Input quantizer + the fake-quant deploy graph of a PoseNet. Image (N, 3, H, W) -> heatmaps (N, J, h, w)."""
 
-    def __init__(self, net: PoseNet, deconv: str = "subpixel"):
+    def __init__(self, net: PoseNet, deconv: str = TFLITE_REWRITE):
         super().__init__()
         if getattr(net, "neck", None) is not None:  # its fusion MUL/ADD chains, resizes and pools have no rule yet
             raise UserError("qat: no fake-quant rule for a BiFPN neck (model/bifpn.py: fusion multiply-adds, nearest "
                             "resize, max pooling); QAT and the exact int8 twin cover neckless nets only")
+        if deconv not in QAT_REWRITES:
+            raise UserError(f"qat: deconv rewrite {deconv!r} has no fake-quant rule (one of {', '.join(QAT_REWRITES)})")
         d = deploy_model(net, deconv)
+        self.deconv = deconv
         self.inq = ActQuant()
         b = _Builder(self.inq)
         self.backbone = b.module(d.backbone, "backbone")
@@ -369,7 +424,7 @@ def build_qat(net: PoseNet, calib=None) -> QATNet:
 
 # ---------------------------------------------------------------- the QAT model's file (weights_only loadable)
 def qat_state(qat: QATNet, arch, **extra) -> dict:
-    return {"format": QAT_FORMAT, "arch": arch.to_dict(), "deconv": "subpixel",
+    return {"format": QAT_FORMAT, "arch": arch.to_dict(), "deconv": qat.deconv,
             "model": {k: v.detach().clone().contiguous() for k, v in qat.state_dict().items()}, **extra}
 
 
@@ -431,7 +486,9 @@ def ptq_twin(net: PoseNet, int8_path: str | Path, fp32_path: str | Path, sample:
     rounds them. Quantizers are matched to the file's tensors by value on `sample` (one NCHW crop), through the fp32
     file the int8 one was quantized from (same tensor names). UserError when a quantizer finds no tensor: the file
     does not quantize where the converter's graph does (another quantizer or graph)."""
-    qat = QATNet(net).eval()
+    from runtime.tflite_twin import tflite_rewrite
+
+    qat = QATNet(net, tflite_rewrite(net, int8_path)).eval()
     model = Path(int8_path).read_bytes()
     fq = {n: v for n, v in _tensor_quant(model).items() if len(v[0]) == 1}  # per-tensor: the activations
     for op, ins, outs in _tensor_ops(model):  # float I/O: the scale sits on the int8 side of (DE)QUANTIZE
@@ -542,10 +599,18 @@ def _match_tensors(qat: QATNet, fp32: Path, x: torch.Tensor, names) -> dict:
                     best, err = q, e
         if best is not None and err < 1e-3:
             match[name] = best
-    for op, ins, outs in _tensor_ops(model):  # execution order: a same-scale chain resolves front to back
+    ops = _tensor_ops(model)
+    for op, ins, outs in ops:  # execution order: a same-scale chain resolves front to back
         if op in SAME_SCALE_OPS and ins and ins[0] in match:
             for o in outs:
                 match.setdefault(o, match[ins[0]])
+        elif op == "CONCATENATION" and ins and all(i in match for i in ins) and \
+                len({id(match[i]) for i in ins}) == 1:  # an interleave row: its convs share the row's quantizer
+            for o in outs:
+                match.setdefault(o, match[ins[0]])
+    for op, ins, outs in reversed(ops):  # an interleave's final CONCATENATION: named by the RESHAPE after it
+        if op in SAME_SCALE_OPS and outs and outs[0] in match and ins and ins[0] in names:
+            match.setdefault(ins[0], match[outs[0]])
     return match
 
 

@@ -35,7 +35,8 @@ from runtime.tflite import interpreter
 from runtime.tflite_flatbuffer import operators
 
 __all__ = ["round_half_away", "fake_quant", "dynamic_quant", "quantize_weight", "QParams", "TFLiteTwin", "tflite_twin",
-           "compare_outputs", "op_fidelity", "first_difference", "coreml_weight_check", "deploy_weights"]
+           "compare_outputs", "op_fidelity", "first_difference", "coreml_weight_check", "deploy_weights",
+           "tflite_rewrite"]
 
 
 # ---------------------------------------------------------------------------------------------- primitives
@@ -109,13 +110,13 @@ _RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "in
 
 
 # ---------------------------------------------------------------------------------------------- the PyTorch side
-def deploy_weights(net: nn.Module) -> list[tuple[str, nn.Module]]:
+def deploy_weights(net: nn.Module, deconv: str | None = None) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Conv2d / ConvTranspose2d of the deploy graph (model.deploy: BN folded, depthwise
-    deconvs rewritten, as convert ships it), in the order the forward pass runs them."""
-    from model.deploy import deploy_model
+    deconvs rewritten by `deconv`, default what a .tflite ships), in the order the forward pass runs them."""
+    from model.deploy import TFLITE_REWRITE, deploy_model
     from model.hooks import forward_with_hooks
 
-    dep = deploy_model(net).eval()
+    dep = deploy_model(net, deconv or TFLITE_REWRITE).eval()
     names = {m: n for n, m in dep.named_modules()}
     order: list = []
     arch = getattr(dep, "arch", None) or getattr(net, "arch", None)
@@ -128,6 +129,19 @@ def deploy_weights(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 # ---------------------------------------------------------------------------------------------- TFLite graph
 WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+# The deconv rewrites a .tflite of ours may hold: what ships now (model.deploy.TFLITE_REWRITE), then what shipped
+# before it (files converted before the change still check).
+TFLITE_FORMS = ("interleave", "subpixel")
+
+
+def tflite_rewrite(net: nn.Module, path: str | Path) -> str:
+    """The deconv rewrite (model.deploy) the .tflite at `path` was made from `net` with: the first of TFLITE_FORMS
+    whose deploy graph has the file's conv ops (count, then weight shapes in order)."""
+    ops = [op for op in operators(Path(path)) if op.name in WEIGHTED]
+    for how in TFLITE_FORMS:
+        if len(deploy_weights(net, how)) == len(ops):
+            return how
+    return TFLITE_FORMS[0]  # none fits: the twin names the mismatch
 
 
 def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
@@ -225,7 +239,7 @@ class TFLiteTwin(nn.Module):
     def _bind_weights(self, net):
         """Match each weighted op to the PyTorch deploy graph's conv in execution order (shapes must agree) and
         precompute its twin weight and bias."""
-        mods = deploy_weights(net)
+        mods = deploy_weights(net, tflite_rewrite(net, self.path))
         weighted = [op for op in self.ops if op.name in WEIGHTED]
         if len(weighted) != len(mods):
             raise UserError(f"{self.path}: {len(weighted)} conv ops, the PyTorch deploy graph has {len(mods)} convs "
@@ -573,7 +587,20 @@ def coreml_weight_check(net: nn.Module, path: str | Path) -> dict:
     comp = _coreml_compressed(path)
     if not comp:
         raise UserError(f"{path}: no compressed weights found")
-    mods = deploy_weights(net)
+    from model.rewrites import FORMAT_REWRITE
+
+    def placed(mods) -> int:  # compressed tensors that find a conv of their shape, in order
+        shapes, pos, n = [tuple(m.weight.shape) for _, m in mods], 0, 0
+        for e in comp:
+            j = next((k for k in range(pos, len(shapes)) if shapes[k] == e["dense"].shape), None)
+            if j is not None:
+                pos, n = j + 1, n + 1
+        return n
+
+    # the graph convert ships as Core ML first; a file converted before (sub-pixel head) is read as that graph
+    forms = [FORMAT_REWRITE["coreml-mlprogram"], *(f for f in TFLITE_FORMS if f != FORMAT_REWRITE["coreml-mlprogram"])]
+    graphs = [deploy_weights(net, how) for how in forms]
+    mods = max(graphs, key=placed)  # max keeps the first of equals
     cands = [m.weight.detach().float().numpy() for _, m in mods]
     tensors, total, good, pos = [], 0, 0, 0
     for e in comp:

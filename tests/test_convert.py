@@ -72,7 +72,7 @@ def test_tflite_fp32_matches_pytorch_and_int8_is_fully_integer(app_artifacts):
     int8 = out / a["file"]
     assert tflite_flatbuffer.float_compute_ops(int8) == {}
     ops8, opsf = tflite_flatbuffer.op_counts(int8), tflite_flatbuffer.op_counts(fp32)
-    assert not {"SLICE", "CONCATENATION", "TRANSPOSE_CONV"} & set(ops8)
+    assert not {"SLICE", "TRANSPOSE_CONV"} & set(ops8)  # CONCATENATION: the interleave head's (model/deploy.py)
     assert {k: v for k, v in ops8.items() if k not in ("QUANTIZE", "DEQUANTIZE")} == opsf
     for xnn in (True, False):  # both kernel sets run it (what `make bench` times)
         it = tflite.interpreter(int8, kernels="xnnpack" if xnn else "builtin")

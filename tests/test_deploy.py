@@ -1,5 +1,6 @@
 """model/deploy.py: BatchNorm folding (grouped ConvTranspose2d included) and the depthwise-deconv rewrites are
-exact, and the shipped rewrite lowers to TFLite without SLICE/CONCATENATION or TRANSPOSE_CONV."""
+exact, the rewrites lower to TFLite without SLICE or TRANSPOSE_CONV, every conversion target names its rewrite, and
+the int8 twins (runtime.tflite_twin, quantize.qat.ptq_twin) read the shipped "interleave" file and the sub-pixel one."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from model.arch import Head
-from model.deploy import REWRITES, deploy_model, fold_bn, rewrite_deconv
+from model.deploy import REWRITES, TFLITE_REWRITE, deploy_model, fold_bn, rewrite_deconv
 from model.heads import DeconvBNAct, PoseHead
 from model.source import randomize
 
@@ -81,12 +82,13 @@ def test_bad_deconv_geometry_is_refused():
         rewrite_deconv(m)
 
 
-def test_mbv1_head_tflite_has_no_slice_concat_or_transpose_conv(tmp_path):
-    """The shipped rewrite: one DEPTHWISE_CONV_2D per deconv, fully integer in int8."""
+def test_subpixel_head_tflite_has_no_slice_concat_or_transpose_conv(tmp_path):
+    """The sub-pixel rewrite (what shipped before "interleave", still read by the twins): one DEPTHWISE_CONV_2D per
+    deconv, fully integer in int8."""
     from posekit import export_tflite
     from runtime import tflite, tflite_flatbuffer
 
-    net = deploy_model(randomize(PoseHead(32, 17, Head("mbv1", [16, 16], 4, True))).eval())
+    net = deploy_model(randomize(PoseHead(32, 17, Head("mbv1", [16, 16], 4, True))).eval(), "subpixel")
     x = torch.randn(1, 32, 4, 3)
     fp32 = export_tflite.litert_to_tflite(net, x, tmp_path / "head.tflite")
     ops = tflite_flatbuffer.op_counts(fp32)
@@ -123,3 +125,88 @@ def test_interleave_rewrite_fuses_the_relu_and_leaves_no_transpose(tmp_path):
     assert abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
     int8 = quantize_tflite(fp32, tmp_path / "head_int8.tflite", "int8", [torch.randn(1, 32, 4, 3)] * 4)
     assert tflite_flatbuffer.float_compute_ops(int8) == {} and "RELU" not in tflite_flatbuffer.op_counts(int8)
+
+
+def test_every_target_names_a_rewrite_and_every_tflite_file_the_shipped_one():
+    """convert/targets.py gives each target its rewrite (model/deploy.py FORMAT_REWRITE); the .tflite targets share
+    the fp32 file's graph, which is what device_bench's LUTs and the int8 twins use (deploy_model's default)."""
+    from convert import targets
+
+    assert all(t.deconv in REWRITES for t in targets.TARGETS)
+    assert {t.deconv for t in targets.TARGETS if t.format == "tflite" and t.exporter != "tflite-tf"} == {TFLITE_REWRITE}
+    assert TFLITE_REWRITE == "interleave"
+    with pytest.raises(ValueError, match="deconv"):
+        targets.Target("x", "tflite", "fp32", "x.tflite", "tflite", ("tflite",), deconv="pixelshuffle")
+
+
+@pytest.mark.parametrize("how", ["interleave", "subpixel"])
+def test_int8_twins_read_the_file_of_either_rewrite(how, tmp_path, one_thread):
+    """A tiny PoseNet's static int8 .tflite (convert's ai-edge-quantizer recipe) made with `how`: the per-op twin
+    finds the rewrite the file was made with and binds every conv, and the XNNPACK-exact twin (ptq_twin, the QAT
+    graph with the file's scales: an interleave's rows requantized to its output's scale as XNNPACK requantizes,
+    quantize.qat.requantize) gives XNNPACK's output."""
+    from parity_helpers import INPUT, tiny_net
+
+    from posekit import export_tflite
+    from quantize.calibration import calibration_batches
+    from quantize.qat import QInterleave, QSubPixel, ptq_twin, twin_agreement
+    from quantize.tflite import fully_integer, quantize_tflite
+    from runtime import tflite_flatbuffer, tflite_twin
+
+    net = tiny_net()
+    crops = calibration_batches(net.arch, None, 6)
+    fp32 = export_tflite.litert_to_tflite(deploy_model(net, how), crops[0][:1], tmp_path / "fp32.tflite")
+    int8 = quantize_tflite(fp32, tmp_path / "int8.tflite", "int8", crops[:4])
+    assert fully_integer(int8)
+    ops = tflite_flatbuffer.op_counts(int8)
+    assert ("CONCATENATION" in ops) == (how == "interleave")
+    assert ops["QUANTIZE"] == (3 if how == "interleave" else 1)  # the input's, and a row requantized per deconv
+    assert tflite_twin.tflite_rewrite(net, int8) == how
+    twin = tflite_twin.tflite_twin(net, int8, quantized=True)
+    assert len(twin.weights) == len(tflite_twin.deploy_weights(net, how))
+    assert min(w["stored_equal"] for w in twin.weights) >= 0.99
+    graph = tflite_twin.tflite_twin(net, int8, quantized=False)(crops[4].permute(0, 2, 3, 1))
+    ref = net(crops[4]).permute(0, 2, 3, 1)
+    assert (graph - ref).abs().max() <= 1e-4 * float(ref.max() - ref.min())  # the file's graph is the network's
+    exact = ptq_twin(net, int8, fp32, crops[0][:1])
+    assert any(isinstance(m, QInterleave if how == "interleave" else QSubPixel) for m in exact.modules())
+    a = twin_agreement(exact, int8, crops[4:])
+    assert a["within_one_step"] >= 0.99 and (a["sqnr_db"] is None or a["sqnr_db"] >= 40), a  # parity's rule
+    assert tuple(crops[0].shape[2:]) == INPUT
+
+
+def test_requantize_is_xnnpacks_int8_quantize(tmp_path, one_thread):
+    """The interleave file's int8 -> int8 QUANTIZE ops (a row onto the output's scale), each cut out as a one-op model
+    (runtime.tflite_profile) and run by XNNPACK on every int8 value: quantize.qat.requantize gives the same integers
+    (its Q8 multiplier; plain float rounding of the scale ratio differs on some values and, on the demo net, moved
+    the twin's end-to-end SQNR to 30 dB)."""
+    import numpy as np
+    from parity_helpers import tiny_net
+
+    from posekit import export_tflite
+    from quantize.calibration import calibration_batches
+    from quantize.qat import ActQuant, requantize
+    from quantize.tflite import quantize_tflite
+    from runtime import tflite, tflite_profile
+
+    net = tiny_net()
+    crops = calibration_batches(net.arch, None, 4)
+    fp32 = export_tflite.litert_to_tflite(deploy_model(net, "interleave"), crops[0][:1], tmp_path / "fp32.tflite")
+    int8 = quantize_tflite(fp32, tmp_path / "int8.tflite", "int8", crops)
+    cut = [(c, v) for i, typ, _, _, c, v in tflite_profile.op_models(int8, "xnnpack")
+           if typ == "QUANTIZE" and np.asarray(v[0]).dtype == np.int8]
+    assert len(cut) == 2  # one row requantized per deconv
+    for content, _ in cut:
+        it = tflite.interpreter(content, 1, kernels="xnnpack")
+        (i,), (o,) = it.get_input_details(), it.get_output_details()
+        (si,), (zi,) = i["quantization_parameters"]["scales"], i["quantization_parameters"]["zero_points"]
+        (so,), (zo,) = o["quantization_parameters"]["scales"], o["quantization_parameters"]["zero_points"]
+        x = np.resize(np.arange(-128, 128, dtype=np.int8), i["shape"])  # every int8 value
+        it.set_tensor(i["index"], x)
+        it.invoke()
+        src, dst = ActQuant(), ActQuant()
+        src.hold(float(si), int(zi))
+        dst.hold(float(so), int(zo))
+        y = requantize((torch.from_numpy(x.astype(np.float32)) - float(zi)) * src.qparams()[0], src, dst)
+        q = torch.round(y.double() / dst.qparams()[0].double()) + int(zo)
+        assert np.array_equal(q.numpy().astype(np.int8), it.get_tensor(o["index"])), (si, so)

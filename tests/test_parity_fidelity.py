@@ -31,6 +31,7 @@ def quantized(tmp_path_factory):
     with one palette entry moved; all in one manifest."""
     from model.checkpoint import save_checkpoint
     from model.deploy import deploy_model
+    from model.rewrites import FORMAT_REWRITE
     from posekit.export_tflite import litert_to_tflite
     from quantize.calibration import calibration_batches
     from quantize.tflite import quantize_tflite
@@ -47,7 +48,8 @@ def quantized(tmp_path_factory):
     quantize_tflite(root / "tflite/model_fp32.tflite", root / "tflite/model_int8_dynamic.tflite", "int8-dynamic")
     changed = _rescaled_joint(root / "tflite/model_int8.tflite", root / "tflite/scale_int8.tflite")
     (root / "tflite/other_int8.tflite").write_bytes((root / "tflite/model_int8.tflite").read_bytes())
-    m = coreml_convert(dep, root / "coreml/model_fp32.mlpackage", "fp16")
+    m = coreml_convert(deploy_model(net, FORMAT_REWRITE["coreml-mlprogram"]), root / "coreml/model_fp32.mlpackage",
+                       "fp16")  # the graph convert ships as Core ML
     compress(m, "palettized-8bit", root / "coreml/model_pal8.mlpackage")
     entry = change_coreml_palette_entry(root / "coreml/model_pal8.mlpackage", root / "coreml/entry_pal8.mlpackage")
     entries = [_entry(root, "tflite/model_fp32.tflite", "tflite", "fp32", "NHWC"),
@@ -265,3 +267,19 @@ def test_fake_quant_rounds_like_tflite():
     assert x.grad.tolist() == [1.0, 0.0]
     assert np.allclose(fake_quant(torch.tensor([[0.26], [0.26]]), torch.tensor([0.5, 0.1]), 0, axis=0).numpy(),
                        [[0.5], [0.3]])
+
+
+@pytest.mark.parametrize("how", ["none", "subpixel"])
+def test_coreml_weight_check_reads_the_shipped_graph_and_an_older_sub_pixel_file(how, tmp_path):
+    """Core ML ships the head's own conv_transpose (model/rewrites.py); a file converted before, from the sub-pixel
+    graph, is still read as that graph: every compressed weight bound to a conv of its graph and exact."""
+    from model.deploy import deploy_model
+    from runtime.tflite_twin import coreml_weight_check
+
+    net = fitted_tiny_net()
+    m = coreml_convert(deploy_model(net, how), tmp_path / "fp32.mlpackage", "fp32")
+    compress(m, "int8-weights", tmp_path / "int8w.mlpackage")
+    chk = coreml_weight_check(net, tmp_path / "int8w.mlpackage")
+    assert chk["weights_exact"] == 1.0 and all(t["module"] for t in chk["tensors"]), chk["worst"]
+    head = [t["module"] for t in chk["tensors"] if t["module"].startswith("head.up")]
+    assert head and any(n.endswith(".conv") for n in head) == (how == "subpixel"), head  # SubPixelDeconv.conv

@@ -233,3 +233,30 @@ def test_distillation_brings_the_int8_twin_toward_the_float_net(epa_ckpt, tmp_pa
         before = float(((start.eval()(x) - ref) ** 2).mean())
         after = float(((trained.eval()(x) - ref) ** 2).mean())
     assert after < before, (before, after)
+
+
+def test_qat_quantizes_the_shipped_interleave_head_and_still_loads_a_subpixel_state(one_thread):
+    """QATNet's head is the .tflite's form (model.deploy.TFLITE_REWRITE): interleave, its row phases sharing a
+    quantizer; a QAT state saved with "deconv": "subpixel" (before the change) loads as that form, same outputs."""
+    from parity_helpers import tiny_net
+
+    from model.deploy import TFLITE_REWRITE
+    from quantize.calibration import calibration_batches
+    from quantize.qat import QATNet, QInterleave, QSubPixel, load_qat, qat_state
+
+    net = tiny_net()
+    crops = calibration_batches(net.arch, None, 3)
+    new = QATNet(net).calibrate(crops).eval()
+    assert new.deconv == TFLITE_REWRITE == "interleave"
+    (first, *_), = [[m for m in new.modules() if isinstance(m, QInterleave)]]
+    assert first.phases[0].outq is first.phases[1].outq is first.rows[0] and first.rows[0] is not first.rows[1]
+    old = QATNet(net, "subpixel").calibrate(crops).eval()
+    st = qat_state(old, net.arch)
+    assert st["deconv"] == "subpixel"
+    back, _, _ = load_qat(st)
+    assert back.deconv == "subpixel" and any(isinstance(m, QSubPixel) for m in back.modules())
+    assert torch.equal(back(crops[0]), old(crops[0]))
+    assert load_qat(qat_state(new, net.arch))[0].deconv == "interleave"
+    with torch.no_grad():  # both forms are the same network in float
+        with new.float_mode(), old.float_mode():
+            assert torch.allclose(new(crops[0]), old(crops[0]), atol=1e-5)
