@@ -15,7 +15,9 @@ from runtime.coreml_ops import (
     op_conv,
     op_conv_transpose,
     op_depth_to_space,
+    op_max_pool,
     op_pixel_shuffle,
+    op_upsample_nearest_neighbor,
     unpack_bits,
 )
 
@@ -66,10 +68,14 @@ def _padding(c):
     """MIL-style conv args from a ConvolutionLayerParams' padding."""
     if c.WhichOneof("ConvolutionPaddingType") == "same":
         return {"pad_type": "same" if c.same.asymmetryMode == 0 else "same_lower"}
-    amounts = c.valid.paddingAmounts.borderAmounts
-    pads = [0, 0, 0, 0] if not len(amounts) else [amounts[0].startEdgeSize, amounts[0].endEdgeSize,
-                                                    amounts[1].startEdgeSize, amounts[1].endEdgeSize]
-    return {"pad_type": "custom", "pad": pads}
+    return {"pad_type": "custom", "pad": _border(c.valid)}
+
+
+def _border(valid) -> list[int]:
+    """(top, bottom, left, right) of a ValidPadding's border amounts (a conv's or a pooling's)."""
+    amounts = valid.paddingAmounts.borderAmounts
+    return [0, 0, 0, 0] if not len(amounts) else [amounts[0].startEdgeSize, amounts[0].endEdgeSize,
+                                                   amounts[1].startEdgeSize, amounts[1].endEdgeSize]
 
 
 def _convolution(layer, xs):
@@ -122,6 +128,33 @@ def _reorganize(layer, xs):
     raise UnsupportedOp(f"{layer.name}: reorganizeData mode {r.mode} (space_to_depth)")
 
 
+def _pooling(layer, xs):
+    """Max pooling (a BiFPN's bottom-up downsampling): valid with its border amounts, same, or includeLastPixel
+    (symmetric pads, ceil mode), as the NeuralNetwork spec defines them."""
+    p = layer.pooling
+    if p.type != 0 or p.globalPooling:
+        raise UnsupportedOp(f"{layer.name}: NeuralNetwork pooling type {p.type} (global {p.globalPooling}): only "
+                            f"max pooling")
+    a = {"x": xs[0], "kernel_sizes": list(p.kernelSize) or [3, 3], "strides": list(p.stride) or [1, 1]}
+    kind = p.WhichOneof("PoolingPaddingType")
+    if kind == "same":
+        a["pad_type"] = "same" if p.same.asymmetryMode == 0 else "same_lower"
+    elif kind == "includeLastPixel":
+        ph, pw = (list(p.includeLastPixel.paddingAmounts) + [0, 0])[:2]
+        a.update(pad_type="custom", pad=[ph, ph, pw, pw], ceil_mode=True)
+    else:
+        a.update(pad_type="custom", pad=_border(p.valid) if kind == "valid" else [0, 0, 0, 0])
+    return op_max_pool(a)
+
+
+def _upsample(layer, xs):
+    u = layer.upsample
+    if u.mode != 0:
+        raise UnsupportedOp(f"{layer.name}: NeuralNetwork upsample mode {u.mode} (bilinear): only nearest")
+    sh, sw = (list(u.fractionalScalingFactor) or list(u.scalingFactor) or [1, 1])
+    return op_upsample_nearest_neighbor({"x": xs[0], "scale_factor_height": sh, "scale_factor_width": sw})
+
+
 def _add(layer, xs):
     return sum(x.astype(np.float32) for x in xs) + np.float32(layer.add.alpha)
 
@@ -142,6 +175,8 @@ LAYERS = {
     "addBroadcastable": lambda layer, xs: xs[0].astype(np.float32) + xs[1].astype(np.float32),
     "multiply": _multiply,
     "reorganizeData": _reorganize,
+    "pooling": _pooling,
+    "upsample": _upsample,
     "transpose": lambda layer, xs: np.transpose(xs[0], list(layer.transpose.axes)),
     "reshapeStatic": lambda layer, xs: xs[0].reshape(list(layer.reshapeStatic.targetShape)),
     "copy": lambda layer, xs: xs[0],

@@ -61,6 +61,23 @@ def test_neuralnetwork_with_image_preprocessing(tmp_path):
     assert np.abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
 
 
+def test_neuralnetwork_runs_a_bifpn_neck(tmp_path):
+    """A BiFPN net (issue 29) as a .mlmodel: its bottom-up max pooling and top-down nearest upsampling are
+    NeuralNetwork `pooling` / `upsample` layers, run by the executor as Core ML defines them, against PyTorch."""
+    from model import build, load
+    from model.deploy import deploy_model
+
+    torch.manual_seed(0)
+    net = deploy_model(build(load("efficientpose_a_bifpn").replace(input_size=INPUT)))
+    x = _inputs(1)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    coreml_convert(net, tmp_path / "m.mlmodel", neuralnetwork=True)
+    prog, y = _run(tmp_path / "m.mlmodel", x)
+    assert prog.kind == "neuralNetwork" and prog.op_counts["pooling"] >= 2 and prog.op_counts["upsample"] >= 2
+    assert np.abs(y - ref).max() <= 1e-4 * (ref.max() - ref.min())
+
+
 @pytest.mark.parametrize("target", ["iOS16", "iOS18"])
 def test_compressed_weight_ops_match_coremltools(tmp_path, target):
     """int8 weights (constexpr_affine_dequantize on iOS16, constexpr_blockwise_shift_scale on iOS18) and 6-bit
