@@ -52,17 +52,19 @@ closed_loop_lut.bad = lut_device.bad
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m demo closed-loop", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m demo closed-loop", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lut", default="host-int8", type=closed_loop_lut,
                    help="the LUT the search reads: host-int8 (this machine's, measured first when missing) or any "
-                        "LUT device or file")
-    p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file)")
+                        "LUT device or file (default host-int8)")
+    p.add_argument("--ref", default="efficientpose_a", help="reference arch (shipped name or file; default "
+                                                           "efficientpose_a)")
     p.add_argument("--ratio", type=positive_float, default=0.7,
-                   help="target = ratio x the reference's measured latency")
+                   help="target = ratio x the reference's measured latency (default 0.7)")
     p.add_argument("--tolerance", type=positive_float, default=0.15,
-                   help="pass when |measured - target| <= tolerance x target")
-    p.add_argument("--space", default="default", help="search-space file or shipped name (model/spaces)")
+                   help="pass when |measured - target| <= tolerance x target (default 0.15)")
+    p.add_argument("--space", default="default", help="search-space file or shipped name (model/spaces; default "
+                                                       "default)")
     p.add_argument("--data", type=data_dir, help="COCO tree for the search and the int8 calibration crops "
                                                 "(default: bundled data/coco-mini)")
     p.add_argument("--epochs", type=positive_int, help="search epochs (default: the search's demo schedule)")
@@ -71,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-threads", type=positive_int, help="interpreter threads (default: the LUT header's, "
                                                                "else 1)")
     p.add_argument("--clock", choices=("wall", "cpu"), help="timing clock (default: the LUT header's, else wall)")
-    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per network")
-    p.add_argument("--warmup", type=nonneg_int, default=5)
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per network (default 50)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--allow-foreign-lut", action="store_true",
                    help="use a host LUT measured on another machine (default: refuse)")
-    p.add_argument("--out", type=output_dir, default=RUNS / "closed-loop", help="run folder")
+    p.add_argument("--out", type=output_dir, default=RUNS / "closed-loop", help="run folder (default "
+                                                                               "runs/closed-loop)")
     p.add_argument("--force", action="store_true", help="redo every step")
     return p
 

@@ -15,6 +15,7 @@ from posekit.cli import (
     positive_int,
     seed_int,
 )
+from posekit.errors import UserError
 from runtime.coreml_runtime import COMPUTE_UNITS
 from runtime.tflite_kernels import kernel_choice
 
@@ -167,9 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def check_combinations(args) -> None:
+    """Options that are valid alone but not together: refused after parsing, before any work (one line each)."""
+    if getattr(args, "clock", None) == "cpu" and getattr(args, "threads", 1) != 1:
+        raise UserError(f"--clock cpu times the calling thread's CPU time: only with --threads 1, got --threads "
+                        f"{args.threads}")
+    kernels = getattr(args, "kernels", None)
+    if args.cmd == "bench":
+        if not args.xnnpack and kernels not in ("all", "builtin"):
+            raise UserError(f"--no-xnnpack asks for the builtin kernels, --kernels {kernels} for another set: give one")
+        if args.device in ("host", "coreml") and (args.taskset or args.benchmark_model or args.adb or args.serial):
+            given = [o for o, v in (("--taskset", args.taskset), ("--benchmark-model", args.benchmark_model),
+                                    ("--adb", args.adb), ("--serial", args.serial)) if v]
+            raise UserError(f"{', '.join(given)}: phone options (adb + benchmark_model), not for --device "
+                            f"{args.device}")
+    if args.cmd == "lut" and hasattr(args, "space"):
+        names = str(args.space).split(",")
+        if any(not n.strip() for n in names):
+            raise UserError(f"--space {args.space!r}: an empty entry in the comma list")
+        if len(set(names)) != len(names):
+            raise UserError(f"--space {args.space!r}: a space named twice")
+
+
 @main_guard
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_combinations(args)
     if args.cmd == "lut":
         from .lut import run_lut
 

@@ -182,7 +182,12 @@ def ensure_lut(device_or_path, space, allow_foreign: bool | None = None) -> LUT:
 def run_android(args, space, parts, arch_names) -> list[LUT]:
     from . import android, host
 
-    adb = android.find_adb(args.adb)
+    try:
+        adb = android.find_adb(args.adb)
+    except UserError as e:  # an unknown --device is read as an adb serial: say so
+        others = [n for n in args.device.split(",") if n not in PHONES]
+        raise UserError(f"--device {','.join(others)}: not host, host-int8, coreml or a phone profile, so read as an "
+                        f"adb serial; {e}" if others else str(e)) from None
     if not args.benchmark_model:
         raise UserError("the Android backend needs TFLite's benchmark_model binary for the phone: pass "
                         "--benchmark-model /path/to/android_aarch64_benchmark_model")

@@ -112,11 +112,14 @@ def bench_host(args) -> list[tuple[str, dict]]:
     if args.model:
         files, manifest = [], None
         for path in map(Path, args.model):
+            if not path.exists() or path.is_dir():
+                raise UserError(f"--model {path}: {'a folder' if path.is_dir() else 'no such file'}")
             if not path.is_file() or path.suffix != ".tflite":
                 raise UserError(f"{path}: not a .tflite file")
             check_artifact(path, *manifest_file.listing(path))  # a damaged or changed file: one line, not a crash
-            if any(path == f for f, _, _ in files):
-                raise UserError(f"--model {path}: given twice")
+            if any(path.resolve() == f.resolve() for f, _, _ in files):
+                link = " through a link" if path.is_symlink() else ""
+                raise UserError(f"--model {path}: given twice (the same file{link})")
             # several files (the closed loop's A/B) may share a name: then each is named by its path
             files.append((path, path.name if len(args.model) == 1 else str(path), None))
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 from posekit.errors import UserError, field_error
 
 from .arch import (
+    MAX_CHANNELS,
     Arch,
     ArchError,
     Head,
@@ -235,6 +236,9 @@ def parse_neck_choice(n, src) -> NeckChoice | None:
                 w = check_int(c, f"neck.candidates[{i}]")
             except ArchError as e:
                 raise field_error(src, e.field, f"none or a width (an integer >= 1), got {c!r}") from None
+            if w > MAX_CHANNELS:  # bounded before anything is built, as any arch's layer
+                raise field_error(src, f"neck.candidates[{i}]", f"{w} channels: more than the {MAX_CHANNELS} a "
+                                                               f"layer may have")
         if w in widths:
             raise field_error(src, f"neck.candidates[{i}]", f"{c!r} is listed twice")
         widths.append(w)

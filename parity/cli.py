@@ -89,6 +89,11 @@ def main(argv=None) -> int:
     model_dir = args.model_dir or default_model_dir()
     # the model folder may have been sent to us: its parity/ must not be a symlink out, and nothing written under
     # the report folder (cache, report, plots) may land outside it
+    if args.only:  # a --only that matches nothing: one line before any work, an earlier report left as it is
+        from posekit import manifest as manifest_file
+
+        if not any(args.only in a["file"] for a in manifest_file.load(model_dir)["artifacts"]):
+            raise UserError(f"{model_dir / 'manifest.json'}: --only {args.only!r} matches no artifact")
     out = args.out or output_folder(model_dir, "parity")
     thresholds = metrics.load_thresholds(args.thresholds)
     with warnings.catch_warnings(record=True) as caught, confined(out):

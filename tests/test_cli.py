@@ -117,3 +117,21 @@ def test_every_stage_main_answers_a_bad_option_in_one_line(capfd):
         rc = importlib.import_module("model.cli" if stage == "model" else f"{stage}.__main__").main(argv)
         err = capfd.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (stage, err)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["bench", "--model", "x.tflite", "--no-xnnpack", "--kernels", "xnnpack"], "--no-xnnpack"),
+    (["bench", "--model", "x.tflite", "--threads", "2", "--clock", "cpu"], "only with --threads 1"),
+    (["bench", "--model", "x.tflite", "--taskset", "f0"], "--taskset: phone options"),
+    (["lut", "--device", "host", "--space", "default,"], "an empty entry"),
+    (["lut", "--device", "host", "--space", "default,default"], "a space named twice"),
+    (["bench", "--model", "no-such.tflite"], "no such file"),
+])
+def test_option_combinations_are_refused_before_any_work(argv, says, capfd):
+    """Options valid alone, contradictory together (or a file that is not there): one line, exit 2, before an
+    interpreter or a conversion starts (the hostile-input pass found each running on)."""
+    from device_bench.cli import main
+
+    rc = main(argv)
+    err = capfd.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and says in err and "INFO" not in err, err

@@ -190,6 +190,7 @@ BAD_NECKS = [  # (change to the neck section, the field the one error line names
     (lambda n: {**n, "candidates": ["none", 0]}, "neck.candidates[1]"),
     (lambda n: {**n, "candidates": ["none", "wide"]}, "neck.candidates[1]"),
     (lambda n: {**n, "candidates": [32, "none", 32]}, "neck.candidates[2]"),
+    (lambda n: {**n, "candidates": ["none", 100000000]}, "neck.candidates[1]"),  # bounded before it is built
     (lambda n: {**n, "type": "fpn"}, "neck.type"),
     (lambda n: {**n, "levels": [4, 16]}, "neck.levels[1]"),
     (lambda n: {**n, "levels": [8, 16, 32]}, "neck.levels[2]"),

@@ -84,6 +84,11 @@ def test_bad_input_is_one_line(artifacts, capsys, tmp_path):
     bad.write_text("fp32: {max_abs_rel: '< 1'}\n")
     rc, out = run_parity(["--model-dir", str(root), "--thresholds", str(bad)], capsys)
     assert rc == 2 and "fp32.max_abs_rel" in out.err
+    # a --only that matches nothing: refused before the reference runs, no report written or overwritten
+    before = sorted(p.name for p in (root / "parity").glob("*")) if (root / "parity").is_dir() else []
+    rc, out = run_parity(["--model-dir", str(root), "--only", "no-such-artifact"], capsys)
+    assert rc == 2 and "matches no artifact" in out.err
+    assert (sorted(p.name for p in (root / "parity").glob("*")) if (root / "parity").is_dir() else []) == before
 
 
 def test_unknown_coreml_op_fails_the_artifact_naming_it(artifacts, capsys, tmp_path):
