@@ -80,11 +80,28 @@ def dwconv_model(k: int, hwc: tuple[int, int, int] = (8, 6, 576), dtype: str = "
     return pack_model(m)
 
 
+def loaded(path: Path, kernels: str, dtype: str, seed: int = 0):
+    """An interpreter of the one-op file on `kernels` with a seeded input set (N(0, 1) floats, or int8 over the whole
+    range): what the bench and the tests run it on."""
+    from .tflite import interpreter
+
+    it = interpreter(path, 1, kernels=kernels)
+    d = it.get_input_details()[0]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
+    it.set_tensor(d["index"], x.astype(d["dtype"]))
+    return it
+
+
+def output(it) -> np.ndarray:
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
 def measure(out: Path, ks=(3, 5, 7), hwc=(8, 6, 576), repeats: int = 7) -> list[dict]:
     """Write each model to `out` and time it on both kernel sets: [{k, dtype, file, xnnpack_ms, builtin_ms}]."""
     from posekit.export_tflite import write_tflite
 
-    from .tflite import interpreter
     from .tflite_profile import time_invoke
 
     rows = []
@@ -93,12 +110,7 @@ def measure(out: Path, ks=(3, 5, 7), hwc=(8, 6, 576), repeats: int = 7) -> list[
             path = write_tflite(dwconv_model(k, hwc, dtype), out / f"dwconv_k{k}_{dtype}.tflite")
             row = {"k": k, "dtype": dtype, "file": str(path)}
             for kernels in ("xnnpack", "builtin"):
-                it = interpreter(path, 1, kernels=kernels)
-                d = it.get_input_details()[0]
-                rng = np.random.default_rng(0)
-                x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
-                it.set_tensor(d["index"], x.astype(d["dtype"]))
-                row[f"{kernels}_ms"] = time_invoke(it, repeats)
+                row[f"{kernels}_ms"] = time_invoke(loaded(path, kernels, dtype), repeats)
             rows.append(row)
     return rows
 

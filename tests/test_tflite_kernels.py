@@ -43,7 +43,6 @@ def test_a_routed_set_runs_the_file_unchanged_on_disk(tmp_path, dtype):
     """The routed set is chosen at load: the file on disk keeps its ops; loading it routed runs the big depthwise
     conv on the builtin kernels (bit-equal to builtin) and leaves a small one on XNNPACK (bit-equal to xnnpack)."""
     from posekit.export_tflite import write_tflite
-    from runtime.tflite import interpreter
     from runtime.tflite_flatbuffer import op_counts
 
     for k, twin in ((7, "builtin"), (3, "xnnpack")):
@@ -51,13 +50,7 @@ def test_a_routed_set_runs_the_file_unchanged_on_disk(tmp_path, dtype):
         before = path.read_bytes()
         outs = {}
         for kernels in (ROUTED, twin):
-            it = interpreter(path, 1, kernels=kernels)
-            d = it.get_input_details()[0]
-            rng = np.random.default_rng(1)
-            x = rng.normal(0, 1, d["shape"]) if dtype == "fp32" else rng.integers(-128, 128, d["shape"])
-            it.set_tensor(d["index"], x.astype(d["dtype"]))
-            it.invoke()
-            outs[kernels] = it.get_tensor(it.get_output_details()[0]["index"])
+            outs[kernels] = dwconv_repro.output(dwconv_repro.loaded(path, kernels, dtype, seed=1))
         assert np.array_equal(outs[ROUTED], outs[twin])
         assert path.read_bytes() == before and "RESHAPE" not in op_counts(path)
         assert routed_model(path)[1] == (k == 7)
