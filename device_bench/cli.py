@@ -170,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_combinations(args) -> None:
     """Options that are valid alone but not together: refused after parsing, before any work (one line each)."""
-    if getattr(args, "clock", None) == "cpu" and getattr(args, "threads", 1) != 1:
-        raise UserError(f"--clock cpu times the calling thread's CPU time: only with --threads 1, got --threads "
-                        f"{args.threads}")
+    if hasattr(args, "clock"):  # timing's own rule, applied before an interpreter or a conversion starts
+        from .timing import check_clock
+
+        check_clock(args.clock, args.threads)
     kernels = getattr(args, "kernels", None)
     if args.cmd == "bench":
         if not args.xnnpack and kernels not in ("all", "builtin"):
