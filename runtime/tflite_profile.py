@@ -3,9 +3,15 @@
 The ai_edge_litert Python API has no op profiler, so the model is cut into single-op models: op i with its own
 tensors (shapes, dtypes, quantization), its constant buffers and its options, the op's non-constant inputs made the
 model's inputs and fed the values they take in the whole model (one run of the whole model with every tensor made an
-output). Each is timed alone on the same interpreter and kernels as the whole model, and the per-invoke cost of an
-interpreter (measured on a one-element ADD model) is taken off each op, so the ops' sum is comparable with the
-whole model's time (`OpProfile.ratio`).
+output). Each is run on the same interpreter and kernels as the whole model, one invoke at a time in turn with the
+whole model and the other ops, round after round, its inputs written just before (as the op before it writes them
+in the whole model); the median per invoke is kept, and the per-invoke cost of an interpreter (a one-element ADD
+model, in the same turns) is taken off each op, so the ops' sum is comparable with the whole model's time
+(`OpProfile.ratio`). Invoked in turn, an op finds the caches as its neighbours leave them, not as its own last run
+left them: timed back to back instead, an op that fits in L2 alone runs faster than it does inside a net whose
+working set does not (the sum fell to 0.86x of the whole on a 128x96 block), and a shared machine's load drifts
+between one op's samples and another's. The whole model's time here is one invoke after others ran, the state an
+app's per-frame invoke finds, so it is above the bench's back-to-back figure.
 
 Why single-op models and not prefix models (outputs at op i, op time = t(i) - t(i-1)): a prefix difference is the
 difference of two noisy totals (its error grows with the prefix, and is often negative for small ops late in the
@@ -32,7 +38,6 @@ from posekit.errors import UserError
 from .tflite_flatbuffer import _schema, load_model, op_name, pack_model
 
 KERNELS = ("xnnpack", "builtin")  # profiled by default; any set of runtime/tflite_kernels.py may be asked for
-WHOLE_SAMPLES = 10  # samples of the whole model taken between the ops
 
 
 @dataclass(frozen=True)
@@ -253,21 +258,56 @@ def _feed(it, values: list[np.ndarray]) -> None:
         it.set_tensor(d["index"], np.asarray(v, dtype=d["dtype"]).reshape(d["shape"]))
 
 
-def time_invoke(it, repeats: int = 7, target_s: float = 0.01, clock=time.thread_time_ns) -> float:
-    """ms per invoke: the minimum over `repeats` of the mean of a batch of invokes lasting about `target_s` (the
-    minimum: what the kernels cost when no other job takes the core; the thread's CPU clock for 1 thread)."""
+def _batch_size(it, target_s: float) -> int:
+    """Invokes in a batch lasting about `target_s` (after two warm-up invokes)."""
     for _ in range(2):
         it.invoke()
     t0 = time.perf_counter()
     it.invoke()
-    n = max(1, min(1000, int(target_s / max(time.perf_counter() - t0, 1e-6))))
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = clock()
-        for _ in range(n):
+    return max(1, min(1000, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+
+
+def _batch_ms(it, n: int, clock=time.thread_time_ns) -> float:
+    """ms per invoke over one batch of `n`, after one untimed invoke (its buffers back in cache)."""
+    it.invoke()
+    c0 = clock()
+    for _ in range(n):
+        it.invoke()
+    return (clock() - c0) / 1e6 / n
+
+
+def time_invoke(it, repeats: int = 7, target_s: float = 0.01, clock=time.thread_time_ns) -> float:
+    """ms per invoke: the minimum over `repeats` of the mean of a batch of invokes lasting about `target_s` (the
+    minimum: what the kernels cost when no other job takes the core; the thread's CPU clock for 1 thread)."""
+    n = _batch_size(it, target_s)
+    return min(_batch_ms(it, n, clock) for _ in range(repeats))
+
+
+def time_in_turn(runs: list[tuple[object, list[np.ndarray]]], rounds: int | None = None,
+                 budget_s: float = 3.0) -> list[float]:
+    """Median ms of one invoke of each (interpreter, input values) in `runs`, invoked in turn, round after round:
+    each invoke follows the others' as an op follows its neighbours in a whole-model run (the caches hold what they
+    touched), and its inputs were just written (`set_tensor`, untimed), as the op before it writes them. A burst
+    of load on a shared machine falls on a few invokes of every entry alike, and the median drops them. `rounds`:
+    as many as fit in `budget_s` (21 to 201) unless given."""
+    for it, values in runs:
+        _feed(it, values)
+        it.invoke()
+    samples: list[list[float]] = [[] for _ in runs]
+    t0 = time.perf_counter()
+    r = 0
+    while True:
+        for (it, values), out in zip(runs, samples):
+            _feed(it, values)
+            c0 = time.thread_time_ns()  # 1 thread: the calling thread's CPU time is the invoke's
             it.invoke()
-        best = min(best, (clock() - c0) / 1e6 / n)
-    return best
+            out.append((time.thread_time_ns() - c0) / 1e6)
+        r += 1
+        if rounds is None and r == 3:  # size the run from the first rounds
+            per = (time.perf_counter() - t0) / r
+            rounds = max(21, min(201, int(budget_s / max(per, 1e-6))))
+        if rounds is not None and r >= rounds:
+            return [float(np.median(s)) for s in samples]
 
 
 def _input_values(it, rng) -> list[np.ndarray]:
@@ -304,7 +344,7 @@ def op_models(path: str | Path, kernels: str = "builtin") -> Iterator[tuple[int,
 
 
 def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, threads: int = 1,
-                   repeats: int = 7) -> dict[str, OpProfile]:
+                   rounds: int | None = None) -> dict[str, OpProfile]:
     """{kernels: OpProfile} of the .tflite at `path`, each op timed alone as a single-op model (module doc)."""
     kernels = (kernels,) if isinstance(kernels, str) else tuple(kernels)
     from .tflite_kernels import KERNEL_SETS
@@ -318,26 +358,17 @@ def profile_tflite(path: str | Path, kernels: str | tuple[str, ...] = KERNELS, t
     res = {}
     for k in kernels:
         whole = _interp(path.read_bytes(), k, threads)
-        _feed(whole, _input_values(whole, np.random.default_rng(0)))
         noop = _interp(_noop_model(), k, threads)
-        _feed(noop, [np.ones(1, np.float32)] * 2)
-        overhead = time_invoke(noop, repeats)
-        # the whole model is sampled before, WHOLE_SAMPLES times between the ops and after: its minimum is taken
-        # over the same stretch of machine load as the ops' (a shared host's load changes within a profile)
-        best = time_invoke(whole, repeats, target_s=0.05)
-        times = []
         cut = list(op_models(path, k))
-        every = max(1, len(cut) // WHOLE_SAMPLES)
-        for n, (i, typ, shape, name, content, values) in enumerate(cut):
-            it = _interp(content, k, threads)
-            _feed(it, values)
-            times.append(OpTime(i, typ, shape, max(0.0, time_invoke(it, repeats) - overhead), name))
-            del it
-            if n % every == every - 1:
-                best = min(best, time_invoke(whole, 2, target_s=0.02))
-        best = min(best, time_invoke(whole, repeats, target_s=0.05))
-        res[k] = OpProfile(source=f"host {path.name}", kernels=k, ops=tuple(times),
-                           model_ms=best - overhead, overhead_ms=overhead)
+        # the per-invoke cost (Python call, interpreter entry) is measured on a one-element ADD in the same turns
+        runs = [(noop, [np.ones(1, np.float32)] * 2), (whole, _input_values(whole, np.random.default_rng(0)))]
+        runs += [(_interp(content, k, threads), values) for *_, content, values in cut]
+        overhead, model_ms, *op_ms = time_in_turn(runs, rounds)
+        times = tuple(OpTime(i, typ, shape, max(0.0, ms - overhead), name)
+                      for (i, typ, shape, name, *_), ms in zip(cut, op_ms))
+        res[k] = OpProfile(source=f"host {path.name}", kernels=k, ops=times,
+                           model_ms=model_ms - overhead, overhead_ms=overhead)
+        del runs, whole, noop
     return res
 
 
@@ -353,7 +384,9 @@ def build_parser():
     ap.add_argument("--kernels", choices=(*KERNEL_SETS, "both"), default="both",
                     help="kernel set(s) to profile (default both: xnnpack and builtin)")
     ap.add_argument("--top", type=positive_int, default=10, help="ops listed per kernel set (default 10)")
-    ap.add_argument("--repeats", type=positive_int, default=7, help="timed batches per op; the minimum is kept")
+    ap.add_argument("--rounds", type=positive_int, default=None,
+                    help="rounds of one invoke of every op and of the whole model, the median kept (default: as "
+                         "many as fit in about 3 s, 21 to 201)")
     ap.add_argument("--json", type=output_file, help="also write the profiles to this JSON file")
     return ap
 
@@ -369,7 +402,7 @@ def _main(argv=None) -> int:
     from runtime.artifact_check import check_artifact
 
     check_artifact(path, *manifest.listing(path))  # damaged or changed since its manifest: one line, before running
-    res = profile_tflite(path, KERNELS if args.kernels == "both" else args.kernels, repeats=args.repeats)
+    res = profile_tflite(path, KERNELS if args.kernels == "both" else args.kernels, rounds=args.rounds)
     for p in res.values():
         print(format_profile(p, args.top))
     if args.json:

@@ -62,7 +62,7 @@ def test_single_op_model_computes_what_the_op_computes_in_the_whole_model(block)
 
 def test_profile_cli_prints_both_kernel_sets_and_refuses_a_non_tflite(block, tmp_path, capsys):
     out = tmp_path / "p.json"
-    assert tflite_profile.main([str(block["fp32"]), "--top", "2", "--repeats", "2", "--json", str(out)]) == 0
+    assert tflite_profile.main([str(block["fp32"]), "--top", "2", "--rounds", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "[xnnpack]" in text and "[builtin]" in text and out.is_file()
     bad = tmp_path / "x.txt"
@@ -127,6 +127,6 @@ def test_profile_bar_chart_for_the_report(block, tmp_path):
     from demo.charts import op_profile_chart
 
     profiles = [{"file": str(block[q]), **p.to_json()} for q in ("fp32", "int8")
-                for p in tflite_profile.profile_tflite(block[q], repeats=2).values()]
+                for p in tflite_profile.profile_tflite(block[q], rounds=3).values()]
     png = op_profile_chart(profiles, tmp_path / "op_profile.png")
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
