@@ -598,7 +598,11 @@ def read_mapping(path: str | Path) -> dict:
 
 def load(path: str | Path) -> Arch:
     """Read and validate an arch file; bare names resolve to the shipped archs (e.g. 'efficientpose_a')."""
-    return from_dict(read_mapping(resolve(path)), src=resolve(path))
+    p = resolve(path)
+    if not p.exists() and not p.suffix and len(p.parts) == 1:  # a bare name that is neither a file nor shipped
+        raise UserError(f"{path}: no such arch file and no shipped arch of that name (shipped: "
+                        f"{', '.join(shipped())})")
+    return from_dict(read_mapping(p), src=p)
 
 
 ARCH_DIR = Path(__file__).parent / "archs"

@@ -286,6 +286,8 @@ def lut_device(s: str) -> str:
     if s == "flops":
         return s
     p = resolve_lut(s)
+    if not p.is_file() and (s.endswith(".json") or "/" in s):  # a path, not a device name
+        raise argparse.ArgumentTypeError(f"{s}: no such LUT file" + (" (a folder)" if p.is_dir() else ""))
     if not p.is_file():
         known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
         raise argparse.ArgumentTypeError(f"no LUT for device '{s}' (no {p}; devices with a LUT: "

@@ -129,7 +129,7 @@ def test_rerun_resumes_and_quantize_keeps_the_manifest(app_artifacts, root, tmp_
 
 @pytest.mark.parametrize("argv, msg", [
     (["--targets", "tflite-int4"], "--targets 'tflite-int4': unknown"),
-    (["--arch", "no_such_arch"], "no_such_arch: no such file"),
+    (["--arch", "no_such_arch"], "no_such_arch: no such arch file and no shipped arch"),
     (["--ckpt", "missing.pt"], "missing.pt: no such checkpoint"),
     (["--input", "64by48"], "argument --input: expected HxW, e.g. 256x192, got '64by48'"),
 ])

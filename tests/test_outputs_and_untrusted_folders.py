@@ -577,6 +577,26 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
         pass
 
 
+def test_the_lock_leaves_no_file_behind_and_a_second_writer_is_still_refused(tmp_path):
+    """The holder removes .lock as it lets go (a finished or refused run leaves its folder as it was), and while it
+    holds the lock a second writer is refused, naming it."""
+    from posekit.lock import folder_lock
+
+    d = tmp_path / "art"
+    d.mkdir()
+    (d / "keep.txt").write_text("x")
+    with folder_lock(d):
+        assert (d / ".lock").is_file()
+        with pytest.raises(UserError, match=f"pid {os.getpid()}"), folder_lock(d):
+            pass
+    assert sorted(p.name for p in d.iterdir()) == ["keep.txt"]
+    with pytest.raises(UserError, match="bad"), folder_lock(d):
+        raise UserError("bad input")
+    assert sorted(p.name for p in d.iterdir()) == ["keep.txt"]
+    with folder_lock(d):  # and it is taken again after
+        pass
+
+
 def test_the_checker_refuses_a_pipe_or_folder_instead_of_blocking(tmp_path):
     from runtime.artifact_check import check_artifact
 

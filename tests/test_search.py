@@ -229,6 +229,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     d["header"]["search_space_sha256"] = "0" * 16
     (tmp_path / "other.json").write_text(json.dumps(d))
     cases = [(["--device", "nodevice"], "no LUT for device 'nodevice'"),
+             (["--device", str(tmp_path / "missing.json")], "missing.json: no such LUT file"),
              (["--device", "flops", "--targets", "1x,fast"], "--targets"),
              (["--device", str(bad)], "corrupt LUT file"),
              (["--device", other], "built for search space"),
