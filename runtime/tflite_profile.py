@@ -189,7 +189,10 @@ FUSED_PAD_INTO = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
 def units(m, kernels: str, sg: int = 0) -> list[list[int]]:
-    """The op groups timed together on `kernels`: [i] for each op, [pad, conv] where XNNPACK fuses the pad."""
+    """The op groups timed together on `kernels`: [i] for each op; on XNNPACK [pad, conv] where it fuses the pad,
+    and a DEQUANTIZE of constant weights (an fp16 file's) goes with each op that reads it: XNNPACK takes such
+    weights as static and converts them once when it prepares the graph, so they cost nothing per invoke, and an
+    op cut without its DEQUANTIZE would get its weights as a run-time input, which XNNPACK refuses for a conv."""
     g = m.subgraphs[sg]
     if kernels != "xnnpack":
         return [[i] for i in range(len(g.operators))]
@@ -197,17 +200,23 @@ def units(m, kernels: str, sg: int = 0) -> list[list[int]]:
     for i, op in enumerate(g.operators):
         for t in op.inputs if op.inputs is not None else []:
             readers[t].append(i)
-    out, skip = [], set()
+    static = {i for i, op in enumerate(g.operators)
+              if op_name(m, op) == "DEQUANTIZE" and _is_const(m, g.tensors[op.inputs[0]])
+              and op.outputs[0] not in g.outputs and readers[op.outputs[0]]}
+    made_by = {t: i for i in static for t in g.operators[i].outputs}
+    out, skip = [], set(static)
     for i, op in enumerate(g.operators):
         if i in skip:
             continue
         r = readers[op.outputs[0]]
         if (op_name(m, op) == "PAD" and len(r) == 1 and op_name(m, g.operators[r[0]]) in FUSED_PAD_INTO
                 and op.outputs[0] not in g.outputs and g.operators[r[0]].inputs[0] == op.outputs[0]):
-            out.append([i, r[0]])
+            unit = [i, r[0]]
             skip.add(r[0])
         else:
-            out.append([i])
+            unit = [i]
+        weights = {made_by[t] for j in unit for t in g.operators[j].inputs if t in made_by}
+        out.append(sorted(weights) + unit)
     return out
 
 
@@ -339,7 +348,8 @@ def op_models(path: str | Path, kernels: str = "builtin") -> Iterator[tuple[int,
         values = [whole.get_tensor(t) for t in inputs]
         op = g.operators[unit[-1]]
         out = g.tensors[op.outputs[0]]
-        name = _name(out) + (" (+ the PAD before it, fused by XNNPACK)" if len(unit) > 1 else "")
+        fused_pad = len(unit) > 1 and op_name(m, g.operators[unit[-2]]) == "PAD"
+        name = _name(out) + (" (+ the PAD before it, fused by XNNPACK)" if fused_pad else "")
         yield unit[-1], op_name(m, op), _shape(out), name, content, values
 
 
