@@ -1,4 +1,4 @@
-"""The per-op profile on a small real net (an inverted-residual block at 128x96, fp32, fp16 weights, and int8
+"""The per-op profile on a small real net (an inverted-residual block at 32x24, fp32, fp16 weights, and int8
 calibrated on real crops): the ops' sum comes within 10% of the whole model's time on both kernel sets (an fp16
 file's weight DEQUANTIZEs go with the ops that read them on XNNPACK, which folds them), and the one-op
 depthwise-conv reproduction is a valid model (both kernel sets agree). Ratios only: they hold on any machine."""
@@ -10,7 +10,10 @@ from device_bench import host
 from device_bench.lut import select_parts
 from runtime import dwconv_repro, tflite_profile
 
-KEY = "ir_k5_e6|in=128x96x16|out=24|s=2"  # CONV_2D, PAD, DEPTHWISE_CONV_2D 5x5 s2, CONV_2D: real work per op
+# CONV_2D, PAD, DEPTHWISE_CONV_2D 5x5 s2, CONV_2D: real work per op, and a working set (0.6 MB at fp32) inside a
+# core's L2, so that the other test worker's load does not tilt the sum (at 128x96, 4.7 MB, the ops summed to 1.13x
+# of the whole on XNNPACK fp32 beside a training test, 1.02-1.06x alone)
+KEY = "ir_k5_e6|in=32x24x32|out=64|s=2"
 
 
 @pytest.fixture(scope="module")
