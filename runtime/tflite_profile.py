@@ -267,29 +267,21 @@ def _feed(it, values: list[np.ndarray]) -> None:
         it.set_tensor(d["index"], np.asarray(v, dtype=d["dtype"]).reshape(d["shape"]))
 
 
-def _batch_size(it, target_s: float) -> int:
-    """Invokes in a batch lasting about `target_s` (after two warm-up invokes)."""
+def time_invoke(it, repeats: int = 7, target_s: float = 0.01, clock=time.thread_time_ns) -> float:
+    """ms per invoke: the minimum over `repeats` of the mean of a batch of invokes lasting about `target_s` (the
+    minimum: what the kernels cost when no other job takes the core; the thread's CPU clock for 1 thread)."""
     for _ in range(2):
         it.invoke()
     t0 = time.perf_counter()
     it.invoke()
-    return max(1, min(1000, int(target_s / max(time.perf_counter() - t0, 1e-6))))
-
-
-def _batch_ms(it, n: int, clock=time.thread_time_ns) -> float:
-    """ms per invoke over one batch of `n`, after one untimed invoke (its buffers back in cache)."""
-    it.invoke()
-    c0 = clock()
-    for _ in range(n):
-        it.invoke()
-    return (clock() - c0) / 1e6 / n
-
-
-def time_invoke(it, repeats: int = 7, target_s: float = 0.01, clock=time.thread_time_ns) -> float:
-    """ms per invoke: the minimum over `repeats` of the mean of a batch of invokes lasting about `target_s` (the
-    minimum: what the kernels cost when no other job takes the core; the thread's CPU clock for 1 thread)."""
-    n = _batch_size(it, target_s)
-    return min(_batch_ms(it, n, clock) for _ in range(repeats))
+    n = max(1, min(1000, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+    best = float("inf")
+    for _ in range(repeats):
+        c0 = clock()
+        for _ in range(n):
+            it.invoke()
+        best = min(best, (clock() - c0) / 1e6 / n)
+    return best
 
 
 def time_in_turn(runs: list[tuple[object, list[np.ndarray]]], rounds: int | None = None,
