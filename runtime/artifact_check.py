@@ -41,7 +41,9 @@ def check_coreml_structure(path: str | Path) -> None:
             raise UserError(f"{p}: damaged .mlpackage: Manifest.json unreadable ({type(e).__name__}: "
                             f"{first_line(e)})") from None
         return
-    from coremltools.proto import Model_pb2
+    from posekit.coreml_import import ct
+
+    Model_pb2 = ct.proto.Model_pb2
 
     try:
         Model_pb2.Model().ParseFromString(p.read_bytes())

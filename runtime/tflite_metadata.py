@@ -36,7 +36,10 @@ def _lib():
     try:
         from tensorflow_lite_support.metadata import metadata_schema_py_generated as fb
         from tensorflow_lite_support.metadata import schema_py_generated as schema
-        from tensorflow_lite_support.metadata.python import metadata
+
+        from posekit.skip_unused_deps import import_skipping
+
+        metadata = import_skipping("tensorflow_lite_support.metadata.python.metadata", ("tensorflow",))
         from tensorflow_lite_support.metadata.python.metadata_writers import metadata_info
     except ImportError as e:
         raise UserError(f"TFLite metadata needs tflite-support 0.4.4 (`make setup`, or pip install --no-deps "

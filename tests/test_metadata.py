@@ -101,3 +101,27 @@ def test_unknown_file_and_missing_metadata_are_one_line_errors(tmp_path):
         metadata.read(p)
     with pytest.raises(UserError, match="no such model file"):
         metadata.read(tmp_path / "none.tflite")
+
+
+def test_reading_artifacts_skips_the_libraries_coremltools_and_tflite_support_only_probe(app_artifacts):
+    """Checking and reading every artifact (what parity, predict and bench do first) imports neither TensorFlow
+    (~8 s a process), scikit-learn nor torchao: coremltools and tflite-support import them at their own import only
+    to offer features posenas does not use (posekit.skip_unused_deps). The skip ends with that import: a later
+    `import sklearn` (coremltools' k-means palettization does one) still works."""
+    import subprocess
+    import sys
+
+    out, m = app_artifacts
+    files = [str(out / a["file"]) for a in m["artifacts"]]
+    assert {a["format"].split("-")[0] for a in m["artifacts"]} >= {"tflite", "onnx", "coreml"}
+    code = ("import sys\n"
+            "from runtime.artifact_check import check_artifact\n"
+            "from runtime import metadata\n"
+            "for f in sys.argv[1:]:\n"
+            "    check_artifact(f); metadata.read(f)\n"
+            "print(sorted(m for m in ('tensorflow', 'sklearn', 'torchao') if m in sys.modules))\n"
+            "import sklearn.cluster\n"
+            "print('later import ok')\n")
+    r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["[]", "later import ok"]
