@@ -12,10 +12,13 @@ from posekit.keypoints import COCO_KEYPOINTS, COCO_SKELETON, MEAN, STD
 
 
 def test_tflite_metadata_read_by_tflite_support(app_artifacts):
-    from tensorflow_lite_support.metadata.python.metadata import MetadataDisplayer
-
     from posekit.io import sha256_file
+    from posekit.skip_unused_deps import import_skipping
     from runtime import tflite
+
+    # tflite-support's own reader (imported without the TensorFlow it only probes to open files)
+    MetadataDisplayer = import_skipping("tensorflow_lite_support.metadata.python.metadata",
+                                        ("tensorflow",)).MetadataDisplayer
 
     out, m = app_artifacts
     tfl = [a for a in m["artifacts"] if a["format"] == "tflite"]
