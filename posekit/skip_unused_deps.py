@@ -6,10 +6,10 @@ made to look absent.
   (for torchao-quantized PyTorch ops). Every conversion here starts from a plain PyTorch network.
 - tflite-support's metadata module imports TensorFlow to open files through `tf.io.gfile`; every file here is local.
 
-Those imports cost ~10 s per process with TensorFlow, ~4 s without. While the library is first imported, importing
-each skipped name fails, so the library takes its "not installed" path (coremltools records it absent, tflite-support
-falls back to `open`); the entries are removed right after, so a later real import (the onnx2tf path imports
-TensorFlow, litert-torch imports torchao) works as usual."""
+TensorFlow's import costs ~8-10 s a process, scikit-learn's and torchao's ~3 s together. While the library is first
+imported, importing each skipped name fails, so the library takes its "not installed" path (coremltools records it
+absent, tflite-support falls back to `open`); the entries are removed right after, so a later real import (the onnx2tf
+path imports TensorFlow, litert-torch torchao, coremltools' k-means palettization scikit-learn) works as usual."""
 
 from __future__ import annotations
 
