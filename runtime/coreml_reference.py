@@ -79,7 +79,9 @@ class _Blobs:
         self.dir, self.readers = weights_dir, {}
 
     def read(self, file_name: str, offset: int, dtype_enum) -> np.ndarray:
-        _proto()  # coremltools imported without TensorFlow first
+        from posekit.coreml_import import ct  # noqa: F401  (first: coremltools without the deps it only probes)
+
+        # isort: split
         from coremltools.libmilstoragepython import _BlobStorageReader
 
         path = self.dir / file_name.split("/")[-1]  # "@model_path/weights/weight.bin"
@@ -235,7 +237,9 @@ MIL_OPS = {
 def model_file(path: Path) -> tuple[Path, Path | None]:
     """(model.mlmodel protobuf, weights dir or None) of a .mlpackage (its Manifest's root model) or a .mlmodel."""
     if path.is_dir():
-        _proto()  # coremltools imported without TensorFlow first
+        from posekit.coreml_import import ct  # noqa: F401  (first: coremltools without the deps it only probes)
+
+        # isort: split
         from coremltools.libmodelpackage import ModelPackage
 
         if not (path / "Manifest.json").is_file():
